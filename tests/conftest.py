@@ -1,0 +1,102 @@
+import os
+import sqlite3
+import threading
+from types import SimpleNamespace
+
+import pytest
+from waitress import create_server
+
+from tencent import CREATE, SDKAPPID, TOKEN, signed_query
+from tim_audit import create_app
+
+
+@pytest.fixture(autouse=True)
+def instance_path(tmp_path, monkeypatch):
+    """No test reads the developer's instance/config.py or TIM_AUDIT_*
+    variables: each gets an empty instance folder of its own."""
+    for key in list(os.environ):
+        if key.startswith("TIM_AUDIT_"):
+            monkeypatch.delenv(key)
+    path = tmp_path / "instance"
+    path.mkdir()
+    monkeypatch.setenv("TIM_AUDIT_INSTANCE_PATH", str(path))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return {
+        "TESTING": True,
+        "DATABASE": str(tmp_path / "audit.sqlite3"),
+        "SDKAPPID": SDKAPPID,
+        "CALLBACK_TOKEN": TOKEN,
+    }
+
+
+@pytest.fixture
+def make_app(config):
+    """create_app with the test config plus ``overrides``; closed after the test."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app({**config, **overrides})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["tim_audit"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def post(client):
+    """POST ``body`` to /callback as Tencent would; query parameters given
+    here replace the signed ones (None leaves one out)."""
+
+    def post(body, command=CREATE, **query):
+        return client.post("/callback", query_string=signed_query(command, **query), data=body)
+
+    return post
+
+
+@pytest.fixture
+def rows(app):
+    """Run a query on the app's database file through a connection of its
+    own, as an auditor with the sqlite3 shell would."""
+
+    def rows(sql, params=()):
+        conn = sqlite3.connect(app.config["DATABASE"])
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    return rows
+
+
+@pytest.fixture
+def live_server(app):
+    """The app under waitress on a free loopback port."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield SimpleNamespace(app=app, host="127.0.0.1", port=server.effective_port,
+                          url=f"http://127.0.0.1:{server.effective_port}")
+    server.close()
+    thread.join(5)
+    server.task_dispatcher.shutdown()

@@ -1,0 +1,144 @@
+"""tim-audit: an append-only, tamper-evident audit log of Tencent Cloud IM
+group-created callbacks, with a history dashboard for compliance review."""
+
+import logging
+import os
+import sqlite3
+
+from flask import Flask
+
+from . import auditlog, callback, cli, db, health
+
+DEFAULTS = {
+    "SDKAPPID": None,
+    "CALLBACK_TOKEN": None,
+    "SIGN_MAX_AGE": 60,
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "STORAGE_TIMEOUT": 1.0,
+    "AUDIT_HMAC_KEY": None,
+}
+
+
+class StartupError(SystemExit):
+    """A problem found at start-up, with what to do about it.
+
+    A SystemExit, so that waitress-serve and flask print the message and
+    exit non-zero instead of showing a traceback.
+    """
+
+    def __init__(self, message):
+        super().__init__(f"tim-audit cannot start: {message}")
+
+
+def create_app(test_config=None):
+    """Config, later wins: DEFAULTS, ``instance/config.py``, ``TIM_AUDIT_*``
+    environment variables, ``test_config``."""
+    instance_path = os.environ.get("TIM_AUDIT_INSTANCE_PATH")
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=os.path.abspath(instance_path) if instance_path else None,
+    )
+    app.config.from_mapping(DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3"))
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("TIM_AUDIT")
+    if test_config is not None:
+        app.config.update(test_config)
+    _check_config(app.config)
+    app.logger.setLevel(logging.INFO)
+    app.extensions["tim_audit"] = _open_log(app)
+
+    db.init_app(app)
+    cli.init_app(app)
+    app.register_blueprint(callback.bp)
+    app.register_blueprint(health.bp)
+    _warn_about_config(app)
+    return app
+
+
+def _check_config(config):
+    """Normalize what environment variables and config files give us, and
+    refuse what cannot be meant (from_prefixed_env turns ``123`` into an int
+    and ``true`` into a bool)."""
+    sdkappid = config["SDKAPPID"]
+    if sdkappid in (None, ""):
+        config["SDKAPPID"] = None
+    elif isinstance(sdkappid, (str, int)) and not isinstance(sdkappid, bool):
+        config["SDKAPPID"] = str(sdkappid)
+    else:
+        raise StartupError(f"SDKAPPID must be the app's SDKAppID, not {sdkappid!r}")
+
+    tokens = config["CALLBACK_TOKEN"]
+    if tokens in (None, ""):
+        tokens = []
+    elif not isinstance(tokens, (list, tuple)):
+        tokens = [tokens]
+    for token in tokens:
+        if isinstance(token, bool) or not isinstance(token, (str, int)) or token == "":
+            raise StartupError(
+                "CALLBACK_TOKEN must be a string or a list of strings; in the"
+                ' environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN=\'"…"\''
+            )
+    config["CALLBACK_TOKEN"] = tuple(str(token) for token in tokens)
+
+    for key, minimum in (("SIGN_MAX_AGE", 0), ("MAX_CONTENT_LENGTH", 1)):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise StartupError(f"{key} must be a whole number of at least {minimum}, not {value!r}")
+    timeout = config["STORAGE_TIMEOUT"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1.8:
+        raise StartupError(
+            f"STORAGE_TIMEOUT must be seconds between 0 and 1.8 (Tencent waits 2 s), not {timeout!r}"
+        )
+
+    key = config["AUDIT_HMAC_KEY"]
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if key is not None and (not isinstance(key, bytes) or len(key) < 16):
+        raise StartupError("AUDIT_HMAC_KEY must be a string of at least 16 bytes")
+    config["AUDIT_HMAC_KEY"] = key or None
+
+
+def _open_log(app):
+    """Open the log, creating it on first start; explain a database that
+    cannot be used rather than show a traceback."""
+    path = os.path.abspath(app.config["DATABASE"])
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        if directory != os.path.abspath(app.instance_path):
+            raise StartupError(
+                f"the directory of DATABASE, {directory}, does not exist: create it"
+                " (writable by the user running tim-audit) or set DATABASE to a"
+                " file in an existing directory"
+            )
+        try:
+            os.makedirs(directory)
+        except OSError as exc:
+            raise StartupError(f"cannot create the instance folder {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise StartupError(
+            f"the directory {directory} is not writable by this user: SQLite"
+            " keeps its -wal and -shm files beside the database. Give the user"
+            " running tim-audit write access to it, or set DATABASE elsewhere"
+        )
+    try:
+        return auditlog.AuditLog(
+            path, key=app.config["AUDIT_HMAC_KEY"], timeout=app.config["STORAGE_TIMEOUT"]
+        )
+    except auditlog.ChainMismatch as exc:
+        raise StartupError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise StartupError(f"cannot open the database {path}: {exc}") from None
+
+
+def _warn_about_config(app):
+    if not app.config["SDKAPPID"]:
+        app.logger.warning(
+            "SDKAPPID is not set: every callback is answered FAIL (ErrorCode 60001) until it is"
+        )
+    if not app.config["CALLBACK_TOKEN"]:
+        app.logger.warning(
+            "CALLBACK_TOKEN is not set: callbacks are unauthenticated, so anyone who"
+            " can reach /callback and knows the SDKAppID can add events. Switch on"
+            " callback authentication in Tencent's console and set the token here"
+        )

@@ -1,0 +1,446 @@
+"""The audit log: the only code that writes to the database, and its verifier.
+
+Every event row carries ``hash = H(previous row's hash || canonical(row))``,
+H being SHA-256, or HMAC-SHA256 keyed with ``AUDIT_HMAC_KEY`` so that the
+chain cannot be recomputed without the key. The canonical bytes cover every
+stored column, the raw body and the initial members, so no stored byte can
+change without breaking the chain from that row on. Quarantined deliveries
+form a second chain of the same kind.
+"""
+
+import dataclasses
+import hashlib
+import hmac
+import threading
+import time
+from collections import namedtuple
+from importlib import resources
+
+import sqlite3
+
+from flask import current_app
+
+from . import db
+
+GENESIS = "0" * 64
+
+EVENT_COLUMNS = (
+    "id", "received_at", "command", "group_id", "type", "name", "operator",
+    "owner", "event_time", "member_count", "user_data", "sdkappid",
+    "client_ip", "opt_platform", "peer", "raw",
+)
+QUARANTINE_COLUMNS = (
+    "id", "received_at", "error_code", "reason", "command", "query", "peer",
+    "content_length", "raw",
+)
+
+Head = namedtuple("Head", "id hash")
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A validated callback and how it reached us, ready to be appended."""
+
+    received_at: int
+    command: str
+    group_id: str
+    type: str
+    name: str
+    operator: str
+    owner: str | None
+    event_time: int
+    members: tuple[str, ...]
+    user_data: str | None
+    sdkappid: str
+    client_ip: str | None
+    opt_platform: str | None
+    peer: str | None
+    raw: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """An authenticated delivery we refused, kept so that nothing is lost."""
+
+    received_at: int
+    error_code: int
+    reason: str
+    command: str | None
+    query: str
+    peer: str | None
+    content_length: int | None
+    raw: bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What an append did: ``stored``, ``repeat`` (an identical event was
+    already there), ``conflict`` (an event with the same key but other bytes
+    was there; nothing written) or ``quarantined``."""
+
+    outcome: str
+    id: int
+    hash: str
+
+
+class StorageUnavailable(Exception):
+    """The database could not take a write in time: full, locked or failing."""
+
+
+class ChainMismatch(Exception):
+    """The configured AUDIT_HMAC_KEY is not the one the log was started with."""
+
+
+class ChainBroken(Exception):
+    """The first row at which the log stops verifying."""
+
+    def __init__(self, table, row_id, reason):
+        super().__init__(f"{table} row {row_id}: {reason}")
+        self.table = table
+        self.row_id = row_id
+        self.reason = reason
+
+
+def canonical(values):
+    """The bytes a row is chained over.
+
+    Each value is tagged with its kind (N null, I integer, S text, B bytes)
+    and, but for null, followed by its length as 8 bytes big-endian and its
+    UTF-8 or raw bytes; so distinct rows never share an encoding. The README
+    spells this out for auditors who check the chain with their own code.
+    """
+    out = bytearray()
+    for value in values:
+        if value is None:
+            out += b"N"
+            continue
+        if isinstance(value, int):
+            tag, data = b"I", str(value).encode("ascii")
+        elif isinstance(value, str):
+            tag, data = b"S", value.encode("utf-8")
+        else:
+            tag, data = b"B", bytes(value)
+        out += tag + len(data).to_bytes(8, "big") + data
+    return bytes(out)
+
+
+def event_values(row, members):
+    """An event's values in chain order: its columns, then its members."""
+    return [row[column] for column in EVENT_COLUMNS] + list(members)
+
+
+def link(key, previous, data):
+    message = bytes.fromhex(previous) + data
+    if key:
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
+
+
+def chain_kind(key):
+    """How the chain is keyed, as recorded in ``meta``: the fingerprint tells
+    a wrong key apart at start-up without revealing it."""
+    if not key:
+        return "sha256"
+    fingerprint = hmac.new(key, b"tim-audit key check", hashlib.sha256).hexdigest()
+    return f"hmac-sha256 {fingerprint[:16]}"
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    entry: Event | Rejection
+    deadline: float
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    receipt: Receipt | None = None
+    error: Exception | None = None
+
+
+class AuditLog:
+    """The single writer of one database file.
+
+    Appends from all threads go through :meth:`append`; ``BEGIN IMMEDIATE``
+    keeps other processes out while a batch is written, and the chain head
+    is read inside that transaction, so the chain never forks.
+    """
+
+    def __init__(self, path, *, key=None, timeout=1.0):
+        self.path = path
+        self.key = key
+        self.timeout = timeout
+        self.failure = None
+        self._writer = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue = []
+        self._conn = db.connect(path, timeout=timeout)
+        self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+        self._check_chain_kind()
+
+    def _check_chain_kind(self):
+        kind = chain_kind(self.key)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'chain'").fetchone()
+            if row is None:
+                self._conn.execute("INSERT INTO meta (key, value) VALUES ('chain', ?)", (kind,))
+        finally:
+            self._conn.execute("COMMIT")
+        stored = kind if row is None else row["value"]
+        if stored == kind:
+            return
+        if stored == "sha256":
+            raise ChainMismatch(
+                f"the log at {self.path} was started without AUDIT_HMAC_KEY and its"
+                " chain cannot switch to an HMAC: unset AUDIT_HMAC_KEY, or point"
+                " DATABASE at a new file"
+            )
+        if not self.key:
+            raise ChainMismatch(
+                f"the log at {self.path} is chained with an HMAC key: set"
+                " AUDIT_HMAC_KEY to the key it was started with"
+            )
+        raise ChainMismatch(
+            f"AUDIT_HMAC_KEY is not the key the log at {self.path} was started with"
+        )
+
+    def append(self, entry):
+        """Write ``entry`` durably and return its :class:`Receipt`.
+
+        Threads that arrive while a batch is being written queue up, and the
+        next one to take the writer commits the whole queue in a single
+        transaction: concurrent callbacks share one fsync (group commit).
+        A receipt is returned only once its transaction has committed;
+        otherwise :class:`StorageUnavailable` is raised within ``timeout``.
+        """
+        job = _Job(entry, time.monotonic() + self.timeout)
+        with self._queue_lock:
+            self._queue.append(job)
+        if self._writer.acquire(timeout=self.timeout):
+            try:
+                if not job.done.is_set():
+                    with self._queue_lock:
+                        batch, self._queue = self._queue, []
+                    self._commit(batch)
+            finally:
+                self._writer.release()
+        else:
+            with self._queue_lock:
+                if job in self._queue:
+                    self._queue.remove(job)
+                    raise StorageUnavailable("timed out waiting for the database writer")
+        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
+            raise StorageUnavailable("timed out waiting for the database")
+        if job.error is not None:
+            raise job.error
+        return job.receipt
+
+    def _commit(self, batch):
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if job.deadline > now:
+                live.append(job)
+            else:
+                job.error = StorageUnavailable("timed out waiting for the database")
+                job.done.set()
+        if not live:
+            return
+        wait_ms = max(1, int((min(job.deadline for job in live) - now) * 1000))
+        try:
+            conn = self._connection()
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            conn.execute("BEGIN IMMEDIATE")
+            heads = {"event": _head(conn, "event"), "quarantine": _head(conn, "quarantine")}
+            for job in live:
+                conn.execute("SAVEPOINT entry")
+                try:
+                    job.receipt = self._write(conn, heads, job.entry)
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:  # this entry only; the batch goes on
+                    conn.execute("ROLLBACK TO entry")
+                    job.error = exc
+                conn.execute("RELEASE entry")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon()
+            self.failure = str(exc)
+            for job in live:
+                job.receipt = None
+                job.error = StorageUnavailable(str(exc))
+        else:
+            self.failure = None
+        for job in live:
+            job.done.set()
+
+    def _connection(self):
+        if self._conn is None:
+            self._conn = db.connect(self.path, timeout=self.timeout)
+        return self._conn
+
+    def _abandon(self):
+        """Roll back a failed batch; a connection left in a state SQLite
+        will not roll back is closed and reopened on the next batch."""
+        if self._conn is None:
+            return
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._conn.close()
+            self._conn = None
+
+    def _write(self, conn, heads, entry):
+        if isinstance(entry, Event):
+            return self._write_event(conn, heads, entry)
+        return self._write_rejection(conn, heads, entry)
+
+    def _write_event(self, conn, heads, event):
+        existing = conn.execute(
+            "SELECT id, hash, raw FROM event"
+            " WHERE group_id = ? AND event_time = ? AND command = ?",
+            (event.group_id, event.event_time, event.command),
+        ).fetchone()
+        if existing is not None:
+            outcome = "repeat" if existing["raw"] == event.raw else "conflict"
+            return Receipt(outcome, existing["id"], existing["hash"])
+        row = dataclasses.asdict(event)
+        row["id"] = heads["event"].id + 1
+        row["member_count"] = len(event.members)
+        digest = link(self.key, heads["event"].hash, canonical(event_values(row, event.members)))
+        conn.execute(
+            "INSERT INTO event (id, received_at, command, group_id, type, name,"
+            " operator, owner, event_time, member_count, user_data, sdkappid,"
+            " client_ip, opt_platform, peer, raw, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row[column] for column in EVENT_COLUMNS] + [digest],
+        )
+        conn.executemany(
+            "INSERT INTO event_member (event_id, position, account) VALUES (?, ?, ?)",
+            [(row["id"], position, account) for position, account in enumerate(event.members)],
+        )
+        heads["event"] = Head(row["id"], digest)
+        return Receipt("stored", row["id"], digest)
+
+    def _write_rejection(self, conn, heads, rejection):
+        row = dataclasses.asdict(rejection)
+        row["id"] = heads["quarantine"].id + 1
+        digest = link(self.key, heads["quarantine"].hash, canonical(row[c] for c in QUARANTINE_COLUMNS))
+        conn.execute(
+            "INSERT INTO quarantine (id, received_at, error_code, reason, command,"
+            " query, peer, content_length, raw, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row[column] for column in QUARANTINE_COLUMNS] + [digest],
+        )
+        heads["quarantine"] = Head(row["id"], digest)
+        return Receipt("quarantined", row["id"], digest)
+
+    def close(self):
+        with self._writer:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _head(conn, table):
+    if table == "event":
+        row = conn.execute("SELECT id, hash FROM event ORDER BY id DESC LIMIT 1").fetchone()
+    else:
+        row = conn.execute("SELECT id, hash FROM quarantine ORDER BY id DESC LIMIT 1").fetchone()
+    return Head(0, GENESIS) if row is None else Head(row["id"], row["hash"])
+
+
+def parse_anchor(text):
+    """``COUNT:HASH`` as printed by an earlier ``verify``; ValueError if not."""
+    count, sep, digest = text.partition(":")
+    if not (sep and count.isascii() and count.isdigit()
+            and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise ValueError("an anchor is COUNT:HASH, as in the last line of verify")
+    return int(count), digest
+
+
+def verify(conn, key=None, anchor=None):
+    """Recompute both chains from the stored bytes alone (and ``key``).
+
+    Returns ``(count, head)`` of the event chain, or raises ChainBroken at
+    the first row that does not verify. With ``anchor`` ``(count, hash)``
+    from an earlier run, also fails unless the log still extends it, which
+    catches truncation and wholesale rewrites that re-chain every row.
+    """
+    conn.execute("BEGIN")  # one snapshot for every table
+    try:
+        count, head, at_anchor = _verify_events(conn, key, anchor[0] if anchor else None)
+        _verify_quarantine(conn, key)
+    finally:
+        conn.execute("ROLLBACK")
+    if anchor is not None:
+        anchor_count, anchor_hash = anchor
+        if count < anchor_count:
+            raise ChainBroken(
+                "event", anchor_count,
+                f"missing: the log has {count} rows but the anchor records"
+                f" {anchor_count}, so it was truncated",
+            )
+        if at_anchor != anchor_hash:
+            raise ChainBroken(
+                "event", anchor_count,
+                "its hash differs from the anchor, so the log was rewritten"
+                " up to this row",
+            )
+    return count, head
+
+
+def _verify_events(conn, key, anchor_count):
+    members = conn.execute("SELECT event_id, account FROM event_member ORDER BY event_id, position")
+    member = members.fetchone()
+    previous = GENESIS
+    at_anchor = GENESIS
+    count = 0
+    for row in conn.execute("SELECT * FROM event ORDER BY id"):
+        if row["id"] != count + 1:
+            raise ChainBroken(
+                "event", row["id"],
+                f"expected row {count + 1} here: rows are missing",
+            )
+        accounts = []
+        while member is not None and member["event_id"] <= row["id"]:
+            if member["event_id"] < row["id"]:
+                raise ChainBroken(
+                    "event_member", member["event_id"],
+                    "member rows belong to no event",
+                )
+            accounts.append(member["account"])
+            member = members.fetchone()
+        digest = link(key, previous, canonical(event_values(row, accounts)))
+        if digest != row["hash"]:
+            raise ChainBroken(
+                "event", row["id"],
+                "hash does not match the row's contents and the row before it",
+            )
+        previous = digest
+        count += 1
+        if count == anchor_count:
+            at_anchor = digest
+    if member is not None:
+        raise ChainBroken("event_member", member["event_id"], "member rows belong to no event")
+    return count, previous, at_anchor
+
+
+def _verify_quarantine(conn, key):
+    previous = GENESIS
+    count = 0
+    for row in conn.execute("SELECT * FROM quarantine ORDER BY id"):
+        if row["id"] != count + 1:
+            raise ChainBroken(
+                "quarantine", row["id"], f"expected row {count + 1} here: rows are missing"
+            )
+        digest = link(key, previous, canonical(row[c] for c in QUARANTINE_COLUMNS))
+        if digest != row["hash"]:
+            raise ChainBroken(
+                "quarantine", row["id"],
+                "hash does not match the row's contents and the row before it",
+            )
+        previous = digest
+        count += 1
+
+
+def current_log():
+    return current_app.extensions["tim_audit"]

@@ -1,0 +1,29 @@
+"""``GET /healthz``: for the proxy, the process supervisor and monitoring."""
+
+import sqlite3
+
+from flask import Blueprint, current_app, jsonify
+
+from .auditlog import current_log
+from .db import get_db
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 with the event count while the database answers and takes writes;
+    503 when it does not, or when the last write failed (disk full, locked
+    by another process) and none has succeeded since."""
+    try:
+        events = get_db().execute("SELECT count(*) FROM event").fetchone()[0]
+    except sqlite3.Error as exc:
+        return jsonify(status="unavailable", error=str(exc)), 503
+    configured = bool(current_app.config["SDKAPPID"])
+    failure = current_log().failure
+    if failure:
+        return jsonify(
+            status="unavailable", events=events, configured=configured,
+            error=f"the last write failed: {failure}",
+        ), 503
+    return jsonify(status="ok", events=events, configured=configured)
