@@ -36,7 +36,8 @@ CREATE INDEX IF NOT EXISTS event_by_owner ON event (owner, event_time);
 CREATE INDEX IF NOT EXISTS event_by_operator ON event (operator, event_time);
 
 -- Initial members, one row each, so "which groups was X created into" is an
--- index lookup. Rows may only be added to the newest event.
+-- index lookup. Positions run from 0 to the event's member_count - 1 and are
+-- all filled when the event is appended, so no member can be added later.
 CREATE TABLE IF NOT EXISTS event_member (
     event_id INTEGER NOT NULL,
     position INTEGER NOT NULL,
@@ -84,7 +85,8 @@ BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS event_member_no_delete BEFORE DELETE ON event_member
 BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS event_member_no_replace BEFORE INSERT ON event_member
-WHEN NEW.event_id IS NOT (SELECT max(id) FROM event)
+WHEN NOT coalesce(NEW.position >= 0 AND NEW.position <
+                  (SELECT member_count FROM event WHERE id = NEW.event_id), 0)
   OR EXISTS (SELECT 1 FROM event_member
              WHERE event_id = NEW.event_id AND position = NEW.position)
 BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
