@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import threading
 import time
-from collections import namedtuple
 from importlib import resources
 
 import sqlite3
@@ -33,9 +32,6 @@ QUARANTINE_COLUMNS = (
     "id", "received_at", "error_code", "reason", "command", "query", "peer",
     "content_length", "raw",
 )
-
-Head = namedtuple("Head", "id hash")
-
 
 @dataclasses.dataclass(frozen=True)
 class Event:
@@ -247,29 +243,41 @@ class AuditLog:
         try:
             conn = self._connection()
             conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
-            conn.execute("BEGIN IMMEDIATE")
-            heads = {"event": _head(conn, "event"), "quarantine": _head(conn, "quarantine")}
-            for job in live:
-                conn.execute("SAVEPOINT entry")
-                try:
-                    job.receipt = self._write(conn, heads, job.entry)
-                except sqlite3.OperationalError:
-                    raise
-                except Exception as exc:  # this entry only; the batch goes on
-                    conn.execute("ROLLBACK TO entry")
-                    job.error = exc
-                conn.execute("RELEASE entry")
-            conn.execute("COMMIT")
+            try:
+                receipts = self._write(conn, [job.entry for job in live])
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                # Something in one entry; write them one by one so that
+                # only the entry at fault fails.
+                self._abandon()
+                if len(live) == 1:
+                    live[0].error = exc
+                else:
+                    self._write_each(conn, live)
+            else:
+                for job, receipt in zip(live, receipts):
+                    job.receipt = receipt
         except sqlite3.Error as exc:
             self._abandon()
             self.failure = str(exc)
             for job in live:
-                job.receipt = None
-                job.error = StorageUnavailable(str(exc))
+                if job.receipt is None and job.error is None:
+                    job.error = StorageUnavailable(str(exc))
         else:
             self.failure = None
         for job in live:
             job.done.set()
+
+    def _write_each(self, conn, jobs):
+        for job in jobs:
+            try:
+                [job.receipt] = self._write(conn, [job.entry])
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:
+                self._abandon()
+                job.error = exc
 
     def _connection(self):
         if self._conn is None:
@@ -288,50 +296,63 @@ class AuditLog:
             self._conn.close()
             self._conn = None
 
-    def _write(self, conn, heads, entry):
-        if isinstance(entry, Event):
-            return self._write_event(conn, heads, entry)
-        return self._write_rejection(conn, heads, entry)
+    def _write(self, conn, entries):
+        """Append ``entries`` in one transaction; returns their receipts.
 
-    def _write_event(self, conn, heads, event):
-        existing = conn.execute(
-            "SELECT id, hash, raw FROM event"
-            " WHERE group_id = ? AND event_time = ? AND command = ?",
-            (event.group_id, event.event_time, event.command),
+        A handful of statements serve the whole batch: sqlite3 releases the
+        GIL around every statement step, and a writer that has to win it
+        back once per row from threads busy with requests is a convoy.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        event_id, event_hash, quarantine_id, quarantine_hash = conn.execute(
+            "SELECT coalesce((SELECT id FROM event ORDER BY id DESC LIMIT 1), 0),"
+            " coalesce((SELECT hash FROM event ORDER BY id DESC LIMIT 1), ?),"
+            " coalesce((SELECT id FROM quarantine ORDER BY id DESC LIMIT 1), 0),"
+            " coalesce((SELECT hash FROM quarantine ORDER BY id DESC LIMIT 1), ?)",
+            (GENESIS, GENESIS),
         ).fetchone()
-        if existing is not None:
-            outcome = "repeat" if existing["raw"] == event.raw else "conflict"
-            return Receipt(outcome, existing["id"], existing["hash"])
-        row = dataclasses.asdict(event)
-        row["id"] = heads["event"].id + 1
-        row["member_count"] = len(event.members)
-        digest = link(self.key, heads["event"].hash, canonical(event_values(row, event.members)))
-        conn.execute(
-            "INSERT INTO event (id, received_at, command, group_id, type, name,"
-            " operator, owner, event_time, member_count, user_data, sdkappid,"
-            " client_ip, opt_platform, peer, raw, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [row[column] for column in EVENT_COLUMNS] + [digest],
-        )
-        conn.executemany(
-            "INSERT INTO event_member (event_id, position, account) VALUES (?, ?, ?)",
-            [(row["id"], position, account) for position, account in enumerate(event.members)],
-        )
-        heads["event"] = Head(row["id"], digest)
-        return Receipt("stored", row["id"], digest)
+        known = self._stored_with_keys(conn, [e for e in entries if isinstance(e, Event)])
+        receipts, events, members, rejections = [], [], [], []
+        for entry in entries:
+            if isinstance(entry, Rejection):
+                quarantine_id += 1
+                row = vars(entry) | {"id": quarantine_id}
+                quarantine_hash = link(self.key, quarantine_hash, canonical(row[c] for c in QUARANTINE_COLUMNS))
+                rejections.append([row[c] for c in QUARANTINE_COLUMNS] + [quarantine_hash])
+                receipts.append(Receipt("quarantined", quarantine_id, quarantine_hash))
+                continue
+            key = (entry.group_id, entry.event_time, entry.command)
+            if key in known:
+                stored_id, stored_hash, stored_raw = known[key]
+                outcome = "repeat" if stored_raw == entry.raw else "conflict"
+                receipts.append(Receipt(outcome, stored_id, stored_hash))
+                continue
+            event_id += 1
+            row = vars(entry) | {"id": event_id, "member_count": len(entry.members)}
+            event_hash = link(self.key, event_hash, canonical(event_values(row, entry.members)))
+            events.append([row[c] for c in EVENT_COLUMNS] + [event_hash])
+            members.extend((event_id, position, account) for position, account in enumerate(entry.members))
+            known[key] = (event_id, event_hash, entry.raw)
+            receipts.append(Receipt("stored", event_id, event_hash))
+        _insert(conn, "event", EVENT_COLUMNS + ("hash",), events)
+        _insert(conn, "event_member", ("event_id", "position", "account"), members)
+        _insert(conn, "quarantine", QUARANTINE_COLUMNS + ("hash",), rejections)
+        conn.execute("COMMIT")
+        return receipts
 
-    def _write_rejection(self, conn, heads, rejection):
-        row = dataclasses.asdict(rejection)
-        row["id"] = heads["quarantine"].id + 1
-        digest = link(self.key, heads["quarantine"].hash, canonical(row[c] for c in QUARANTINE_COLUMNS))
-        conn.execute(
-            "INSERT INTO quarantine (id, received_at, error_code, reason, command,"
-            " query, peer, content_length, raw, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [row[column] for column in QUARANTINE_COLUMNS] + [digest],
+    @staticmethod
+    def _stored_with_keys(conn, events):
+        """The stored events sharing a (GroupId, EventTime, command) key with
+        ``events``, as {key: (id, hash, raw)}."""
+        group_ids = sorted({event.group_id for event in events})
+        if not group_ids:
+            return {}
+        rows = conn.execute(
+            "SELECT group_id, event_time, command, id, hash, raw FROM event"
+            f" WHERE group_id IN ({', '.join('?' * len(group_ids))})",
+            group_ids,
         )
-        heads["quarantine"] = Head(row["id"], digest)
-        return Receipt("quarantined", row["id"], digest)
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
 
     def close(self):
         with self._writer:
@@ -340,12 +361,18 @@ class AuditLog:
                 self._conn = None
 
 
-def _head(conn, table):
-    if table == "event":
-        row = conn.execute("SELECT id, hash FROM event ORDER BY id DESC LIMIT 1").fetchone()
-    else:
-        row = conn.execute("SELECT id, hash FROM quarantine ORDER BY id DESC LIMIT 1").fetchone()
-    return Head(0, GENESIS) if row is None else Head(row["id"], row["hash"])
+def _insert(conn, table, columns, rows):
+    """INSERT ``rows`` in as few statements as SQLite's variable limit allows."""
+    if not rows:
+        return
+    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
+    group = f"({', '.join('?' * len(columns))})"
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([group] * len(chunk))}",
+            [value for row in chunk for value in row],
+        )
 
 
 def parse_anchor(text):

@@ -253,7 +253,7 @@ def _unavailable(exc, group_id=None):
 
 
 def _log(outcome, seconds):
-    """One line per callback. Values from the request are JSON-quoted so a
+    """One line per callback. Text from the request is JSON-quoted so that a
     crafted GroupId cannot forge log lines; the query (with Sign) is never
     logged."""
     fields = {
@@ -264,8 +264,11 @@ def _log(outcome, seconds):
         "group_id": outcome.group_id,
         "ms": round(seconds * 1000, 2),
     }
-    text = " ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in fields.items())
-    current_app.logger.info("callback %s", text, extra={"callback": fields})
+    current_app.logger.info(
+        "callback outcome=%s status=%d code=%d command=%s group_id=%s ms=%.2f",
+        outcome.name, outcome.status, outcome.code, json.dumps(fields["command"], ensure_ascii=False),
+        json.dumps(outcome.group_id, ensure_ascii=False), fields["ms"], extra={"callback": fields},
+    )
 
 
 def _answer(status, code, info):
