@@ -87,7 +87,7 @@ def send_sample_command(url, body_file):
         status, answer = exc.code, exc.read()
     except urllib.error.URLError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc.reason}") from None
-    click.echo(f"{status} {answer.decode('utf-8', 'replace')}")
+    click.echo(f"{status} {answer.decode('utf-8', 'replace').strip()}")
     if status != 200:
         sys.exit(1)
 

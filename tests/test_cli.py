@@ -1,0 +1,117 @@
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from tencent import SDKAPPID, TOKEN, group_body, sample
+
+OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64})")
+
+
+@pytest.fixture
+def three_events(post, rows):
+    for number in range(3):
+        assert post(group_body(GroupId=f"@TGS#{number}")).status_code == 200
+    return [h for (h,) in rows("SELECT hash FROM event ORDER BY id")]
+
+
+def test_init_db_creates_the_schema_and_can_run_again(runner, app, rows):
+    for _ in range(2):
+        result = runner.invoke(args=["init-db"])
+        assert result.exit_code == 0
+        assert result.output == f"Initialized the database at {app.config['DATABASE']}\n"
+    assert {name for (name,) in rows("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
+        "event", "event_member", "quarantine", "meta",
+    }
+
+
+def test_verify_ends_with_ok_count_and_head(runner, three_events):
+    result = runner.invoke(args=["verify"])
+    assert result.exit_code == 0
+    last = result.output.splitlines()[-1]
+    assert OK_LINE.fullmatch(last)
+    assert last == f"OK 3 {three_events[-1]}"
+
+
+def test_verify_of_an_empty_log(runner):
+    result = runner.invoke(args=["verify"])
+    assert (result.exit_code, result.output) == (0, f"OK 0 {'0' * 64}\n")
+
+
+def test_verify_fails_naming_the_first_bad_row(runner, app, three_events):
+    conn = sqlite3.connect(app.config["DATABASE"])
+    conn.execute("DROP TRIGGER event_no_update")
+    conn.execute("UPDATE event SET owner = 'mallory' WHERE id = 2")
+    conn.commit()
+    conn.close()
+    result = runner.invoke(args=["verify"])
+    assert result.exit_code == 1
+    assert result.output == "FAIL event row 2: hash does not match the row's contents and the row before it\n"
+
+
+def test_verify_passes_against_an_anchor_it_extends(runner, post, three_events):
+    post(group_body(GroupId="@TGS#later"))
+    result = runner.invoke(args=["verify", "--anchor", f"3:{three_events[-1]}"])
+    assert (result.exit_code, result.output.split()[:2]) == (0, ["OK", "4"])
+
+
+def test_verify_fails_against_an_anchor_the_log_no_longer_extends(runner, three_events):
+    result = runner.invoke(args=["verify", "--anchor", f"3:{'a' * 64}"])
+    assert result.exit_code == 1
+    assert result.output.startswith("FAIL event row 3: its hash differs from the anchor")
+    result = runner.invoke(args=["verify", "--anchor", f"9:{three_events[-1]}"])
+    assert result.exit_code == 1
+    assert result.output.startswith("FAIL event row 9: missing: the log has 3 rows")
+
+
+def test_verify_refuses_a_malformed_anchor(runner):
+    result = runner.invoke(args=["verify", "--anchor", "three"])
+    assert result.exit_code == 2
+    assert "an anchor is COUNT:HASH" in result.output
+
+
+def test_send_sample_posts_a_signed_callback(live_server, runner, rows):
+    result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
+    assert result.exit_code == 0
+    assert result.output == '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\n'
+    assert rows("SELECT type, name, member_count, client_ip, opt_platform FROM event") == [
+        ("Public", "tim-audit sample group", 2, "127.0.0.1", "RESTAPI"),
+    ]
+
+
+def test_send_sample_sends_a_given_body(live_server, runner, rows, tmp_path):
+    path = tmp_path / "body.json"
+    path.write_bytes(sample("community-no-owner"))
+    result = runner.invoke(args=["send-sample", "--body", str(path), f"{live_server.url}/callback"])
+    assert result.exit_code == 0
+    assert rows("SELECT raw FROM event") == [(sample("community-no-owner"),)]
+
+
+def test_send_sample_exits_non_zero_on_a_refusal(live_server, make_app):
+    runner = make_app(CALLBACK_TOKEN="not-the-servers").test_cli_runner()
+    result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
+    assert result.exit_code == 1
+    assert result.output.startswith('403 {"ActionStatus":"FAIL","ErrorCode":60013,')
+
+
+def test_send_sample_says_when_the_server_is_unreachable(runner):
+    result = runner.invoke(args=["send-sample", "http://127.0.0.1:9/callback"])
+    assert result.exit_code == 1
+    assert "cannot reach http://127.0.0.1:9/callback" in result.output
+
+
+def test_flask_command_line_verifies_with_environment_config(app, post, tmp_path):
+    """The command as cron runs it: a new process, config from TIM_AUDIT_*."""
+    post(group_body())
+    env = {**os.environ, "TIM_AUDIT_DATABASE": app.config["DATABASE"],
+           "TIM_AUDIT_SDKAPPID": SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": TOKEN}
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert OK_LINE.fullmatch(result.stdout.splitlines()[-1])
+    assert result.stdout.splitlines()[-1].startswith("OK 1 ")
