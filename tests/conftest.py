@@ -1,4 +1,5 @@
 import os
+import shutil
 import sqlite3
 import threading
 from types import SimpleNamespace
@@ -8,6 +9,18 @@ from waitress import create_server
 
 from tencent import CREATE, SDKAPPID, TOKEN, signed_query
 from tim_audit import create_app
+
+
+def require(program):
+    """The path of ``program``; outside CI a missing one skips the test,
+    in CI (where .ci/run installs it) it fails."""
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} is not installed (.ci/run installs it with apt-get)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(autouse=True)

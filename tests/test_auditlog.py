@@ -1,8 +1,10 @@
 import sqlite3
+import subprocess
 import threading
 
 import pytest
 
+from conftest import require
 from tencent import group_body
 from tim_audit import auditlog, db
 from tim_audit.auditlog import AuditLog, ChainBroken, Event, Rejection, canonical, link, verify
@@ -119,6 +121,21 @@ def test_mutation_is_refused(filled, table, statement, recursive_triggers):
         conn.execute(STATEMENTS[statement].format(table=table, column=TABLES[table]))
     assert conn.execute(f"SELECT * FROM {table}").fetchall() == before
     conn.close()
+
+
+@pytest.mark.parametrize("statement", [
+    "PRAGMA recursive_triggers = ON; DELETE FROM event WHERE id = 3;",
+    "PRAGMA foreign_keys = OFF; UPDATE event SET name = 'x';",
+    "REPLACE INTO event SELECT * FROM event WHERE id = 1;",
+    "DELETE FROM quarantine;",
+])
+def test_sqlite3_shell_cannot_change_the_log(filled, statement):
+    sqlite3_shell = require("sqlite3")
+    before = subprocess.run([sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True).stdout
+    result = subprocess.run([sqlite3_shell, filled.path, statement], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "is append-only" in result.stderr
+    assert subprocess.run([sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True).stdout == before
 
 
 @pytest.mark.parametrize("event_id, position", [(5, 2), (1, 2), (5, -1), (6, 0)])
@@ -366,3 +383,11 @@ def test_keyed_chain_cannot_be_recomputed_without_the_key(make_app):
     with pytest.raises(ChainBroken) as caught:
         check(log, key=KEY)
     assert caught.value.row_id == 1
+
+
+def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):
+    conn = log._connection()
+    receipts = log._write(conn, [event(1), event(1), event(1, raw=b"{}")])
+    assert [r.outcome for r in receipts] == ["stored", "repeat", "conflict"]
+    assert {r.id for r in receipts} == {1}
+    assert rows("SELECT count(*) FROM event") == [(1,)]
