@@ -11,6 +11,7 @@ form a second chain of the same kind.
 import dataclasses
 import hashlib
 import hmac
+import json
 import threading
 import time
 from importlib import resources
@@ -24,8 +25,8 @@ from . import db
 GENESIS = "0" * 64
 
 EVENT_COLUMNS = (
-    "id", "received_at", "command", "group_id", "type", "name", "operator",
-    "owner", "event_time", "member_count", "user_data", "sdkappid",
+    "id", "received_at", "command", "group_id", "type", "name", "name_folded",
+    "operator", "owner", "event_time", "member_count", "user_data", "sdkappid",
     "client_ip", "opt_platform", "peer", "raw",
 )
 QUARANTINE_COLUMNS = (
@@ -299,9 +300,8 @@ class AuditLog:
     def _write(self, conn, entries):
         """Append ``entries`` in one transaction; returns their receipts.
 
-        A handful of statements serve the whole batch: sqlite3 releases the
-        GIL around every statement step, and a writer that has to win it
-        back once per row from threads busy with requests is a convoy.
+        One query finds the stored events the batch repeats; the chain
+        hashes are computed here, then every row goes in with executemany.
         """
         conn.execute("BEGIN IMMEDIATE")
         event_id, event_hash, quarantine_id, quarantine_hash = conn.execute(
@@ -328,14 +328,19 @@ class AuditLog:
                 receipts.append(Receipt(outcome, stored_id, stored_hash))
                 continue
             event_id += 1
-            row = vars(entry) | {"id": event_id, "member_count": len(entry.members)}
+            row = vars(entry) | {
+                "id": event_id, "name_folded": entry.name.casefold(), "member_count": len(entry.members),
+            }
             event_hash = link(self.key, event_hash, canonical(event_values(row, entry.members)))
             events.append([row[c] for c in EVENT_COLUMNS] + [event_hash])
-            members.extend((event_id, position, account) for position, account in enumerate(entry.members))
+            members.extend(
+                (event_id, position, account, entry.event_time)
+                for position, account in enumerate(entry.members)
+            )
             known[key] = (event_id, event_hash, entry.raw)
             receipts.append(Receipt("stored", event_id, event_hash))
         _insert(conn, "event", EVENT_COLUMNS + ("hash",), events)
-        _insert(conn, "event_member", ("event_id", "position", "account"), members)
+        _insert(conn, "event_member", ("event_id", "position", "account", "event_time"), members)
         _insert(conn, "quarantine", QUARANTINE_COLUMNS + ("hash",), rejections)
         conn.execute("COMMIT")
         return receipts
@@ -344,13 +349,14 @@ class AuditLog:
     def _stored_with_keys(conn, events):
         """The stored events sharing a (GroupId, EventTime, command) key with
         ``events``, as {key: (id, hash, raw)}."""
-        group_ids = sorted({event.group_id for event in events})
-        if not group_ids:
+        if not events:
             return {}
+        # One statement text whatever the batch size, so the statement
+        # cache holds one prepared statement, not one per size.
         rows = conn.execute(
             "SELECT group_id, event_time, command, id, hash, raw FROM event"
-            f" WHERE group_id IN ({', '.join('?' * len(group_ids))})",
-            group_ids,
+            " WHERE group_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({event.group_id for event in events})),),
         )
         return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
 
@@ -362,17 +368,9 @@ class AuditLog:
 
 
 def _insert(conn, table, columns, rows):
-    """INSERT ``rows`` in as few statements as SQLite's variable limit allows."""
-    if not rows:
-        return
-    per_statement = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
-    group = f"({', '.join('?' * len(columns))})"
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start:start + per_statement]
-        conn.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([group] * len(chunk))}",
-            [value for row in chunk for value in row],
-        )
+    conn.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows
+    )
 
 
 def parse_anchor(text):
@@ -416,7 +414,9 @@ def verify(conn, key=None, anchor=None):
 
 
 def _verify_events(conn, key, anchor_count):
-    members = conn.execute("SELECT event_id, account FROM event_member ORDER BY event_id, position")
+    members = conn.execute(
+        "SELECT event_id, account, event_time FROM event_member ORDER BY event_id, position"
+    )
     member = members.fetchone()
     previous = GENESIS
     at_anchor = GENESIS
@@ -433,6 +433,10 @@ def _verify_events(conn, key, anchor_count):
                 raise ChainBroken(
                     "event_member", member["event_id"],
                     "member rows belong to no event",
+                )
+            if member["event_time"] != row["event_time"]:
+                raise ChainBroken(
+                    "event_member", row["id"], "a member's event_time is not its event's"
                 )
             accounts.append(member["account"])
             member = members.fetchone()

@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS event (
     group_id     TEXT NOT NULL,
     type         TEXT NOT NULL,
     name         TEXT NOT NULL,
+    name_folded  TEXT NOT NULL,     -- casefold(name), for case-insensitive search
     operator     TEXT NOT NULL,
     owner        TEXT,              -- NULL when the body has no Owner_Account
     event_time   INTEGER NOT NULL,  -- EventTime, ms since the epoch
@@ -30,22 +31,26 @@ CREATE TABLE IF NOT EXISTS event (
     UNIQUE (group_id, event_time, command)
 );
 
-CREATE INDEX IF NOT EXISTS event_by_time ON event (event_time);
+-- Pages list newest EventTime first. name_folded rides along in the time
+-- index so that a name search scans the index, not the table.
+CREATE INDEX IF NOT EXISTS event_by_time ON event (event_time, name_folded);
 CREATE INDEX IF NOT EXISTS event_by_type ON event (type, event_time);
 CREATE INDEX IF NOT EXISTS event_by_owner ON event (owner, event_time);
 CREATE INDEX IF NOT EXISTS event_by_operator ON event (operator, event_time);
 
 -- Initial members, one row each, so "which groups was X created into" is an
--- index lookup. Positions run from 0 to the event's member_count - 1 and are
--- all filled when the event is appended, so no member can be added later.
+-- index lookup, newest first. Positions run from 0 to the event's
+-- member_count - 1 and are all filled when the event is appended, so no
+-- member can be added later. event_time repeats the event's.
 CREATE TABLE IF NOT EXISTS event_member (
-    event_id INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    account  TEXT NOT NULL,
+    event_id   INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    account    TEXT NOT NULL,
+    event_time INTEGER NOT NULL,
     PRIMARY KEY (event_id, position)
 ) WITHOUT ROWID;
 
-CREATE INDEX IF NOT EXISTS event_member_by_account ON event_member (account, event_id);
+CREATE INDEX IF NOT EXISTS event_member_by_account ON event_member (account, event_time);
 
 -- Authenticated deliveries of a recorded command that were rejected, kept
 -- with their bytes (NULL when over the size limit) and the reason.
