@@ -6,9 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 from waitress import create_server
+from werkzeug.security import generate_password_hash
 
 from tencent import CREATE, SDKAPPID, TOKEN, signed_query
 from tim_audit import create_app
+
+
+# Reviewers for the dashboard tests; a cheap hash keeps the suite fast.
+REVIEWER, PASSWORD = "alice", "correct horse battery staple"
+REVIEWERS = {REVIEWER: generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")}
 
 
 def require(program):
@@ -43,6 +49,8 @@ def config(tmp_path):
         "DATABASE": str(tmp_path / "audit.sqlite3"),
         "SDKAPPID": SDKAPPID,
         "CALLBACK_TOKEN": TOKEN,
+        "DASHBOARD_USERS": REVIEWERS,
+        "VERIFY_INTERVAL": 0,
     }
 
 
@@ -106,10 +114,19 @@ def rows(app):
 def live_server(app):
     """The app under waitress on a free loopback port."""
     server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stopping = threading.Event()
+
+    def serve():
+        # waitress's own run() only ends when every connection has closed;
+        # this loop ends when the test is over, and closes them itself.
+        while not stopping.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+        server.asyncore.close_all(server._map)
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield SimpleNamespace(app=app, host="127.0.0.1", port=server.effective_port,
                           url=f"http://127.0.0.1:{server.effective_port}")
-    server.close()
-    thread.join(5)
     server.task_dispatcher.shutdown()
+    stopping.set()
+    thread.join(5)
