@@ -142,7 +142,7 @@ def test_sqlite3_shell_cannot_change_the_log(filled, statement):
 def test_member_cannot_be_added_to_a_stored_event(filled, event_id, position):
     conn = sqlite3.connect(filled.path)
     with pytest.raises(sqlite3.IntegrityError, match="event_member is append-only"):
-        conn.execute("INSERT INTO event_member VALUES (?, ?, 'mallory', 1700000000005)", (event_id, position))
+        conn.execute("INSERT INTO event_member VALUES (?, ?, 'mallory', 1700000000005, 0)", (event_id, position))
     conn.close()
 
 
@@ -275,14 +275,14 @@ def test_verify_names_an_event_whose_member_was_edited(filled, attacker):
 
 
 def test_verify_names_an_event_given_an_extra_member(filled, attacker):
-    attacker.execute("INSERT INTO event_member VALUES (2, 2, 'mallory', 1700000000002)")
+    attacker.execute("INSERT INTO event_member VALUES (2, 2, 'mallory', 1700000000002, 0)")
     with pytest.raises(ChainBroken) as caught:
         check(filled)
     assert caught.value.row_id == 2
 
 
 def test_verify_names_member_rows_of_no_event(filled, attacker):
-    attacker.execute("INSERT INTO event_member VALUES (9, 0, 'ghost', 1700000000009)")
+    attacker.execute("INSERT INTO event_member VALUES (9, 0, 'ghost', 1700000000009, 0)")
     with pytest.raises(ChainBroken, match="event_member row 9: member rows belong to no event"):
         check(filled)
 
@@ -395,8 +395,21 @@ def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):
 
 def test_verify_names_an_event_whose_member_event_time_was_moved(filled, attacker):
     attacker.execute("UPDATE event_member SET event_time = 1 WHERE event_id = 3")
-    with pytest.raises(ChainBroken, match="event_member row 3: a member's event_time is not its event's"):
+    with pytest.raises(ChainBroken, match="event_member row 3: member rows do not match the event"):
         check(filled)
+
+
+def test_verify_names_an_event_whose_member_duplicate_flag_was_edited(filled, attacker):
+    attacker.execute("UPDATE event_member SET duplicate = 1 WHERE event_id = 2 AND position = 1")
+    with pytest.raises(ChainBroken, match="event_member row 2: member rows do not match the event"):
+        check(filled)
+
+
+def test_member_listed_twice_is_flagged_as_a_duplicate(log, rows):
+    log.append(event(1, members=("bob", "peter", "bob")))
+    assert rows("SELECT position, account, duplicate FROM event_member ORDER BY position") == [
+        (0, "bob", 0), (1, "peter", 0), (2, "bob", 1),
+    ]
 
 
 def test_verify_names_an_event_whose_folded_name_was_edited(filled, attacker):

@@ -167,9 +167,12 @@ class AuditLog:
         self._writer = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue = []
-        self._conn = db.connect(path, timeout=timeout)
+        self._conn = self._open()
         self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
         self._check_chain_kind()
+
+    def _open(self):
+        return db.connect(self.path, timeout=self.timeout)
 
     def _check_chain_kind(self):
         kind = chain_kind(self.key)
@@ -282,7 +285,7 @@ class AuditLog:
 
     def _connection(self):
         if self._conn is None:
-            self._conn = db.connect(self.path, timeout=self.timeout)
+            self._conn = self._open()
         return self._conn
 
     def _abandon(self):
@@ -333,14 +336,11 @@ class AuditLog:
             }
             event_hash = link(self.key, event_hash, canonical(event_values(row, entry.members)))
             events.append([row[c] for c in EVENT_COLUMNS] + [event_hash])
-            members.extend(
-                (event_id, position, account, entry.event_time)
-                for position, account in enumerate(entry.members)
-            )
+            members.extend(_member_rows(event_id, entry.members, entry.event_time))
             known[key] = (event_id, event_hash, entry.raw)
             receipts.append(Receipt("stored", event_id, event_hash))
         _insert(conn, "event", EVENT_COLUMNS + ("hash",), events)
-        _insert(conn, "event_member", ("event_id", "position", "account", "event_time"), members)
+        _insert(conn, "event_member", MEMBER_COLUMNS, members)
         _insert(conn, "quarantine", QUARANTINE_COLUMNS + ("hash",), rejections)
         conn.execute("COMMIT")
         return receipts
@@ -365,6 +365,17 @@ class AuditLog:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+MEMBER_COLUMNS = ("event_id", "position", "account", "event_time", "duplicate")
+
+
+def _member_rows(event_id, accounts, event_time):
+    """An event's event_member rows; verify rebuilds them to compare."""
+    seen = set()
+    for position, account in enumerate(accounts):
+        yield event_id, position, account, event_time, int(account in seen)
+        seen.add(account)
 
 
 def _insert(conn, table, columns, rows):
@@ -415,7 +426,7 @@ def verify(conn, key=None, anchor=None):
 
 def _verify_events(conn, key, anchor_count):
     members = conn.execute(
-        "SELECT event_id, account, event_time FROM event_member ORDER BY event_id, position"
+        f"SELECT {', '.join(MEMBER_COLUMNS)} FROM event_member ORDER BY event_id, position"
     )
     member = members.fetchone()
     previous = GENESIS
@@ -427,24 +438,26 @@ def _verify_events(conn, key, anchor_count):
                 "event", row["id"],
                 f"expected row {count + 1} here: rows are missing",
             )
-        accounts = []
+        stored = []
         while member is not None and member["event_id"] <= row["id"]:
             if member["event_id"] < row["id"]:
                 raise ChainBroken(
                     "event_member", member["event_id"],
                     "member rows belong to no event",
                 )
-            if member["event_time"] != row["event_time"]:
-                raise ChainBroken(
-                    "event_member", row["id"], "a member's event_time is not its event's"
-                )
-            accounts.append(member["account"])
+            stored.append(tuple(member))
             member = members.fetchone()
+        accounts = [m[2] for m in stored]
         digest = link(key, previous, canonical(event_values(row, accounts)))
         if digest != row["hash"]:
             raise ChainBroken(
                 "event", row["id"],
                 "hash does not match the row's contents and the row before it",
+            )
+        if stored != list(_member_rows(row["id"], accounts, row["event_time"])):
+            raise ChainBroken(
+                "event_member", row["id"],
+                "member rows do not match the event (position, event_time or duplicate)",
             )
         previous = digest
         count += 1

@@ -31,26 +31,33 @@ CREATE TABLE IF NOT EXISTS event (
     UNIQUE (group_id, event_time, command)
 );
 
--- Pages list newest EventTime first. name_folded rides along in the time
--- index so that a name search scans the index, not the table.
-CREATE INDEX IF NOT EXISTS event_by_time ON event (event_time, name_folded);
+-- Pages list newest EventTime first, so every filter column has an index
+-- that goes on with event_time: a page is a short index range and a count an
+-- index count. type rides along in the indexes it is most often combined
+-- with, and name_folded in the time index, so those filters are answered
+-- from the index without visiting the table.
+CREATE INDEX IF NOT EXISTS event_by_time ON event (event_time, name_folded, type);
 CREATE INDEX IF NOT EXISTS event_by_type ON event (type, event_time);
-CREATE INDEX IF NOT EXISTS event_by_owner ON event (owner, event_time);
-CREATE INDEX IF NOT EXISTS event_by_operator ON event (operator, event_time);
+CREATE INDEX IF NOT EXISTS event_by_owner ON event (owner, event_time, type);
+CREATE INDEX IF NOT EXISTS event_by_operator ON event (operator, event_time, type);
 
--- Initial members, one row each, so "which groups was X created into" is an
--- index lookup, newest first. Positions run from 0 to the event's
+-- Initial members, one row each, so "which groups was X put into" is read
+-- newest first straight off an index. Positions run from 0 to the event's
 -- member_count - 1 and are all filled when the event is appended, so no
--- member can be added later. event_time repeats the event's.
+-- member can be added later. event_time repeats the event's; duplicate is 1
+-- where the account is already listed earlier in the same MemberList, so
+-- that a search finds each event once.
 CREATE TABLE IF NOT EXISTS event_member (
     event_id   INTEGER NOT NULL,
     position   INTEGER NOT NULL,
     account    TEXT NOT NULL,
     event_time INTEGER NOT NULL,
+    duplicate  INTEGER NOT NULL,
     PRIMARY KEY (event_id, position)
 ) WITHOUT ROWID;
 
-CREATE INDEX IF NOT EXISTS event_member_by_account ON event_member (account, event_time);
+CREATE INDEX IF NOT EXISTS event_member_by_account
+    ON event_member (account, duplicate, event_time);
 
 -- Authenticated deliveries of a recorded command that were rejected, kept
 -- with their bytes (NULL when over the size limit) and the reason.
