@@ -2,6 +2,7 @@ import pytest
 
 from tim_audit import StartupError, create_app
 
+from conftest import REVIEWERS
 from tencent import SDKAPPID
 
 
@@ -64,16 +65,25 @@ def test_test_config_overrides_environment(made, monkeypatch):
     assert made({"SDKAPPID": "1400000002"}).config["SDKAPPID"] == "1400000002"
 
 
-def test_missing_sdkappid_and_token_are_warned_about(made, caplog):
+def warnings(caplog):
+    return [r.getMessage().split(":")[0] for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_unset_sdkappid_token_and_reviewers_are_warned_about(made, caplog):
     made()
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings[0].startswith("SDKAPPID is not set: every callback is answered FAIL (ErrorCode 60001)")
-    assert warnings[1].startswith("CALLBACK_TOKEN is not set: callbacks are unauthenticated")
+    assert warnings(caplog) == [
+        "SDKAPPID is not set", "DASHBOARD_USERS is empty", "CALLBACK_TOKEN is not set",
+    ]
+
+
+def test_dashboard_without_authentication_is_warned_about(made, caplog):
+    made({"SDKAPPID": SDKAPPID, "CALLBACK_TOKEN": "t", "DASHBOARD_AUTH": False})
+    assert warnings(caplog) == ["DASHBOARD_AUTH is off"]
 
 
 def test_configured_app_warns_about_nothing(made, caplog):
-    made({"SDKAPPID": SDKAPPID, "CALLBACK_TOKEN": "t"})
-    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    made({"SDKAPPID": SDKAPPID, "CALLBACK_TOKEN": "t", "DASHBOARD_USERS": REVIEWERS})
+    assert warnings(caplog) == []
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -84,6 +94,11 @@ def test_configured_app_warns_about_nothing(made, caplog):
     ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0"),
     ("STORAGE_TIMEOUT", 5, "STORAGE_TIMEOUT must be seconds between 0 and 1.8"),
     ("AUDIT_HMAC_KEY", "short", "AUDIT_HMAC_KEY must be a string of at least 16 bytes"),
+    ("DASHBOARD_USERS", {"alice": "correct horse battery"}, "DASHBOARD_USERS['alice'] is not a password hash"),
+    ("DASHBOARD_USERS", ["alice"], "DASHBOARD_USERS must map reviewer names to password hashes"),
+    ("DASHBOARD_AUTH", "no", "DASHBOARD_AUTH must be true or false"),
+    ("DISPLAY_TIMEZONE", "Mars/Olympus", "DISPLAY_TIMEZONE must be an IANA time zone"),
+    ("VERIFY_INTERVAL", -5, "VERIFY_INTERVAL must be whole seconds"),
 ])
 def test_impossible_config_stops_start_up(made, key, value, message):
     with pytest.raises(StartupError) as caught:

@@ -4,10 +4,11 @@ group-created callbacks, with a history dashboard for compliance review."""
 import logging
 import os
 import sqlite3
+import zoneinfo
 
 from flask import Flask
 
-from . import auditlog, callback, cli, db, health
+from . import auditlog, auth, callback, cli, db, health, history, integrity
 
 DEFAULTS = {
     "SDKAPPID": None,
@@ -16,6 +17,19 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "STORAGE_TIMEOUT": 1.0,
     "AUDIT_HMAC_KEY": None,
+    "DASHBOARD_USERS": {},
+    "DASHBOARD_AUTH": True,
+    "DISPLAY_TIMEZONE": "UTC",
+    "VERIFY_INTERVAL": 600,
+}
+
+# Sent with every answer: pages load nothing from elsewhere and run no
+# script, so the strictest policy costs nothing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
 }
 
 
@@ -47,13 +61,24 @@ def create_app(test_config=None):
     _check_config(app.config)
     app.logger.setLevel(logging.INFO)
     app.extensions["tim_audit"] = _open_log(app)
+    app.extensions["tim_audit.reviewers"] = auth.Reviewers(app.config["DASHBOARD_USERS"])
+    app.extensions["tim_audit.verifier"] = integrity.Verifier(
+        app.config["DATABASE"], app.config["AUDIT_HMAC_KEY"], app.config["VERIFY_INTERVAL"]
+    )
 
     db.init_app(app)
     cli.init_app(app)
     app.register_blueprint(callback.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(history.bp)
+    app.after_request(_add_security_headers)
     _warn_about_config(app)
     return app
+
+
+def _add_security_headers(response):
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def _check_config(config):
@@ -90,6 +115,28 @@ def _check_config(config):
         raise StartupError(
             f"STORAGE_TIMEOUT must be seconds between 0 and 1.8 (Tencent waits 2 s), not {timeout!r}"
         )
+
+    users = config["DASHBOARD_USERS"]
+    if not isinstance(users, dict):
+        raise StartupError("DASHBOARD_USERS must map reviewer names to password hashes")
+    for name, hashed in users.items():
+        if not (isinstance(hashed, str) and hashed.startswith(auth.HASH_METHODS) and "$" in hashed):
+            raise StartupError(
+                f"DASHBOARD_USERS[{name!r}] is not a password hash: make one with"
+                " flask --app tim_audit hash-password"
+            )
+    if not isinstance(config["DASHBOARD_AUTH"], bool):
+        raise StartupError("DASHBOARD_AUTH must be true or false")
+    try:
+        zoneinfo.ZoneInfo(config["DISPLAY_TIMEZONE"])
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise StartupError(
+            f"DISPLAY_TIMEZONE must be an IANA time zone such as Asia/Shanghai,"
+            f" not {config['DISPLAY_TIMEZONE']!r}"
+        ) from None
+    interval = config["VERIFY_INTERVAL"]
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise StartupError("VERIFY_INTERVAL must be whole seconds (0: only when asked)")
 
     key = config["AUDIT_HMAC_KEY"]
     if isinstance(key, str):
@@ -135,6 +182,16 @@ def _warn_about_config(app):
     if not app.config["SDKAPPID"]:
         app.logger.warning(
             "SDKAPPID is not set: every callback is answered FAIL (ErrorCode 60001) until it is"
+        )
+    if not app.config["DASHBOARD_AUTH"]:
+        app.logger.warning(
+            "DASHBOARD_AUTH is off: the dashboard and its exports are open to anyone who"
+            " can reach them; only do this behind a proxy that authenticates reviewers"
+        )
+    elif not app.config["DASHBOARD_USERS"]:
+        app.logger.warning(
+            "DASHBOARD_USERS is empty: nobody can sign in to the dashboard; add reviewers"
+            " with hashes from flask --app tim_audit hash-password"
         )
     if not app.config["CALLBACK_TOKEN"]:
         app.logger.warning(

@@ -11,7 +11,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from werkzeug.security import generate_password_hash
+
 from . import auditlog, db, signature
+
+MIN_PASSWORD = 12
 
 
 @click.command("init-db")
@@ -92,6 +96,15 @@ def send_sample_command(url, body_file):
         sys.exit(1)
 
 
+@click.command("hash-password")
+def hash_password_command():
+    """Ask for a reviewer's password and print a hash for DASHBOARD_USERS."""
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD:
+        raise click.ClickException(f"use at least {MIN_PASSWORD} characters")
+    click.echo(generate_password_hash(password))
+
+
 def _sample_body(now):
     return {
         "CallbackCommand": "Group.CallbackAfterCreateGroup",
@@ -106,5 +119,5 @@ def _sample_body(now):
 
 
 def init_app(app):
-    for command in (init_db_command, verify_command, send_sample_command):
+    for command in (init_db_command, verify_command, send_sample_command, hash_password_command):
         app.cli.add_command(command)

@@ -1,0 +1,108 @@
+import base64
+
+import pytest
+from werkzeug.security import check_password_hash
+
+import tim_audit.auth
+from conftest import PASSWORD, REVIEWER
+from dashboard import CREDENTIALS
+from tencent import group_body
+
+PAGES = [
+    ("GET", "/"), ("GET", "/history"), ("GET", "/history?type=Public"), ("GET", "/history/1"),
+    ("GET", "/history.csv"), ("GET", "/history.json"), ("GET", "/quarantine"),
+    ("GET", "/quarantine/1.raw"), ("POST", "/history/verify"),
+]
+
+
+def basic(name, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def stored(post):
+    post(group_body())
+    post(b"{oops")
+
+
+@pytest.mark.parametrize("method, url", PAGES)
+def test_every_page_needs_a_reviewer(client, stored, method, url):
+    response = client.open(url, method=method)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="tim-audit", charset="UTF-8"'
+    assert "Sign in with your reviewer name and password" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("method, url", PAGES)
+@pytest.mark.parametrize("name, password", [(REVIEWER, "wrong"), ("mallory", PASSWORD), (REVIEWER, ""), ("", "")])
+def test_wrong_credentials_are_refused(client, stored, method, url, name, password):
+    assert client.open(url, method=method, headers=basic(name, password)).status_code == 401
+
+
+@pytest.mark.parametrize("method, url", PAGES)
+def test_right_credentials_are_let_in(client, stored, method, url):
+    response = client.open(url, method=method, headers=CREDENTIALS)
+    assert response.status_code == {"/": 302, "/history/verify": 303}.get(url, 200)
+
+
+def test_other_authorization_schemes_are_refused(client, stored):
+    response = client.get("/history", headers={"Authorization": "Bearer " + PASSWORD})
+    assert response.status_code == 401
+
+
+def test_password_is_checked_once_then_remembered(app, client, monkeypatch):
+    checks = []
+    real = tim_audit.auth.check_password_hash
+    monkeypatch.setattr(tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a))
+    for _ in range(3):
+        assert client.get("/history", headers=CREDENTIALS).status_code == 200
+    assert len(checks) == 1
+    assert client.get("/history", headers=basic(REVIEWER, "wrong")).status_code == 401
+    assert len(checks) == 2
+
+
+def test_no_reviewers_configured_explains_what_to_set(make_app):
+    response = make_app(DASHBOARD_USERS={}).test_client().get("/history", headers=CREDENTIALS)
+    assert response.status_code == 401
+    text = response.get_data(as_text=True)
+    assert "No reviewers are configured" in text
+    assert "DASHBOARD_USERS" in text and "flask --app tim_audit hash-password" in text
+
+
+def test_dashboard_auth_off_lets_everyone_in(make_app):
+    client = make_app(DASHBOARD_USERS={}, DASHBOARD_AUTH=False).test_client()
+    assert client.get("/history").status_code == 200
+
+
+def test_callback_and_healthz_need_no_reviewer(client, post):
+    assert post(group_body()).status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
+def test_reviewer_name_is_shown_and_exports_are_logged_with_it(client, stored, caplog):
+    caplog.set_level("INFO")
+    assert '<span class="reviewer">alice</span>' in client.get("/history", headers=CREDENTIALS).get_data(as_text=True)
+    client.get("/history.csv?type=Public", headers=CREDENTIALS).get_data()
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export ")]
+    assert line == 'export reviewer="alice" format=csv rows=1 filters={"type": "Public"}'
+
+
+def test_hash_password_prints_a_hash_of_the_password(runner):
+    result = runner.invoke(args=["hash-password"], input="a long enough secret\na long enough secret\n")
+    assert result.exit_code == 0
+    hashed = result.output.strip().splitlines()[-1]
+    assert hashed.startswith("scrypt:")
+    assert check_password_hash(hashed, "a long enough secret")
+
+
+def test_hash_password_refuses_a_short_password(runner):
+    result = runner.invoke(args=["hash-password"], input="short\nshort\n")
+    assert result.exit_code == 1
+    assert "use at least 12 characters" in result.output
+
+
+def test_hash_password_output_works_as_config(runner, make_app):
+    hashed = runner.invoke(args=["hash-password"], input="bob's own password\nbob's own password\n").output.strip().splitlines()[-1]
+    client = make_app(DASHBOARD_USERS={"bob": hashed}).test_client()
+    assert client.get("/history", headers=basic("bob", "bob's own password")).status_code == 200
+    assert client.get("/history", headers=basic("bob", "bob's own passwore")).status_code == 401

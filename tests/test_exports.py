@@ -1,0 +1,161 @@
+import csv
+import io
+import json
+
+import pytest
+
+from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
+from tencent import group_body
+from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
+
+CSV_HEADER = [
+    "id", "event_time", "event_time_ms", "group_id", "type", "name", "owner", "operator",
+    "member_count", "members", "user_data", "received_at", "sdkappid", "client_ip",
+    "opt_platform", "peer", "hash",
+]
+
+
+@pytest.fixture
+def events(app):
+    events = sample_events()
+    log = app.extensions["tim_audit"]
+    for event in events:
+        log.append(event)
+    return events
+
+
+@pytest.fixture
+def export(client):
+    def export(kind, **query):
+        response = client.get(f"/history.{kind}", query_string=query, headers=CREDENTIALS)
+        assert response.status_code == 200
+        return response
+    return export
+
+
+def csv_rows(response):
+    text = response.get_data().decode("utf-8")
+    assert text.startswith("\ufeff")
+    return list(csv.reader(io.StringIO(text[1:])))
+
+
+@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
+                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_csv_holds_exactly_the_matching_events(events, export, filters):
+    rows = csv_rows(export("csv", **as_query(filters)))
+    assert rows[0] == CSV_HEADER
+    assert [int(row[0]) for row in rows[1:]] == expected_ids(events, **filters)
+
+
+@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
+                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_json_holds_exactly_the_matching_events(events, export, filters):
+    objects = export("json", **as_query(filters)).get_json()
+    assert [o["id"] for o in objects] == expected_ids(events, **filters)
+
+
+def test_exports_ignore_pagination_and_hold_the_whole_set(events, export):
+    assert len(csv_rows(export("csv", limit=5, before=30))) == 41
+    assert len(export("json", limit=5).get_json()) == 40
+
+
+def test_csv_row_has_every_column(post, export, app):
+    body = group_body(UserDefinedDataList=[{"Key": "k", "Value": "v"}])
+    post(body)
+    [header, row] = csv_rows(export("csv"))
+    digest = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    record = dict(zip(header, row))
+    assert record | {"received_at": "", "hash": ""} == {
+        "id": "1", "event_time": "2022-12-09T08:26:54.123Z", "event_time_ms": "1670574414123",
+        "group_id": "'@TGS#2J4SZEAEL", "type": "Public", "name": "MyFirstGroup", "owner": "leckie",
+        "operator": "group_root", "member_count": "2", "members": "bob;peter",
+        "user_data": '[{"Key": "k", "Value": "v"}]', "received_at": "", "sdkappid": "1400000001",
+        "client_ip": "203.0.113.7", "opt_platform": "RESTAPI", "peer": "127.0.0.1", "hash": "",
+    }
+    assert record["hash"] == digest
+    assert record["received_at"].endswith("Z") and len(record["received_at"]) == 24
+
+
+@pytest.mark.parametrize("value, exported", [
+    ("=1+1", "'=1+1"), ("+31 6", "'+31 6"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+    ("\tx", "'\tx"), ("\rx", "'\rx"), ("a=1", "a=1"), ("1-2", "1-2"), ("", ""),
+])
+def test_csv_neutralises_formulas_in_every_text_cell(post, export, value, exported):
+    members = [{"Member_Account": value or "x"}]
+    post(group_body(Name=value, Owner_Account=value, Operator_Account=value, Type=value or "T",
+                    MemberList=members))
+    [_, row] = csv_rows(export("csv"))
+    record = dict(zip(CSV_HEADER, row))
+    assert record["name"] == exported
+    assert record["owner"] == exported
+    assert record["operator"] == exported
+    assert record["members"] == (exported or "x")
+
+
+def test_csv_neutralises_a_member_list_that_starts_a_formula(post, export):
+    post(group_body(MemberList=[{"Member_Account": "=cmd"}, {"Member_Account": "bob"}]))
+    assert csv_rows(export("csv"))[1][9] == "'=cmd;bob"
+
+
+@pytest.mark.parametrize("name", ["周末羽毛球 🏸", "사내 공지", "家族👨\u200d👩\u200d👧", "Ωμάδα", "a\u0000b"])
+def test_unicode_names_are_exported_intact(post, export, name):
+    post(group_body(Name=name))
+    assert csv_rows(export("csv"))[1][5] == name
+    assert export("json").get_json()[0]["Name"] == name
+
+
+def test_json_uses_tencents_field_names_and_keeps_the_raw_body(post, export, app):
+    body = group_body(UserDefinedDataList=[{"Key": "k", "Value": "v"}], InviteOption="NeedPermission")
+    post(body)
+    [record] = export("json").get_json()
+    digest = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    assert record | {"ReceivedAt": None} == {
+        "id": 1, "CallbackCommand": "Group.CallbackAfterCreateGroup", "GroupId": "@TGS#2J4SZEAEL",
+        "Type": "Public", "Name": "MyFirstGroup", "Operator_Account": "group_root",
+        "Owner_Account": "leckie",
+        "MemberList": [{"Member_Account": "bob"}, {"Member_Account": "peter"}],
+        "UserDefinedDataList": [{"Key": "k", "Value": "v"}], "EventTime": 1670574414123,
+        "ReceivedAt": None, "SdkAppid": "1400000001", "ClientIP": "203.0.113.7",
+        "OptPlatform": "RESTAPI", "Peer": "127.0.0.1", "Hash": digest, "RawBody": body.decode(),
+    }
+
+
+def test_json_keeps_absent_and_empty_owner_apart(post, export):
+    post(group_body(GroupId="@TGS#a", Owner_Account=None))
+    post(group_body(GroupId="@TGS#b", Owner_Account=""))
+    owners = {o["GroupId"]: o["Owner_Account"] for o in export("json").get_json()}
+    assert owners == {"@TGS#a": None, "@TGS#b": ""}
+
+
+def test_empty_exports_are_still_well_formed(app, export):
+    assert export("json").get_json() == []
+    assert csv_rows(export("csv")) == [CSV_HEADER]
+
+
+def test_exports_stream_in_chunks(app, export):
+    log = app.extensions["tim_audit"]
+    events = [e for e in sample_events()]
+    many = [e.__class__(**{**vars(e), "group_id": f"@TGS#x{i}", "event_time": START + i}) for i, e in enumerate(events * 63)]
+    log._write(log._connection(), many)  # 2,520 events
+    for kind in ("csv", "json"):
+        response = export(kind)
+        assert response.is_streamed
+        chunks = [chunk for chunk in response.response if chunk]
+        assert len(chunks) >= 3
+    assert len(export("json").get_json()) == 2520
+    assert len(csv_rows(export("csv"))) == 2521
+
+
+def test_export_is_named_as_an_attachment(events, export):
+    response = export("csv")
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith('attachment; filename="tim-audit-events-') and disposition.endswith('.csv"')
+    assert export("json").headers["Content-Type"] == "application/json"
+
+
+def test_export_refuses_bad_filters(client, events):
+    response = client.get("/history.csv?since=tomorrow", headers=CREDENTIALS)
+    assert response.status_code == 400
+
+

@@ -1,0 +1,370 @@
+import datetime
+import html
+import re
+
+import pytest
+
+from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
+from tencent import group_body, signed_query
+
+
+@pytest.fixture
+def events(app):
+    events = sample_events()
+    log = app.extensions["tim_audit"]
+    for event in events:
+        log.append(event)
+    return events
+
+
+@pytest.fixture
+def get(client):
+    """GET as the signed-in reviewer."""
+
+    def get(url, **kwargs):
+        return client.get(url, headers=CREDENTIALS, **kwargs)
+
+    return get
+
+
+def page_ids(get, **query):
+    response = get("/history", query_string={"limit": 500, **query})
+    assert response.status_code == 200
+    return listed_ids(response.get_data(as_text=True))
+
+
+SINGLE_FILTERS = [
+    {"group_id": "@TGS#g1"},
+    {"group_id": "@TGS#g36"},
+    {"owner": "owner1"},
+    {"operator": "administrator"},
+    {"operator": "owner2"},
+    {"member": "m1"},
+    {"member": "bob"},
+    {"member": "nobody"},
+    {"type": "Public"},
+    {"type": "Community"},
+    {"q": "羽毛球"},
+    {"q": "strasse"},
+    {"q": "ATLAS"},
+    {"q": "<script>"},
+    {"q": "🏸"},
+    {"q": "Ω"},
+    {"since": START + 5 * DAY},
+    {"until": START + 2 * DAY + 7_200_000},
+]
+
+COMBINED_FILTERS = [
+    {"type": "Public", "operator": "administrator"},
+    {"owner": "owner1", "member": "m1"},
+    {"member": "m4", "since": START + 2 * DAY, "until": START + 6 * DAY},
+    {"q": "a", "type": "Private", "since": START + DAY},
+    {"group_id": "@TGS#g2", "owner": "owner2", "type": "ChatRoom", "operator": "owner2",
+     "member": "m2", "q": "공지", "since": START, "until": START + 10 * DAY},
+]
+
+
+def as_query(filters):
+    """Filters as the dashboard takes them: times as UTC ISO strings."""
+    query = dict(filters)
+    for key in ("since", "until"):
+        if key in query:
+            ms = query[key]
+            query[key] = f"{_iso(ms)}Z"
+    return query
+
+
+def _iso(ms):
+    when = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}"
+
+
+@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
+                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_filter_lists_exactly_the_matching_events(events, get, filters):
+    expected = expected_ids(events, **filters)
+    assert page_ids(get, **as_query(filters)) == expected
+    text = get("/history", query_string=as_query(filters)).get_data(as_text=True)
+    count = re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1)
+    assert int(count.replace(",", "")) == len(expected)
+
+
+def test_unfiltered_history_lists_newest_first_with_ties_by_id(events, get):
+    ids = page_ids(get)
+    assert ids == expected_ids(events)
+    assert ids.index(12) < ids.index(11) < ids.index(10)  # 10 and 11 share an EventTime
+
+
+def test_member_listed_twice_finds_its_event_once(events, get):
+    assert page_ids(get, member="bob") == [8]
+
+
+def test_whole_day_bounds_are_read_in_display_timezone(make_app):
+    app = make_app(DISPLAY_TIMEZONE="Asia/Shanghai")
+    log = app.extensions["tim_audit"]
+    events = sample_events()
+    for event in events:
+        log.append(event)
+    get = lambda url, **kw: app.test_client().get(url, headers=CREDENTIALS, **kw)  # noqa: E731
+    # 2026-03-03 in Shanghai runs from 2026-03-02T16:00Z to 2026-03-03T16:00Z.
+    since, until = START + DAY + 16 * 3_600_000, START + 2 * DAY + 16 * 3_600_000 - 1
+    assert page_ids(get, since="2026-03-03", until="2026-03-03") == expected_ids(events, since=since, until=until)
+
+
+@pytest.mark.parametrize("since, ms", [
+    ("2026-03-03", START + 2 * DAY),
+    ("2026-03-03T08:00:00+08:00", START + 2 * DAY),
+    ("2026-03-03 01:00", START + 2 * DAY + 3_600_000),
+    ("2026-03-03T01:00:00.001Z", START + 2 * DAY + 3_600_001),
+])
+def test_since_takes_dates_and_times_with_or_without_offsets(events, get, since, ms):
+    assert page_ids(get, since=since) == expected_ids(events, since=ms)
+
+
+@pytest.mark.parametrize("since", ["1773100800000", "20260303", "2026-03-03T01", "03/03/2026", "2026-03-03T01:00+0800"])
+def test_since_refuses_other_forms(events, get, since):
+    response = get("/history", query_string={"since": since})
+    assert response.status_code == 400
+    assert "Not an ISO date or date-time" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 40, 500])
+def test_pages_visit_every_event_once_in_both_directions(events, get, limit):
+    expected = expected_ids(events)
+    seen, pages = [], []
+    url = f"/history?limit={limit}"
+    while url:
+        text = get(url).get_data(as_text=True)
+        pages.append(listed_ids(text))
+        seen += pages[-1]
+        url = link(text, "next")
+    assert seen == expected
+    assert all(len(ids) == limit for ids in pages[:-1])
+    back = list(reversed(pages[-1]))
+    text = get(f"/history?limit={limit}&after={pages[-1][0]}").get_data(as_text=True) if len(pages) > 1 else ""
+    while text:
+        back += list(reversed(listed_ids(text)))
+        url = link(text, "prev")
+        text = get(url).get_data(as_text=True) if url else ""
+    assert back == list(reversed(expected))
+
+
+def test_pages_keep_the_filters(events, get):
+    text = get("/history?type=Public&limit=2").get_data(as_text=True)
+    assert link(text, "next").startswith("/history?before=")
+    assert "type=Public" in link(text, "next") and "limit=2" in link(text, "next")
+    seen = listed_ids(text)
+    while (url := link(text, "next")):
+        text = get(url).get_data(as_text=True)
+        seen += listed_ids(text)
+    assert seen == expected_ids(events, type="Public")
+
+
+def test_first_page_has_no_newer_link_and_last_page_no_older(events, get):
+    first = get("/history?limit=50").get_data(as_text=True)
+    assert link(first, "prev") is None and link(first, "next") is None
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("limit=0", "limit"), ("limit=501", "limit"), ("limit=ten", "limit"),
+    ("before=abc", "before"), ("before=1&after=2", "before or after"),
+    ("before=99999999999999999999", "before"), ("since=yesterday", "since"),
+    ("until=2026-13-45", "until"), ("q=" + "x" * 300, "q"), ("before=9999", "no event 9999"),
+])
+def test_bad_query_is_a_400_page_naming_the_problem(events, get, query, problem):
+    response = get(f"/history?{query}")
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert problem in html.unescape(response.get_data(as_text=True))
+
+
+def test_empty_form_fields_mean_any(events, get):
+    assert page_ids(get, group_id="", owner="", q="", since="", until="", type="") == expected_ids(events)
+
+
+def test_no_match_says_so(events, get):
+    text = get("/history?owner=nobody").get_data(as_text=True)
+    assert "<strong>0</strong> events match" in text
+    assert "No events match." in text
+
+
+# --- one event -------------------------------------------------------------
+
+def test_detail_page_shows_every_field(app, client, post, get):
+    body = group_body(UserDefinedDataList=[{"Key": "Department", "Value": "财务"}], Name="周末羽毛球 🏸")
+    post(body)
+    text = get("/history/1").get_data(as_text=True)
+    for shown in ("Group.CallbackAfterCreateGroup", "@TGS#2J4SZEAEL", "周末羽毛球 🏸", "Public",
+                  "leckie", "group_root", "bob", "peter", "Department", "财务", "1400000001",
+                  "203.0.113.7", "RESTAPI", "127.0.0.1", "2022-12-09T08:26:54.123Z", "1670574414123"):
+        assert shown in text
+    [(digest,)] = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchall()
+    assert digest in text
+    assert "0" * 64 in text  # the first row's previous hash
+    assert "This row's hash matches its contents and the row before it." in text
+    assert '\n  &#34;GroupId&#34;: &#34;@TGS#2J4SZEAEL&#34;,\n' in text  # the raw body, pretty-printed
+
+
+def test_detail_page_says_when_a_row_does_not_verify(app, post, get):
+    post(group_body())
+    conn = app.extensions["tim_audit"]._connection()
+    conn.execute("DROP TRIGGER event_no_update")
+    conn.execute("UPDATE event SET name = 'edited'")
+    text = get("/history/1").get_data(as_text=True)
+    assert "This row's hash does NOT match its contents and the row before it." in text
+
+
+def test_detail_page_links_other_events_of_the_same_group(events, get):
+    text = get("/history/2").get_data(as_text=True)  # @TGS#g1, reused by event 39
+    assert 'href="/history/39"' in text
+    assert "Other events of this GroupId" in text
+
+
+@pytest.mark.parametrize("event_id", ["999", "0", "99999999999999999999999"])
+def test_unknown_event_is_a_404_page(events, get, event_id):
+    response = get(f"/history/{event_id}")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert f"There is no event {event_id}." in response.get_data(as_text=True)
+
+
+# --- what a page may contain ------------------------------------------------
+
+@pytest.mark.parametrize("url", ["/history", "/history/6", "/history?q=script"])
+def test_names_are_escaped(events, get, url):
+    text = get(url).get_data(as_text=True)
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_raw_body_is_escaped(post, get):
+    post(group_body(Name="</pre><img src=x onerror=alert(1)>"))
+    text = get("/history/1").get_data(as_text=True)
+    assert "<img" not in text
+    assert "&lt;/pre&gt;&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+@pytest.mark.parametrize("name", ["周末羽毛球 🏸", "사내 공지", "家族👨\u200d👩\u200d👧"])
+def test_unicode_names_are_shown_intact(post, get, name):
+    post(group_body(Name=name))
+    assert name in get("/history").get_data(as_text=True)
+    assert name in get("/history/1").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("url", ["/history", "/history/1", "/history.csv", "/history.json", "/quarantine",
+                                 "/no-such-page", "/callback", "/healthz"])
+def test_security_headers_are_sent(events, get, url):
+    response = get(url)
+    assert response.headers["Content-Security-Policy"] == "default-src 'self'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_pages_load_nothing_from_elsewhere(events, get):
+    text = get("/history").get_data(as_text=True)
+    assert re.findall(r'(?:src|href)="(?:https?:)?//', text) == []
+    assert "<script" not in text and "style=" not in text
+
+
+def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
+    app = make_app(DISPLAY_TIMEZONE="Asia/Shanghai")
+    app.test_client().post("/callback", query_string=signed_query(), data=group_body())
+    text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
+    assert '<time datetime="2022-12-09T08:26:54.123Z" title="2022-12-09T08:26:54.123Z">2022-12-09 16:26:54.123</time>' in text
+    assert "Event time (Asia/Shanghai)" in text
+
+
+# --- chart and integrity strip ----------------------------------------------
+
+def test_chart_counts_events_per_day_up_to_the_newest(events, get):
+    text = get("/history").get_data(as_text=True)
+    titles = re.findall(r"<title>(\d{4}-\d{2}-\d{2}): (\d+) events?</title>", text)
+    assert titles[0][0] == "2026-01-10" and titles[-1][0] == "2026-03-10"
+    assert len(titles) == 60
+    by_day = {day: int(n) for day, n in titles}
+    assert sum(by_day.values()) == 40
+    assert by_day["2026-03-01"] == 4 and by_day["2026-03-03"] == 4 and by_day["2026-02-28"] == 0
+
+
+def test_chart_follows_the_filter_and_its_dates(events, get):
+    text = get("/history?type=Public&since=2026-03-02&until=2026-03-05").get_data(as_text=True)
+    titles = re.findall(r"<title>(\d{4}-\d{2}-\d{2}): (\d+) events?</title>", text)
+    assert [day for day, _ in titles] == ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"]
+    since, until = START + DAY, START + 5 * DAY - 1
+    assert sum(int(n) for _, n in titles) == len(expected_ids(events, type="Public", since=since, until=until))
+
+
+def test_integrity_strip_shows_count_and_head(events, app, get):
+    text = get("/history").get_data(as_text=True)
+    [(head,)] = app.extensions["tim_audit"]._connection().execute(
+        "SELECT hash FROM event WHERE id = 40").fetchall()
+    assert "<strong>40</strong> events" in text
+    assert f'title="{head}"' in text
+    assert "Not verified since this server started." in text
+
+
+def test_verification_can_be_run_from_the_page(events, app, client, get):
+    response = client.post("/history/verify", headers=CREDENTIALS)
+    assert (response.status_code, response.headers["Location"]) == (303, "/history")
+    app.extensions["tim_audit.verifier"].wait(10)
+    text = get("/history").get_data(as_text=True)
+    head = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event WHERE id = 40").fetchone()[0]
+    assert re.search(r"Chain verified at <time[^>]*>[^<]+</time>:\s+40 events, head <code title=\"" + head, text)
+
+
+def test_a_broken_chain_turns_the_strip_red(events, app, get):
+    conn = app.extensions["tim_audit"]._connection()
+    conn.execute("DROP TRIGGER event_no_update")
+    conn.execute("UPDATE event SET name = 'edited' WHERE id = 17")
+    verifier = app.extensions["tim_audit.verifier"]
+    verifier.start()
+    verifier.wait(10)
+    text = get("/history").get_data(as_text=True)
+    assert 'class="integrity broken"' in text
+    assert "Verification FAILED" in text and "event row 17: hash does not match" in text
+
+
+def test_verification_runs_when_due(make_app):
+    app = make_app(VERIFY_INTERVAL=600)
+    app.test_client().get("/history", headers=CREDENTIALS)
+    verifier = app.extensions["tim_audit.verifier"]
+    verifier.wait(10)
+    assert verifier.last.count == 0 and verifier.last.failure is None
+    first = verifier.last
+    app.test_client().get("/history", headers=CREDENTIALS)
+    verifier.wait(10)
+    assert verifier.last is first  # not due again for ten minutes
+
+
+# --- quarantine ------------------------------------------------------------
+
+def test_quarantine_page_lists_reason_and_escaped_body(post, get):
+    post(b'{"Name": "<script>alert(1)</script>"')
+    post(b"[]")
+    text = get("/quarantine").get_data(as_text=True)
+    assert text.index("body is JSON but not an object") < text.index("body is not JSON")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>" not in text
+    assert 'href="/quarantine/1.raw"' in text
+
+
+def test_quarantined_body_downloads_byte_for_byte(post, get):
+    body = b'{"Name": "\xe5\x91\xa8\xe6\x9c\xab", oops'
+    post(body)
+    response = get("/quarantine/1.raw")
+    assert response.data == body
+    assert response.headers["Content-Disposition"] == 'attachment; filename="tim-audit-quarantine-1.body"'
+
+
+def test_quarantine_pages_older(post, get):
+    for number in range(5):
+        post(b"{" + str(number).encode())
+    text = get("/quarantine?limit=2").get_data(as_text=True)
+    assert re.findall(r"<td>(\d+)</td>\s*<td><time", text) == ["5", "4"]
+    text = get(link(text, "next")).get_data(as_text=True)
+    assert re.findall(r"<td>(\d+)</td>\s*<td><time", text) == ["3", "2"]
+
+
+def test_root_redirects_to_history(get):
+    response = get("/")
+    assert (response.status_code, response.headers["Location"]) == (302, "/history")

@@ -1,0 +1,316 @@
+"""The dashboard: the history of group creation, for compliance reviewers.
+
+Every page and export sits behind HTTP Basic authentication (auth.py) and
+reads through the request's read-only connection. A filtered view lives
+entirely in its URL, so it can be pasted into a report.
+"""
+
+import dataclasses
+import datetime
+import json
+import re
+import time
+from zoneinfo import ZoneInfo
+
+from flask import (
+    Blueprint, Response, abort, current_app, g, redirect, render_template, request,
+    stream_with_context, url_for,
+)
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+
+from . import auditlog, exports, queries
+from .auth import require_reviewer
+from .db import get_db
+
+bp = Blueprint("history", __name__)
+bp.before_request(require_reviewer)
+
+CHART_DAYS = 60
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+_MAX_TEXT = 256
+FILTER_NAMES = ("group_id", "owner", "operator", "member", "type", "q", "since", "until")
+
+
+class Moment(fields.Field):
+    """An ISO date (a whole day) or date-time; without an offset it is read
+    in DISPLAY_TIMEZONE. Loads as (datetime, is_whole_day)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        whole_day = isinstance(value, str) and bool(_DATE.fullmatch(value))
+        try:
+            if not (whole_day or isinstance(value, str) and _DATE_TIME.fullmatch(value)):
+                raise ValueError
+            return datetime.datetime.fromisoformat(value), whole_day
+        except ValueError:
+            raise ValidationError(
+                "Not an ISO date or date-time, such as 2026-03-01, 2026-03-01T08:30"
+                " or 2026-03-01T08:30:00.000+08:00."
+            ) from None
+
+
+class HistoryArgs(Schema):
+    """The query string of /history and its exports."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    group_id = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    owner = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    operator = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    member = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    type = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    q = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    since = Moment(load_default=None)
+    until = Moment(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    before = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    after = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+
+    @pre_load
+    def _leave_out_empty(self, data, **kwargs):
+        """An empty form field means "any"."""
+        return {key: value for key, value in data.items() if value != ""}
+
+    @validates_schema
+    def _one_cursor(self, data, **kwargs):
+        if data["before"] is not None and data["after"] is not None:
+            raise ValidationError("Use before or after, not both.", "before")
+
+
+def _zone():
+    return ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _milliseconds(moment, end):
+    """A Moment as ms since the epoch: a whole day starts at its first ms,
+    or (for ``until``) ends at its last."""
+    when, whole_day = moment
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_zone())
+    if whole_day and end:
+        return _ms(when + datetime.timedelta(days=1)) - 1
+    return _ms(when)
+
+
+def _ms(when):
+    return (when - _EPOCH) // datetime.timedelta(milliseconds=1)
+
+
+def _arguments():
+    """The validated query string; a 400 page naming each problem."""
+    try:
+        args = HistoryArgs().load(request.args.to_dict())
+    except ValidationError as exc:
+        abort(400, description=_problems(exc.messages))
+    try:
+        since = None if args["since"] is None else _milliseconds(args["since"], end=False)
+        until = None if args["until"] is None else _milliseconds(args["until"], end=True)
+    except (OverflowError, ValueError):
+        abort(400, description="since/until: out of range.")
+    filters = queries.Filters(
+        group_id=args["group_id"], owner=args["owner"], operator=args["operator"],
+        member=args["member"], type=args["type"], q=args["q"], since=since, until=until,
+    )
+    return args, filters
+
+
+def _problems(messages):
+    return "; ".join(f"{field}: {' '.join(problems)}" for field, problems in messages.items())
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("history.events"))
+
+
+@bp.get("/history")
+def events():
+    args, filters = _arguments()
+    conn = get_db()
+    total = queries.count(conn, filters)
+    result = queries.Page([], None, None)
+    if total:
+        try:
+            result = queries.page(conn, filters, args["limit"], args["before"], args["after"])
+        except queries.UnknownCursor as exc:
+            abort(400, description=f"There is no event {exc.args[0]} to page from.")
+    return render_template(
+        "history.html",
+        integrity=_integrity(conn),
+        page=result,
+        total=total,
+        chart=_chart(conn, filters) if total else None,
+        filters={name: request.args.get(name, "") for name in FILTER_NAMES},
+        limit=args["limit"],
+        query_string=_query_string(),
+    )
+
+
+def _integrity(conn):
+    """What the header strip shows; starts a verification when one is due."""
+    verifier = current_app.extensions["tim_audit.verifier"]
+    verifier.start_if_due()
+    head_id, head_hash = queries.head(conn)
+    return {"total": head_id, "head_id": head_id, "head_hash": head_hash,
+            "last": verifier.last, "running": verifier.running}
+
+
+def _query_string(**changes):
+    """This URL's filters (and limit), with ``changes``; cursors dropped."""
+    kept = {k: v for k, v in request.args.items() if k in FILTER_NAMES + ("limit",) and v}
+    kept.update({k: v for k, v in changes.items() if v is not None})
+    return kept
+
+
+def _chart(conn, filters):
+    """Events per day (in DISPLAY_TIMEZONE) over the last CHART_DAYS days
+    that the filter reaches, ending at ``until`` or the newest match."""
+    zone = _zone()
+    end = queries.newest(conn, filters) if filters.until is None else filters.until
+    last_day = datetime.datetime.fromtimestamp(end / 1000, zone).date()
+    first_day = last_day - datetime.timedelta(days=CHART_DAYS - 1)
+    if filters.since is not None:
+        first_day = max(first_day, datetime.datetime.fromtimestamp(filters.since / 1000, zone).date())
+    days = []
+    day = first_day
+    while day <= last_day:
+        following = day + datetime.timedelta(days=1)
+        start = _ms(datetime.datetime.combine(day, datetime.time(), zone))
+        stop = _ms(datetime.datetime.combine(following, datetime.time(), zone))
+        # Clipped to since/until here, so each day is one index range.
+        if filters.since is not None:
+            start = max(start, filters.since)
+        if filters.until is not None:
+            stop = min(stop, filters.until + 1)
+        days.append((day, start, stop))
+        day = following
+    unbounded = dataclasses.replace(filters, since=None, until=None)
+    counts = queries.per_day(conn, unbounded, [(start, stop) for _, start, stop in days])
+    return {"days": [(day, n) for (day, _, _), n in zip(days, counts)], "max": max(counts)}
+
+
+@bp.get("/history/<int:event_id>")
+def event(event_id):
+    conn = get_db()
+    row = queries.event(conn, event_id) if event_id < 2**63 else None
+    if row is None:
+        abort(404, description=f"There is no event {event_id}.")
+    members = queries.members(conn, event_id)
+    previous = queries.previous_hash(conn, event_id)
+    key = current_app.config["AUDIT_HMAC_KEY"]
+    verifies = auditlog.link(
+        key, previous or auditlog.GENESIS, auditlog.canonical(auditlog.event_values(row, members))
+    ) == row["hash"]
+    try:
+        raw = json.dumps(json.loads(row["raw"]), ensure_ascii=False, indent=2)
+    except ValueError:
+        raw = bytes(row["raw"]).decode("utf-8", "replace")
+    return render_template(
+        "event.html",
+        integrity=_integrity(conn),
+        event=row,
+        members=members,
+        user_data=json.loads(row["user_data"]) if row["user_data"] else None,
+        raw=raw,
+        previous=previous,
+        verifies=verifies,
+        same_group=queries.same_group(conn, row["group_id"], event_id),
+    )
+
+
+@bp.get("/history.csv")
+def export_csv():
+    return _export("csv", exports.csv_chunks, "text/csv")
+
+
+@bp.get("/history.json")
+def export_json():
+    return _export("json", exports.json_chunks, "application/json")
+
+
+def _export(extension, chunks, mimetype):
+    _, filters = _arguments()
+    counter = {"rows": 0}
+    reviewer = g.reviewer
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+    def stream():
+        try:
+            yield from chunks(get_db(), filters, counter)
+        finally:
+            current_app.logger.info(
+                "export reviewer=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
+                extension, counter["rows"], json.dumps(_query_string(), ensure_ascii=False),
+            )
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="tim-audit-events-{stamp}.{extension}"'},
+    )
+
+
+@bp.post("/history/verify")
+def verify():
+    """Start a verification now; it is read-only, so a forged request can
+    do no more than start one (and only one runs at a time)."""
+    current_app.extensions["tim_audit.verifier"].start()
+    return redirect(url_for("history.events"), 303)
+
+
+@bp.get("/quarantine")
+def quarantine():
+    try:
+        before = int(request.args["before"]) if request.args.get("before") else None
+        limit = int(request.args.get("limit") or 50)
+    except ValueError:
+        abort(400, description="before and limit must be whole numbers.")
+    if not 1 <= limit <= 500 or (before is not None and not 1 <= before < 2**63):
+        abort(400, description="limit must be 1 to 500, and before a positive id.")
+    conn = get_db()
+    rows, older = queries.quarantined(conn, limit, before)
+    return render_template(
+        "quarantine.html", integrity=_integrity(conn), rows=rows, older=older, limit=limit
+    )
+
+
+@bp.get("/quarantine/<int:row_id>.raw")
+def quarantined_body(row_id):
+    row = queries.quarantined_row(get_db(), row_id) if row_id < 2**63 else None
+    if row is None or row["raw"] is None:
+        abort(404, description=f"No body is kept for quarantined delivery {row_id}.")
+    return Response(
+        bytes(row["raw"]), mimetype="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'},
+    )
+
+
+@bp.app_template_filter("utc")
+def utc(ms):
+    """UTC ISO 8601 with milliseconds, as exported."""
+    when = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+@bp.app_template_filter("local")
+def local(ms):
+    """The same instant in DISPLAY_TIMEZONE."""
+    when = datetime.datetime.fromtimestamp(ms // 1000, _zone())
+    return f"{when:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}"
+
+
+@bp.app_context_processor
+def _page_globals():
+    return {"display_timezone": current_app.config["DISPLAY_TIMEZONE"]}
+
+
+@bp.app_errorhandler(400)
+@bp.app_errorhandler(404)
+def _error_page(exc):
+    return render_template("error.html", error=exc), exc.code

@@ -1,0 +1,73 @@
+"""The dashboard's integrity strip: the chain verified in the background.
+
+A verification runs in a thread of its own on a read-only connection, at
+most one at a time, when a reviewer asks or when the last one is older than
+``VERIFY_INTERVAL`` seconds. No page waits for it, and the callback writer
+never does either: in WAL mode a reader does not block the writer.
+"""
+
+import dataclasses
+import sqlite3
+import threading
+import time
+
+from . import auditlog, db
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    finished_at: int  # ms since the epoch
+    seconds: float
+    count: int | None
+    head: str | None
+    failure: str | None
+
+
+class Verifier:
+    def __init__(self, path, key, interval):
+        self.path = path
+        self.key = key
+        self.interval = interval
+        self.last = None
+        self._lock = threading.Lock()
+        self._thread = None
+
+    @property
+    def running(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self):
+        """Start a verification unless one is running; True if started."""
+        with self._lock:
+            if self.running:
+                return False
+            self._thread = threading.Thread(target=self._run, name="tim-audit verify", daemon=True)
+            self._thread.start()
+            return True
+
+    def start_if_due(self):
+        last = self.last
+        if self.interval and (last is None or time.time() * 1000 - last.finished_at >= self.interval * 1000):
+            self.start()
+
+    def wait(self, timeout=None):
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self):
+        started = time.monotonic()
+        count = head = failure = None
+        try:
+            conn = db.connect(self.path, readonly=True)
+            try:
+                count, head = auditlog.verify(conn, self.key)
+            finally:
+                conn.close()
+        except auditlog.ChainBroken as exc:
+            failure = str(exc)
+        except sqlite3.Error as exc:
+            failure = f"the log could not be read: {exc}"
+        self.last = Verification(
+            int(time.time() * 1000), time.monotonic() - started, count, head, failure
+        )
