@@ -31,3 +31,18 @@ CALLBACK_TOKEN = "paste-the-console-token-here"
 # can re-chain an edited log. Set it before the first event is stored and
 # keep it off this machine's backups; it cannot be added to a log later.
 # AUDIT_HMAC_KEY = "at least 16 random bytes, e.g. from: python -c 'import secrets; print(secrets.token_hex(32))'"
+
+# Reviewers who may read the dashboard: name -> password hash. Make a hash
+# with: flask --app tim_audit hash-password
+# DASHBOARD_USERS = {"alice": "scrypt:32768:8:1$..."}
+
+# Behind a reverse proxy that authenticates reviewers itself:
+# DASHBOARD_AUTH = False
+
+# The time zone pages show times in (exports are always UTC), and in which
+# since/until without an offset are read.
+# DISPLAY_TIMEZONE = "Asia/Shanghai"
+
+# Seconds after which viewing the dashboard starts a background verification
+# of the chain; 0: only when a reviewer presses "Verify now".
+# VERIFY_INTERVAL = 600

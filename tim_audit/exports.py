@@ -9,7 +9,7 @@ SQLite ready to write.
 import csv
 import io
 
-CHUNK_ROWS = 1000
+CHUNK_ROWS = 250
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
 _FORMULA_STARTS = "('=', '+', '-', '@', char(9), char(13))"
