@@ -1,0 +1,334 @@
+"""The log holds under crashes, full disks, locks and bad start-up
+conditions: nothing acknowledged is lost, nothing half-written is left."""
+
+import contextlib
+import http.client
+import json
+import os
+import pathlib
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from tencent import SDKAPPID, TOKEN, group_body, signed_query
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
+
+
+def server_env(database, instance):
+    return {
+        **os.environ, "TIM_AUDIT_INSTANCE_PATH": str(instance), "TIM_AUDIT_DATABASE": str(database),
+        "TIM_AUDIT_SDKAPPID": SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(TOKEN),
+    }
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(env, port):
+    """waitress in a process of its own, as deployed; returns once it answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return process
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the server did not start")
+
+
+def post(port, body, conn=None):
+    """(status, answer) for one signed callback; None if the connection broke."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/callback?" + urlencode(signed_query()), body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        if own:
+            conn.close()
+
+
+def stored_group_ids(database):
+    conn = sqlite3.connect(database)
+    try:
+        return dict(conn.execute("SELECT group_id, count(*) FROM event GROUP BY group_id").fetchall())
+    finally:
+        conn.close()
+
+
+def verify(env):
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    return result.returncode, result.stdout.strip().splitlines()[-1]
+
+
+# --- a crash under load ------------------------------------------------------
+
+@pytest.mark.parametrize("kill_after", [25, 120, 300])
+def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
+    database, port = tmp_path / "audit.sqlite3", free_port()
+    env = server_env(database, tmp_path)
+    server = start_server(env, port)
+    bodies = {f"@TGS#crash{n:04d}": group_body(GroupId=f"@TGS#crash{n:04d}") for n in range(400)}
+    acknowledged, sent, lock = set(), [], threading.Lock()
+    queue = list(bodies)
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            with lock:
+                if not queue:
+                    return
+                group_id = queue.pop(0)
+                sent.append(group_id)
+            answer = post(port, bodies[group_id], conn)
+            if answer is None:
+                return  # the server is gone
+            if answer == (200, OK):
+                with lock:
+                    acknowledged.add(group_id)
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.001)
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    for thread in clients:
+        thread.join()
+    killed_at = len(acknowledged)
+
+    server = start_server(env, port)
+    try:
+        stored = stored_group_ids(database)
+        assert all(stored.get(group_id) == 1 for group_id in acknowledged)
+        assert set(stored.values()) == {1}
+        assert set(stored) <= set(sent)
+        assert verify(env)[0] == 0
+
+        # Tencent's retry: the acknowledged ones again add nothing ...
+        for group_id in sorted(acknowledged):
+            assert post(port, bodies[group_id]) == (200, OK)
+        assert stored_group_ids(database) == stored
+        # ... and the rest land exactly once.
+        for group_id in bodies:
+            assert post(port, bodies[group_id]) == (200, OK)
+        assert stored_group_ids(database) == {group_id: 1 for group_id in bodies}
+        status, last = verify(env)
+        assert (status, last.split()[:2]) == (0, ["OK", "400"])
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"killed after {kill_after}+ acknowledged: {killed_at} acknowledged,"
+          f" {len(stored)} stored, {len(sent)} sent")
+
+
+# --- the disk is full --------------------------------------------------------
+
+def test_full_database_answers_503_at_once_and_recovers(app, client, post, rows, runner):
+    assert post(group_body(GroupId="@TGS#before")).status_code == 200
+    writer = app.extensions["tim_audit"]._connection()
+    writer.execute(f"PRAGMA max_page_count = {writer.execute('PRAGMA page_count').fetchone()[0]}")
+
+    started = time.monotonic()
+    response = post(group_body(GroupId="@TGS#lost", Name="x" * 200_000))
+    assert time.monotonic() - started < 0.5
+    assert response.status_code == 503
+    answer = response.get_json()
+    assert answer["ErrorCode"] == 60030
+    assert answer["ErrorInfo"] == (
+        "the audit log cannot store this now (database or disk is full); nothing was recorded"
+    )
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["error"] == "the last write failed: database or disk is full"
+    assert rows("SELECT group_id FROM event") == [("@TGS#before",)]
+    assert rows("SELECT count(*) FROM event_member") == [(2,)]
+    assert runner.invoke(args=["verify"]).output.startswith("OK 1 ")
+
+    writer.execute("PRAGMA max_page_count = 1073741823")  # room is made
+    assert post(group_body(GroupId="@TGS#after", Name="x" * 200_000)).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert rows("SELECT group_id FROM event ORDER BY id") == [("@TGS#before",), ("@TGS#after",)]
+    assert runner.invoke(args=["verify"]).output.startswith("OK 2 ")
+
+
+def test_full_disk_cannot_quarantine_either(app, post, rows):
+    writer = app.extensions["tim_audit"]._connection()
+    writer.execute(f"PRAGMA max_page_count = {writer.execute('PRAGMA page_count').fetchone()[0]}")
+    response = post(b"{" + b"x" * 200_000)
+    assert (response.status_code, response.get_json()["ErrorCode"]) == (503, 60030)
+    assert rows("SELECT count(*) FROM quarantine") == [(0,)]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MB tmpfs, so the disk itself fills up (needs root and mount)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(make_app, small_filesystem, runner):
+    app = make_app(DATABASE=str(small_filesystem / "audit.sqlite3"))
+    client = app.test_client()
+
+    def send(group_id):
+        return client.post("/callback", query_string=signed_query(),
+                           data=group_body(GroupId=group_id, Name="n" * 20_000))
+
+    assert send("@TGS#first").status_code == 200
+    filler = small_filesystem / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as blob:
+        while True:
+            blob.write(b"\0" * 65536)
+            blob.flush()
+            os.fsync(blob.fileno())
+    answers = [send(f"@TGS#full{n}") for n in range(20)]
+    refused = [a for a in answers if a.status_code == 503]
+    assert refused and all(a.get_json()["ErrorCode"] == 60030 for a in refused)
+    assert client.get("/healthz").status_code == 503
+    stored = [a for a in answers if a.status_code == 200]
+    filler.unlink()
+    assert send("@TGS#after").status_code == 200
+    assert client.get("/healthz").status_code == 200
+    conn = sqlite3.connect(app.config["DATABASE"])
+    assert conn.execute("SELECT count(*) FROM event").fetchone()[0] == 2 + len(stored)
+    conn.close()
+    result = app.test_cli_runner().invoke(args=["verify"])
+    assert result.exit_code == 0, result.output
+
+
+# --- another process holds the write lock -------------------------------------
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_locked_database_answers_503_within_a_second_and_a_half(live_server, rows):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        timings = []
+
+        def one(n):
+            started = time.monotonic()
+            answer = post(live_server.port, group_body(GroupId=f"@TGS#locked{n}"))
+            timings.append((time.monotonic() - started, answer))
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(timings) == 8
+        for seconds, (status, answer) in timings:
+            assert status == 503 and answer["ErrorCode"] == 60030
+            assert seconds < 1.5
+        health = http.client.HTTPConnection(live_server.host, live_server.port, timeout=5)
+        health.request("GET", "/healthz")
+        assert health.getresponse().status == 503
+        health.close()
+    finally:
+        holder.communicate("done\n", timeout=10)
+    assert post(live_server.port, group_body(GroupId="@TGS#unlocked")) == (200, OK)
+    assert rows("SELECT group_id FROM event") == [("@TGS#unlocked",)]
+
+
+# --- start-up -----------------------------------------------------------------
+
+def start_up(env):
+    """Start waitress-serve as an operator would; it must stop by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{free_port()}", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_missing_database_directory_stops_with_a_message_not_a_traceback(tmp_path):
+    missing = tmp_path / "not-there"
+    result = start_up(server_env(missing / "audit.sqlite3", tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tim-audit cannot start: the directory of DATABASE, {missing}, does not exist: create it"
+        " (writable by the user running tim-audit) or set DATABASE to a file in an existing directory"
+    )
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory this process cannot write: a read-only mount for root
+    (which chmod cannot stop), a 0555 directory for anyone else."""
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here")
+        yield path
+        subprocess.run(["umount", "-l", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+
+
+def test_read_only_database_directory_stops_with_a_message_not_a_traceback(tmp_path, read_only_dir):
+    result = start_up(server_env(read_only_dir / "audit.sqlite3", tmp_path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tim-audit cannot start: the directory {read_only_dir} is not writable by this user:"
+        " SQLite keeps its -wal and -shm files beside the database. Give the user running"
+        " tim-audit write access to it, or set DATABASE elsewhere"
+    )
+
+
+def test_start_up_error_reaches_the_flask_command_line_too(tmp_path):
+    env = server_env(tmp_path / "not-there" / "audit.sqlite3", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "tim-audit cannot start: the directory of DATABASE" in result.stderr
