@@ -7,8 +7,9 @@ import sqlite3
 import zoneinfo
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auditlog, auth, callback, cli, db, health, history, integrity
+from . import auditlog, auth, callback, cli, db, health, history, integrity, logs, metrics
 
 DEFAULTS = {
     "SDKAPPID": None,
@@ -21,6 +22,9 @@ DEFAULTS = {
     "DASHBOARD_AUTH": True,
     "DISPLAY_TIMEZONE": "UTC",
     "VERIFY_INTERVAL": 600,
+    "PROXY_FIX": 0,
+    "METRICS": False,
+    "LOG_FORMAT": "text",
 }
 
 # Sent with every answer: pages load nothing from elsewhere and run no
@@ -59,6 +63,7 @@ def create_app(test_config=None):
     if test_config is not None:
         app.config.update(test_config)
     _check_config(app.config)
+    logs.configure(app.config["LOG_FORMAT"])
     app.logger.setLevel(logging.INFO)
     app.extensions["tim_audit"] = _open_log(app)
     app.extensions["tim_audit.reviewers"] = auth.Reviewers(app.config["DASHBOARD_USERS"])
@@ -71,6 +76,12 @@ def create_app(test_config=None):
     app.register_blueprint(callback.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(history.bp)
+    if app.config["METRICS"]:
+        app.extensions["tim_audit.metrics"] = metrics.Metrics(app.config["DATABASE"])
+        app.register_blueprint(metrics.bp)
+    if app.config["PROXY_FIX"]:
+        hops = app.config["PROXY_FIX"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.after_request(_add_security_headers)
     _warn_about_config(app)
     return app
@@ -137,6 +148,13 @@ def _check_config(config):
     interval = config["VERIFY_INTERVAL"]
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
         raise StartupError("VERIFY_INTERVAL must be whole seconds (0: only when asked)")
+    hops = config["PROXY_FIX"]
+    if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
+        raise StartupError("PROXY_FIX must be the number of trusted proxies in front (0: none)")
+    if not isinstance(config["METRICS"], bool):
+        raise StartupError("METRICS must be true or false")
+    if config["LOG_FORMAT"] not in ("text", "json"):
+        raise StartupError('LOG_FORMAT must be "text" or "json"')
 
     key = config["AUDIT_HMAC_KEY"]
     if isinstance(key, str):

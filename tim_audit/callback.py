@@ -69,7 +69,11 @@ class Refusal(Exception):
 def receive():
     started = time.perf_counter()
     outcome = _process(int(time.time() * 1000))
-    _log(outcome, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    _log(outcome, seconds)
+    metrics = current_app.extensions.get("tim_audit.metrics")
+    if metrics is not None:
+        metrics.observe(outcome.name, seconds)
     return _answer(outcome.status, outcome.code, outcome.info)
 
 
@@ -137,13 +141,24 @@ def _authenticate(args):
 
 
 def _read_body():
+    """The body, or a 413 Refusal when it is larger than MAX_CONTENT_LENGTH.
+
+    werkzeug checks a declared Content-Length up front, but cuts a body
+    streamed without one (chunked) off at the limit without saying so; so
+    such a body is read from the server's own stream, one byte past the
+    limit, to tell one that fits from one that does not.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
     try:
-        return request.get_data(cache=False)
+        if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+            raw = request.environ["wsgi.input"].read(limit + 1)
+        else:
+            raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise Refusal(
-            413, ErrorCode.TOO_LARGE,
-            f"body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
-        ) from None
+        raw = None
+    if raw is None or len(raw) > limit:
+        raise Refusal(413, ErrorCode.TOO_LARGE, f"body is larger than {limit} bytes")
+    return raw
 
 
 def _deserialize(command, raw, received_at):
@@ -247,7 +262,7 @@ def _quarantine(code, reason, raw, received_at):
 
 def _unavailable(exc, group_id=None):
     return Outcome(
-        "unavailable", 503, ErrorCode.STORAGE_UNAVAILABLE,
+        "storage_unavailable", 503, ErrorCode.STORAGE_UNAVAILABLE,
         f"the audit log cannot store this now ({exc}); nothing was recorded", group_id,
     )
 
@@ -267,7 +282,8 @@ def _log(outcome, seconds):
     current_app.logger.info(
         "callback outcome=%s status=%d code=%d command=%s group_id=%s ms=%.2f",
         outcome.name, outcome.status, outcome.code, json.dumps(fields["command"], ensure_ascii=False),
-        json.dumps(outcome.group_id, ensure_ascii=False), fields["ms"], extra={"callback": fields},
+        json.dumps(outcome.group_id, ensure_ascii=False), fields["ms"],
+        extra={"fields": {"event": "callback", **fields}},
     )
 
 
@@ -283,6 +299,9 @@ def _failed(exc):
     if isinstance(exc, HTTPException):
         return _answer(exc.code, ErrorCode.INTERNAL_ERROR, exc.description)
     current_app.logger.exception("callback failed")
+    metrics = current_app.extensions.get("tim_audit.metrics")
+    if metrics is not None:
+        metrics.callbacks.labels("internal_error").inc()
     return _answer(500, ErrorCode.INTERNAL_ERROR, "internal error; see the server log")
 
 

@@ -247,6 +247,8 @@ def _export(extension, chunks, mimetype):
             current_app.logger.info(
                 "export reviewer=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
                 extension, counter["rows"], json.dumps(_query_string(), ensure_ascii=False),
+                extra={"fields": {"event": "export", "reviewer": reviewer, "format": extension,
+                                  "rows": counter["rows"], "filters": _query_string()}},
             )
 
     return Response(

@@ -1,0 +1,71 @@
+"""``GET /metrics`` in Prometheus's text format, when METRICS = True.
+
+Callbacks by outcome (stored, repeat, conflict, ignored, and each refusal by
+its ErrorCode name), how long they took, and the size of the log. The
+counters are this process's; the log sizes are read from the database at
+each scrape.
+"""
+
+import sqlite3
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from . import db
+from .callback import ErrorCode
+
+OUTCOMES = ["stored", "repeat", "conflict", "ignored"] + [
+    code.name.lower() for code in ErrorCode if code is not ErrorCode.OK
+]
+
+bp = Blueprint("metrics", __name__)
+
+
+class Metrics:
+    def __init__(self, path):
+        self.registry = CollectorRegistry()
+        self.callbacks = Counter(
+            "tim_audit_callbacks", "Callbacks answered, by outcome.", ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES:
+            self.callbacks.labels(outcome)
+        self.seconds = Histogram(
+            "tim_audit_callback_seconds", "Time from receiving a callback to answering it.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0),
+            registry=self.registry,
+        )
+        self.registry.register(_LogSize(path))
+
+    def observe(self, outcome, seconds):
+        self.callbacks.labels(outcome).inc()
+        self.seconds.observe(seconds)
+
+
+class _LogSize:
+    """Rows in the log, read at scrape time (ids run from 1 without gaps)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def collect(self):
+        try:
+            conn = db.connect(self.path, readonly=True)
+            try:
+                events, quarantined = conn.execute(
+                    "SELECT (SELECT coalesce(max(id), 0) FROM event),"
+                    " (SELECT coalesce(max(id), 0) FROM quarantine)"
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return
+        yield GaugeMetricFamily("tim_audit_events", "Events in the audit log.", value=events)
+        yield GaugeMetricFamily("tim_audit_quarantined", "Deliveries in quarantine.", value=quarantined)
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = current_app.extensions["tim_audit.metrics"].registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
