@@ -99,18 +99,21 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
 
     def client():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while True:
-            with lock:
-                if not queue:
-                    return
-                group_id = queue.pop(0)
-                sent.append(group_id)
-            answer = post(port, bodies[group_id], conn)
-            if answer is None:
-                return  # the server is gone
-            if answer == (200, OK):
+        try:
+            while True:
                 with lock:
-                    acknowledged.add(group_id)
+                    if not queue:
+                        return
+                    group_id = queue.pop(0)
+                    sent.append(group_id)
+                answer = post(port, bodies[group_id], conn)
+                if answer is None:
+                    return  # the server is gone
+                if answer == (200, OK):
+                    with lock:
+                        acknowledged.add(group_id)
+        finally:
+            conn.close()
 
     clients = [threading.Thread(target=client) for _ in range(6)]
     for thread in clients:
