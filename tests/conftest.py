@@ -6,15 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 from waitress import create_server
-from werkzeug.security import generate_password_hash
 
+from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, signed_query
 from tim_audit import create_app
-
-
-# Reviewers for the dashboard tests; a cheap hash keeps the suite fast.
-REVIEWER, PASSWORD = "alice", "correct horse battery staple"
-REVIEWERS = {REVIEWER: generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")}
 
 
 def require(program):
@@ -93,6 +88,26 @@ def post(client):
         return client.post("/callback", query_string=signed_query(command, **query), data=body)
 
     return post
+
+
+@pytest.fixture
+def events(app):
+    """The dashboard's sample log (dashboard.sample_events) appended to the app's."""
+    events = sample_events()
+    log = app.extensions["tim_audit"]
+    for event in events:
+        log.append(event)
+    return events
+
+
+@pytest.fixture
+def get(client):
+    """GET as the signed-in reviewer."""
+
+    def get(url, **kwargs):
+        return client.get(url, headers=CREDENTIALS, **kwargs)
+
+    return get
 
 
 @pytest.fixture

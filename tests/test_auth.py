@@ -4,8 +4,7 @@ import pytest
 from werkzeug.security import check_password_hash
 
 import tim_audit.auth
-from conftest import PASSWORD, REVIEWER
-from dashboard import CREDENTIALS
+from dashboard import CREDENTIALS, PASSWORD, REVIEWER
 from tencent import group_body
 
 PAGES = [

@@ -12,8 +12,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
-from conftest import PASSWORD, REVIEWER, require
-from dashboard import START, sample_events
+from conftest import require
+from dashboard import PASSWORD, REVIEWER, START, sample_events
 
 
 @pytest.fixture

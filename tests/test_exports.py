@@ -16,15 +16,6 @@ CSV_HEADER = [
 
 
 @pytest.fixture
-def events(app):
-    events = sample_events()
-    log = app.extensions["tim_audit"]
-    for event in events:
-        log.append(event)
-    return events
-
-
-@pytest.fixture
 def export(client):
     def export(kind, **query):
         response = client.get(f"/history.{kind}", query_string=query, headers=CREDENTIALS)

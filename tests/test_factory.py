@@ -2,7 +2,7 @@ import pytest
 
 from tim_audit import StartupError, create_app
 
-from conftest import REVIEWERS
+from dashboard import REVIEWERS
 from tencent import SDKAPPID
 
 

@@ -190,17 +190,24 @@ def test_full_disk_cannot_quarantine_either(app, post, rows):
     assert rows("SELECT count(*) FROM quarantine") == [(0,)]
 
 
+@contextlib.contextmanager
+def tmpfs(path, options):
+    """A tmpfs mounted at ``path`` (root only; skips where mount is refused)."""
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
 @pytest.fixture
 def small_filesystem(tmp_path):
-    """A 3 MB tmpfs, so the disk itself fills up (needs root and mount)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    """A 3 MB filesystem, so the disk itself fills up."""
+    (tmp_path / "small").mkdir()
+    with tmpfs(tmp_path / "small", "size=3m") as path:
+        yield path
 
 
 def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(make_app, small_filesystem, runner):
@@ -280,20 +287,19 @@ def test_locked_database_answers_503_within_a_second_and_a_half(live_server, row
 
 # --- start-up -----------------------------------------------------------------
 
-def start_up(env):
-    """Start waitress-serve as an operator would; it must stop by itself."""
-    return subprocess.run(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{free_port()}", "wsgi:app"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )
+def refused_start(env, command=("-m", "waitress", "--listen=127.0.0.1:0", "wsgi:app")):
+    """Start as an operator would; it must stop by itself, exit 1 and say
+    why in one line, not a traceback. Returns that line."""
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
 
 
 def test_missing_database_directory_stops_with_a_message_not_a_traceback(tmp_path):
     missing = tmp_path / "not-there"
-    result = start_up(server_env(missing / "audit.sqlite3", tmp_path))
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert refused_start(server_env(missing / "audit.sqlite3", tmp_path)) == (
         f"tim-audit cannot start: the directory of DATABASE, {missing}, does not exist: create it"
         " (writable by the user running tim-audit) or set DATABASE to a file in an existing directory"
     )
@@ -306,11 +312,8 @@ def read_only_dir(tmp_path):
     path = tmp_path / "read-only"
     path.mkdir()
     if os.geteuid() == 0:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                          capture_output=True).returncode != 0:
-            pytest.skip("cannot mount a read-only tmpfs here")
-        yield path
-        subprocess.run(["umount", "-l", str(path)], check=True)
+        with tmpfs(path, "ro,size=1m"):
+            yield path
     else:
         path.chmod(0o555)
         yield path
@@ -318,10 +321,7 @@ def read_only_dir(tmp_path):
 
 
 def test_read_only_database_directory_stops_with_a_message_not_a_traceback(tmp_path, read_only_dir):
-    result = start_up(server_env(read_only_dir / "audit.sqlite3", tmp_path))
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert refused_start(server_env(read_only_dir / "audit.sqlite3", tmp_path)) == (
         f"tim-audit cannot start: the directory {read_only_dir} is not writable by this user:"
         " SQLite keeps its -wal and -shm files beside the database. Give the user running"
         " tim-audit write access to it, or set DATABASE elsewhere"
@@ -330,8 +330,5 @@ def test_read_only_database_directory_stops_with_a_message_not_a_traceback(tmp_p
 
 def test_start_up_error_reaches_the_flask_command_line_too(tmp_path):
     env = server_env(tmp_path / "not-there" / "audit.sqlite3", tmp_path)
-    result = subprocess.run([sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "tim-audit cannot start: the directory of DATABASE" in result.stderr
+    line = refused_start(env, ("-m", "flask", "--app", "tim_audit", "verify"))
+    assert line.startswith("tim-audit cannot start: the directory of DATABASE")

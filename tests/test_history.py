@@ -8,25 +8,6 @@ from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, s
 from tencent import group_body, signed_query
 
 
-@pytest.fixture
-def events(app):
-    events = sample_events()
-    log = app.extensions["tim_audit"]
-    for event in events:
-        log.append(event)
-    return events
-
-
-@pytest.fixture
-def get(client):
-    """GET as the signed-in reviewer."""
-
-    def get(url, **kwargs):
-        return client.get(url, headers=CREDENTIALS, **kwargs)
-
-    return get
-
-
 def page_ids(get, **query):
     response = get("/history", query_string={"limit": 500, **query})
     assert response.status_code == 200

@@ -107,25 +107,31 @@ def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app):
 
 # --- logs -----------------------------------------------------------------------
 
-def test_json_log_lines_carry_the_callback_fields(tmp_path):
-    env = {**server_env(tmp_path / "audit.sqlite3", tmp_path), "TIM_AUDIT_LOG_FORMAT": "json"}
+def server_log(tmp_path, bodies, **settings):
+    """Everything waitress-serve printed while it took ``bodies``."""
+    env = server_env(tmp_path / "audit.sqlite3", tmp_path)
+    env.update({f"TIM_AUDIT_{key}": value for key, value in settings.items()})
     port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while post(port, group_body()) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        post(port, group_body(GroupId="@TGS#x\ny"))
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
-    lines = (tmp_path / "server.log").read_text().splitlines()
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=log, stderr=log,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while post(port, bodies[0]) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for body in bodies[1:]:
+                post(port, body)
+        finally:
+            process.terminate()
+            process.wait()
+    return (tmp_path / "server.log").read_text()
+
+
+def test_json_log_lines_carry_the_callback_fields(tmp_path):
+    text = server_log(tmp_path, [group_body(), group_body(GroupId="@TGS#x\ny")], LOG_FORMAT="json")
+    records = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
     callbacks = [r for r in records if r.get("event") == "callback"]
     assert [c["group_id"] for c in callbacks][-2:] == ["@TGS#2J4SZEAEL", "@TGS#x\ny"]
     last = callbacks[-1]
@@ -136,22 +142,7 @@ def test_json_log_lines_carry_the_callback_fields(tmp_path):
 
 
 def test_each_callback_is_logged_once_under_waitress(tmp_path):
-    env = server_env(tmp_path / "audit.sqlite3", tmp_path)
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=log, stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while post(port, group_body()) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        process.terminate()
-        process.wait()
-        log.close()
-    text = (tmp_path / "server.log").read_text()
+    text = server_log(tmp_path, [group_body()])
     assert text.count("callback outcome=stored") == 1
     assert " INFO tim_audit: callback outcome=stored status=200 code=0 " in text
 
