@@ -115,3 +115,4 @@ def test_flask_command_line_verifies_with_environment_config(app, post, tmp_path
     assert result.returncode == 0, result.stderr
     assert OK_LINE.fullmatch(result.stdout.splitlines()[-1])
     assert result.stdout.splitlines()[-1].startswith("OK 1 ")
+    assert result.stderr == ""  # nothing for a cron job to mail but the result

@@ -83,7 +83,10 @@ def create_app(test_config=None):
         hops = app.config["PROXY_FIX"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.after_request(_add_security_headers)
-    _warn_about_config(app)
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+        # The server's log is the place; an operator's command (a cron job's
+        # verify, a backup) would repeat them in every mail.
+        _warn_about_config(app)
     return app
 
 
