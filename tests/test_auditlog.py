@@ -1,6 +1,7 @@
 import sqlite3
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -423,3 +424,24 @@ def test_verify_names_an_event_whose_folded_name_was_edited(filled, attacker):
 def test_folded_name_is_the_casefolded_name(log, rows):
     log.append(event(1, name="Straße ΣΊΣΥΦΟΣ 周末"))
     assert rows("SELECT name_folded FROM event") == [("strasse σίσυφοσ 周末",)]
+
+
+def test_an_entry_that_cannot_be_written_fails_alone(log, rows):
+    """One bad entry in a batch: the others are still written, each in a
+    transaction of its own, and the bad one gets its own error."""
+    jobs = [auditlog._Job(entry, deadline=time.monotonic() + 5) for entry in (
+        event(1), event(2, event_time=2**64), event(3),  # SQLite cannot hold 2**64
+    )]
+    log._commit(jobs)
+    assert [job.done.is_set() for job in jobs] == [True, True, True]
+    assert [job.receipt.outcome if job.receipt else None for job in jobs] == ["stored", None, "stored"]
+    assert isinstance(jobs[1].error, OverflowError)
+    assert rows("SELECT group_id FROM event ORDER BY id") == [("@TGS#1",), ("@TGS#3",)]
+    assert check(log)[0] == 2
+    assert log.failure is None
+
+
+def test_append_raises_the_entrys_own_error(log):
+    with pytest.raises(OverflowError):
+        log.append(event(1, event_time=2**64))
+    assert log.append(event(2)).outcome == "stored"

@@ -364,3 +364,17 @@ def test_log_line_quotes_values_so_lines_cannot_be_forged(post, caplog):
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("callback ")]
     assert "\n" not in line
     assert 'group_id="@TGS#x\\ncallback outcome=\\"stored\\""' in line
+
+
+def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, monkeypatch):
+    def broken(entry):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.extensions["tim_audit"], "append", broken)
+    response = post(group_body())
+    assert response.status_code == 500
+    assert response.get_json() == {
+        "ActionStatus": "FAIL", "ErrorCode": 60031, "ErrorInfo": "internal error; see the server log",
+    }
+    assert "callback failed" in caplog.text and "RuntimeError: a bug" in caplog.text
+    assert rows("SELECT count(*) FROM event") == [(0,)]

@@ -283,7 +283,7 @@ class AuditLog:
                 if len(live) == 1:
                     live[0].error = exc
                 else:
-                    self._write_each(conn, live)
+                    self._write_each(live)
             else:
                 for job, receipt in zip(live, receipts):
                     job.receipt = receipt
@@ -298,10 +298,10 @@ class AuditLog:
         for job in live:
             job.done.set()
 
-    def _write_each(self, conn, jobs):
+    def _write_each(self, jobs):
         for job in jobs:
             try:
-                [job.receipt] = self._write(conn, [job.entry])
+                [job.receipt] = self._write(self._connection(), [job.entry])
             except sqlite3.OperationalError:
                 raise
             except Exception as exc:

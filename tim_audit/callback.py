@@ -162,7 +162,7 @@ def _read_body():
 
 
 def _deserialize(command, raw, received_at):
-    body = parse_json(raw)
+    body = _parse_json(raw)
     if body.get("CallbackCommand") != command:
         raise Refusal(
             400, ErrorCode.COMMAND_MISMATCH,
@@ -171,7 +171,7 @@ def _deserialize(command, raw, received_at):
     try:
         data = RECORDED[command].load(body)
     except ValidationError as exc:
-        raise Refusal(400, ErrorCode.INVALID_FIELDS, describe(exc.messages)) from None
+        raise Refusal(400, ErrorCode.INVALID_FIELDS, _describe(exc.messages)) from None
     user_data = data["UserDefinedDataList"]
     return Event(
         received_at=received_at,
@@ -211,7 +211,7 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(raw):
+def _parse_json(raw):
     """The body as a JSON object: strict UTF-8 JSON (RFC 8259), whatever
     the Content-Type header says; Refusal otherwise."""
     try:
@@ -229,7 +229,7 @@ def parse_json(raw):
     return body
 
 
-def describe(messages):
+def _describe(messages):
     """marshmallow's nested error dict as one line naming each field."""
     problems = []
 
