@@ -276,6 +276,12 @@ def test_chart_follows_the_filter_and_its_dates(events, get):
     assert sum(int(n) for _, n in titles) == len(expected_ids(events, type="Public", since=since, until=until))
 
 
+def test_chart_of_an_until_in_the_future_ends_at_the_newest_event(events, get):
+    text = get("/history?until=2099-01-01").get_data(as_text=True)
+    titles = re.findall(r"<title>(\d{4}-\d{2}-\d{2}): (\d+) events?</title>", text)
+    assert titles[-1][0] == "2026-03-10"
+
+
 def test_integrity_strip_shows_count_and_head(events, app, get):
     text = get("/history").get_data(as_text=True)
     [(head,)] = app.extensions["tim_audit"]._connection().execute(
@@ -349,3 +355,10 @@ def test_quarantine_pages_older(post, get):
 def test_root_redirects_to_history(get):
     response = get("/")
     assert (response.status_code, response.headers["Location"]) == (302, "/history")
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "before=abc", "before=-3", "limit=501"])
+def test_bad_quarantine_paging_is_a_400(get, query):
+    response = get(f"/quarantine?{query}")
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.get_data(as_text=True)

@@ -51,11 +51,23 @@ class Moment(fields.Field):
             ) from None
 
 
-class HistoryArgs(Schema):
-    """The query string of /history and its exports."""
+class PageArgs(Schema):
+    """The query string of a paged list: how many rows, from where."""
 
     class Meta:
         unknown = EXCLUDE
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    before = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+
+    @pre_load
+    def _leave_out_empty(self, data, **kwargs):
+        """An empty form field means "any"."""
+        return {key: value for key, value in data.items() if value != ""}
+
+
+class HistoryArgs(PageArgs):
+    """The query string of /history and its exports."""
 
     group_id = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
     owner = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
@@ -65,14 +77,7 @@ class HistoryArgs(Schema):
     q = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
     since = Moment(load_default=None)
     until = Moment(load_default=None)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    before = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
     after = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
-
-    @pre_load
-    def _leave_out_empty(self, data, **kwargs):
-        """An empty form field means "any"."""
-        return {key: value for key, value in data.items() if value != ""}
 
     @validates_schema
     def _one_cursor(self, data, **kwargs):
@@ -102,12 +107,17 @@ def _ms(when):
     return (when - _EPOCH) // datetime.timedelta(milliseconds=1)
 
 
-def _arguments():
-    """The validated query string; a 400 page naming each problem."""
+def _load(schema):
+    """The query string through ``schema``; a 400 page naming each problem."""
     try:
-        args = HistoryArgs().load(request.args.to_dict())
+        return schema().load(request.args.to_dict())
     except ValidationError as exc:
         abort(400, description=_problems(exc.messages))
+
+
+def _arguments():
+    """The validated query string of a history view, and its filters."""
+    args = _load(HistoryArgs)
     try:
         since = None if args["since"] is None else _milliseconds(args["since"], end=False)
         until = None if args["until"] is None else _milliseconds(args["until"], end=True)
@@ -161,18 +171,19 @@ def _integrity(conn):
             "last": verifier.last, "running": verifier.running}
 
 
-def _query_string(**changes):
-    """This URL's filters (and limit), with ``changes``; cursors dropped."""
-    kept = {k: v for k, v in request.args.items() if k in FILTER_NAMES + ("limit",) and v}
-    kept.update({k: v for k, v in changes.items() if v is not None})
-    return kept
+def _query_string():
+    """This URL's filters and limit, without its cursor, for links."""
+    return {k: v for k, v in request.args.items() if k in FILTER_NAMES + ("limit",) and v}
 
 
 def _chart(conn, filters):
     """Events per day (in DISPLAY_TIMEZONE) over the last CHART_DAYS days
     that the filter reaches, ending at ``until`` or the newest match."""
     zone = _zone()
-    end = queries.newest(conn, filters) if filters.until is None else filters.until
+    if filters.until is None:
+        end = queries.newest(conn, filters)
+    else:  # an until in the future would chart empty days
+        end = min(filters.until, queries.newest(conn, queries.Filters()))
     last_day = datetime.datetime.fromtimestamp(end / 1000, zone).date()
     first_day = last_day - datetime.timedelta(days=CHART_DAYS - 1)
     if filters.since is not None:
@@ -237,7 +248,7 @@ def export_json():
 def _export(extension, chunks, mimetype):
     _, filters = _arguments()
     counter = {"rows": 0}
-    reviewer = g.reviewer
+    reviewer, asked = g.reviewer, _query_string()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     def stream():
@@ -246,9 +257,9 @@ def _export(extension, chunks, mimetype):
         finally:
             current_app.logger.info(
                 "export reviewer=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
-                extension, counter["rows"], json.dumps(_query_string(), ensure_ascii=False),
+                extension, counter["rows"], json.dumps(asked, ensure_ascii=False),
                 extra={"fields": {"event": "export", "reviewer": reviewer, "format": extension,
-                                  "rows": counter["rows"], "filters": _query_string()}},
+                                  "rows": counter["rows"], "filters": asked}},
             )
 
     return Response(
@@ -268,17 +279,11 @@ def verify():
 
 @bp.get("/quarantine")
 def quarantine():
-    try:
-        before = int(request.args["before"]) if request.args.get("before") else None
-        limit = int(request.args.get("limit") or 50)
-    except ValueError:
-        abort(400, description="before and limit must be whole numbers.")
-    if not 1 <= limit <= 500 or (before is not None and not 1 <= before < 2**63):
-        abort(400, description="limit must be 1 to 500, and before a positive id.")
+    args = _load(PageArgs)
     conn = get_db()
-    rows, older = queries.quarantined(conn, limit, before)
+    rows, older = queries.quarantined(conn, args["limit"], args["before"])
     return render_template(
-        "quarantine.html", integrity=_integrity(conn), rows=rows, older=older, limit=limit
+        "quarantine.html", integrity=_integrity(conn), rows=rows, older=older, limit=args["limit"]
     )
 
 
