@@ -9,7 +9,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from conftest import require
@@ -54,10 +53,14 @@ def cells(row):
 
 
 def click_through(driver, element):
-    """Click a link or button and wait until the next page has replaced this one."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    """Click a link or button and wait until the next page has loaded.
+
+    Every click here goes to another address, so the address changing is the
+    sign (asking an element of the old page whether it is stale can fail with
+    a protocol error of Chromium's own while the page is replaced)."""
+    address = driver.current_url
     element.click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20).until(lambda d: d.current_url != address)
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
@@ -92,9 +95,10 @@ def test_reviewer_filters_pages_reads_and_exports(server, browser):
     click_through(browser, rows(browser)[3].find_element(By.TAG_NAME, "a"))
     assert browser.find_element(By.TAG_NAME, "h1").text.endswith(group_id)
     assert "This row's hash matches its contents" in browser.find_element(By.CSS_SELECTOR, "p.verified").text
-    page = browser.find_element(By.TAG_NAME, "html")
+    address = browser.current_url
     browser.back()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 20).until(lambda d: d.current_url != address)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
     # Download the filtered CSV.
     browser.find_element(By.LINK_TEXT, "CSV").click()
