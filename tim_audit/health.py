@@ -4,6 +4,7 @@ import sqlite3
 
 from flask import Blueprint, current_app, jsonify
 
+from . import queries
 from .auditlog import current_log
 from .db import get_db
 
@@ -16,7 +17,7 @@ def healthz():
     503 when it does not, or when the last write failed (disk full, locked
     by another process) and none has succeeded since."""
     try:
-        events = get_db().execute("SELECT count(*) FROM event").fetchone()[0]
+        events, _ = queries.head(get_db())
     except sqlite3.Error as exc:
         return jsonify(status="unavailable", error=str(exc)), 503
     configured = bool(current_app.config["SDKAPPID"])
