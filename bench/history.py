@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import pathlib
+import random
 import socket
 import sqlite3
 import statistics
@@ -259,7 +260,7 @@ def main():
                   f"  ({version}; ratio {csv_rate / ds_rate:.1f}x)")
 
         # 4. Callbacks while two exports run.
-        rng = __import__("random").Random(11)
+        rng = random.Random(11)
         first = 10_000_000
         quiet = ingest.measure(port, ingest.callbacks(first, 2000, rng), 8, True)
         exports = [threading.Thread(target=get, args=(port, "/history.csv", AUTH)) for _ in range(2)]

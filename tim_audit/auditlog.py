@@ -460,11 +460,7 @@ def _verify_events(conn, key, anchor_count):
     at_anchor = GENESIS
     count = 0
     for row in conn.execute("SELECT * FROM event ORDER BY id"):
-        if row["id"] != count + 1:
-            raise ChainBroken(
-                "event", row["id"],
-                f"expected row {count + 1} here: rows are missing",
-            )
+        _expect_next("event", row, count)
         stored = []
         while member is not None and member["event_id"] <= row["id"]:
             if member["event_id"] < row["id"]:
@@ -475,12 +471,7 @@ def _verify_events(conn, key, anchor_count):
             stored.append(tuple(member))
             member = members.fetchone()
         accounts = [m[2] for m in stored]
-        digest = link(key, previous, canonical(event_values(row, accounts)))
-        if digest != row["hash"]:
-            raise ChainBroken(
-                "event", row["id"],
-                "hash does not match the row's contents and the row before it",
-            )
+        digest = _next_link("event", row, previous, event_values(row, accounts), key)
         if stored != list(_member_rows(row["id"], accounts, row["event_time"])):
             raise ChainBroken(
                 "event_member", row["id"],
@@ -497,20 +488,25 @@ def _verify_events(conn, key, anchor_count):
 
 def _verify_quarantine(conn, key):
     previous = GENESIS
-    count = 0
-    for row in conn.execute("SELECT * FROM quarantine ORDER BY id"):
-        if row["id"] != count + 1:
-            raise ChainBroken(
-                "quarantine", row["id"], f"expected row {count + 1} here: rows are missing"
-            )
-        digest = link(key, previous, canonical(row[c] for c in QUARANTINE_COLUMNS))
-        if digest != row["hash"]:
-            raise ChainBroken(
-                "quarantine", row["id"],
-                "hash does not match the row's contents and the row before it",
-            )
-        previous = digest
-        count += 1
+    for count, row in enumerate(conn.execute("SELECT * FROM quarantine ORDER BY id")):
+        _expect_next("quarantine", row, count)
+        previous = _next_link("quarantine", row, previous, [row[c] for c in QUARANTINE_COLUMNS], key)
+
+
+def _expect_next(table, row, count):
+    """Ids run from 1 without gaps: a missing row shows at the one after it."""
+    if row["id"] != count + 1:
+        raise ChainBroken(table, row["id"], f"expected row {count + 1} here: rows are missing")
+
+
+def _next_link(table, row, previous, values, key):
+    """The row's hash, checked to cover ``values`` after ``previous``."""
+    digest = link(key, previous, canonical(values))
+    if digest != row["hash"]:
+        raise ChainBroken(
+            table, row["id"], "hash does not match the row's contents and the row before it"
+        )
+    return digest
 
 
 def current_log():
