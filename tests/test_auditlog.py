@@ -7,8 +7,9 @@ import pytest
 
 from conftest import require
 from tencent import group_body
-from tim_audit import auditlog, db
-from tim_audit.auditlog import AuditLog, ChainBroken, Event, Rejection, canonical, link, verify
+from tim_audit import auditlog, chain, db
+from tim_audit.auditlog import AuditLog, Event, Rejection
+from tim_audit.chain import ChainBroken, canonical, link, verify
 
 TABLES = {
     "event": "name",
@@ -98,13 +99,13 @@ def check(log, anchor=None, key=None):
 def rehash(conn, key=None):
     """Recompute every event hash from the stored bytes, as an attacker who
     knows the format (and, without AUDIT_HMAC_KEY, needs nothing else) can."""
-    previous = auditlog.GENESIS
+    previous = chain.GENESIS
     for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall():
         members = [m for (m,) in conn.execute(
             "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
         )]
         values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row))
-        previous = link(key, previous, canonical(auditlog.event_values(values, members)))
+        previous = link(key, previous, canonical(chain.event_values(values, members)))
         conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
 
 
@@ -232,7 +233,7 @@ def test_chain_links_each_row_to_the_one_before(filled, rows):
     conn = db.connect(filled.path, readonly=True)
     row = conn.execute("SELECT * FROM event WHERE id = 2").fetchone()
     conn.close()
-    assert link(None, first, canonical(auditlog.event_values(row, ["bob", "peter"]))) == second
+    assert link(None, first, canonical(chain.event_values(row, ["bob", "peter"]))) == second
 
 
 def test_verify_passes_on_an_untouched_log(filled, rows):
@@ -297,7 +298,7 @@ def test_verify_names_the_row_after_a_deleted_one(filled, attacker):
 
 
 def test_verify_names_a_swapped_pair(filled, attacker):
-    others = ", ".join(c for c in auditlog.EVENT_COLUMNS if c != "id")
+    others = ", ".join(c for c in chain.EVENT_COLUMNS if c != "id")
     attacker.execute("CREATE TEMP TABLE pair AS SELECT * FROM event WHERE id IN (2, 3)")
     attacker.execute("DELETE FROM event WHERE id IN (2, 3)")
     attacker.execute(f"INSERT INTO event SELECT 5 - id, {others}, hash FROM pair")
@@ -354,7 +355,7 @@ def test_anchor_of_an_empty_log_is_genesis(filled):
 @pytest.mark.parametrize("text", ["5", "5:abc", "x:" + "0" * 64, "5:" + "G" * 64, "-1:" + "0" * 64, "5:" + "A" * 64])
 def test_malformed_anchor_is_refused(text):
     with pytest.raises(ValueError):
-        auditlog.parse_anchor(text)
+        chain.parse_anchor(text)
 
 
 # --- AUDIT_HMAC_KEY --------------------------------------------------------

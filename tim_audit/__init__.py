@@ -4,28 +4,12 @@ group-created callbacks, with a history dashboard for compliance review."""
 import logging
 import os
 import sqlite3
-import zoneinfo
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auditlog, auth, callback, cli, db, health, history, integrity, logs, metrics
-
-DEFAULTS = {
-    "SDKAPPID": None,
-    "CALLBACK_TOKEN": None,
-    "SIGN_MAX_AGE": 60,
-    "MAX_CONTENT_LENGTH": 1024 * 1024,
-    "STORAGE_TIMEOUT": 1.0,
-    "AUDIT_HMAC_KEY": None,
-    "DASHBOARD_USERS": {},
-    "DASHBOARD_AUTH": True,
-    "DISPLAY_TIMEZONE": "UTC",
-    "VERIFY_INTERVAL": 600,
-    "PROXY_FIX": 0,
-    "METRICS": False,
-    "LOG_FORMAT": "text",
-}
+from . import auditlog, auth, callback, cli, config, db, health, history, integrity, logs, metrics
+from .config import StartupError
 
 # Sent with every answer: pages load nothing from elsewhere and run no
 # script, so the strictest policy costs nothing.
@@ -37,17 +21,6 @@ SECURITY_HEADERS = {
 }
 
 
-class StartupError(SystemExit):
-    """A problem found at start-up, with what to do about it.
-
-    A SystemExit, so that waitress-serve and flask print the message and
-    exit non-zero instead of showing a traceback.
-    """
-
-    def __init__(self, message):
-        super().__init__(f"tim-audit cannot start: {message}")
-
-
 def create_app(test_config=None):
     """Config, later wins: DEFAULTS, ``instance/config.py``, ``TIM_AUDIT_*``
     environment variables, ``test_config``."""
@@ -57,12 +30,12 @@ def create_app(test_config=None):
         instance_relative_config=True,
         instance_path=os.path.abspath(instance_path) if instance_path else None,
     )
-    app.config.from_mapping(DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3"))
+    app.config.from_mapping(config.DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3"))
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("TIM_AUDIT")
     if test_config is not None:
         app.config.update(test_config)
-    _check_config(app.config)
+    config.check(app.config)
     logs.configure(app.config["LOG_FORMAT"])
     app.logger.setLevel(logging.INFO)
     app.extensions["tim_audit"] = _open_log(app)
@@ -93,78 +66,6 @@ def create_app(test_config=None):
 def _add_security_headers(response):
     response.headers.update(SECURITY_HEADERS)
     return response
-
-
-def _check_config(config):
-    """Normalize what environment variables and config files give us, and
-    refuse what cannot be meant (from_prefixed_env turns ``123`` into an int
-    and ``true`` into a bool)."""
-    sdkappid = config["SDKAPPID"]
-    if sdkappid in (None, ""):
-        config["SDKAPPID"] = None
-    elif isinstance(sdkappid, (str, int)) and not isinstance(sdkappid, bool):
-        config["SDKAPPID"] = str(sdkappid)
-    else:
-        raise StartupError(f"SDKAPPID must be the app's SDKAppID, not {sdkappid!r}")
-
-    tokens = config["CALLBACK_TOKEN"]
-    if tokens in (None, ""):
-        tokens = []
-    elif not isinstance(tokens, (list, tuple)):
-        tokens = [tokens]
-    for token in tokens:
-        if isinstance(token, bool) or not isinstance(token, (str, int)) or token == "":
-            raise StartupError(
-                "CALLBACK_TOKEN must be a string or a list of strings; in the"
-                ' environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN=\'"…"\''
-            )
-    config["CALLBACK_TOKEN"] = tuple(str(token) for token in tokens)
-
-    for key, minimum in (("SIGN_MAX_AGE", 0), ("MAX_CONTENT_LENGTH", 1)):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise StartupError(f"{key} must be a whole number of at least {minimum}, not {value!r}")
-    timeout = config["STORAGE_TIMEOUT"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1.8:
-        raise StartupError(
-            f"STORAGE_TIMEOUT must be seconds between 0 and 1.8 (Tencent waits 2 s), not {timeout!r}"
-        )
-
-    users = config["DASHBOARD_USERS"]
-    if not isinstance(users, dict):
-        raise StartupError("DASHBOARD_USERS must map reviewer names to password hashes")
-    for name, hashed in users.items():
-        if not (isinstance(hashed, str) and hashed.startswith(auth.HASH_METHODS) and "$" in hashed):
-            raise StartupError(
-                f"DASHBOARD_USERS[{name!r}] is not a password hash: make one with"
-                " flask --app tim_audit hash-password"
-            )
-    if not isinstance(config["DASHBOARD_AUTH"], bool):
-        raise StartupError("DASHBOARD_AUTH must be true or false")
-    try:
-        zoneinfo.ZoneInfo(config["DISPLAY_TIMEZONE"])
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise StartupError(
-            f"DISPLAY_TIMEZONE must be an IANA time zone such as Asia/Shanghai,"
-            f" not {config['DISPLAY_TIMEZONE']!r}"
-        ) from None
-    interval = config["VERIFY_INTERVAL"]
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-        raise StartupError("VERIFY_INTERVAL must be whole seconds (0: only when asked)")
-    hops = config["PROXY_FIX"]
-    if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
-        raise StartupError("PROXY_FIX must be the number of trusted proxies in front (0: none)")
-    if not isinstance(config["METRICS"], bool):
-        raise StartupError("METRICS must be true or false")
-    if config["LOG_FORMAT"] not in ("text", "json"):
-        raise StartupError('LOG_FORMAT must be "text" or "json"')
-
-    key = config["AUDIT_HMAC_KEY"]
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if key is not None and (not isinstance(key, bytes) or len(key) < 16):
-        raise StartupError("AUDIT_HMAC_KEY must be a string of at least 16 bytes")
-    config["AUDIT_HMAC_KEY"] = key or None
 
 
 def _open_log(app):

@@ -15,7 +15,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, db, signature
+from . import chain, db, signature
 
 MIN_PASSWORD = 12
 
@@ -43,13 +43,13 @@ def verify_command(anchor, database):
     intact; otherwise names the first bad row and exits 1."""
     if anchor is not None:
         try:
-            anchor = auditlog.parse_anchor(anchor)
+            anchor = chain.parse_anchor(anchor)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
     conn = db.connect(database or current_app.config["DATABASE"], readonly=True)
     try:
-        count, head = auditlog.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
-    except auditlog.ChainBroken as exc:
+        count, head = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
+    except chain.ChainBroken as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
     finally:
@@ -75,8 +75,8 @@ def backup_command(destination):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         copy.row_factory = sqlite3.Row
-        count, head = auditlog.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
-    except (sqlite3.Error, auditlog.ChainBroken) as exc:
+        count, head = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
+    except (sqlite3.Error, chain.ChainBroken) as exc:
         copy.close()
         os.remove(partial)
         raise click.ClickException(f"backup failed: {exc}") from None

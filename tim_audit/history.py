@@ -18,7 +18,7 @@ from flask import (
 )
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from . import auditlog, exports, queries
+from . import chain, exports, queries
 from .auth import require_reviewer
 from .db import get_db
 
@@ -215,8 +215,8 @@ def event(event_id):
     members = queries.members(conn, event_id)
     previous = queries.previous_hash(conn, event_id)
     key = current_app.config["AUDIT_HMAC_KEY"]
-    verifies = auditlog.link(
-        key, previous or auditlog.GENESIS, auditlog.canonical(auditlog.event_values(row, members))
+    verifies = chain.link(
+        key, previous or chain.GENESIS, chain.canonical(chain.event_values(row, members))
     ) == row["hash"]
     try:
         raw = json.dumps(json.loads(row["raw"]), ensure_ascii=False, indent=2)

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 
-from . import auditlog, db
+from . import chain, db
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,10 @@ class Verifier:
         try:
             conn = db.connect(self.path, readonly=True)
             try:
-                count, head = auditlog.verify(conn, self.key)
+                count, head = chain.verify(conn, self.key)
             finally:
                 conn.close()
-        except auditlog.ChainBroken as exc:
+        except chain.ChainBroken as exc:
             failure = str(exc)
         except sqlite3.Error as exc:
             failure = f"the log could not be read: {exc}"
