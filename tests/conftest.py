@@ -9,7 +9,7 @@ from waitress import create_server
 
 from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, signed_query
-from tim_audit import create_app
+from tim_audit import create_app, open_log
 
 
 def require(program):
@@ -51,11 +51,12 @@ def config(tmp_path):
 
 @pytest.fixture
 def make_app(config):
-    """create_app with the test config plus ``overrides``; closed after the test."""
+    """create_app with the test config plus ``overrides``, its log opened as
+    the ingest server opens it at start-up; closed after the test."""
     apps = []
 
     def make(**overrides):
-        app = create_app({**config, **overrides})
+        app = open_log(create_app({**config, **overrides}))
         apps.append(app)
         return app
 

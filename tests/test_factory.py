@@ -1,6 +1,6 @@
 import pytest
 
-from tim_audit import StartupError, create_app
+from tim_audit import StartupError, create_app, create_ingest_app, create_review_app, open_log
 
 from dashboard import REVIEWERS
 from tencent import SDKAPPID
@@ -8,12 +8,12 @@ from tencent import SDKAPPID
 
 @pytest.fixture
 def made(tmp_path):
-    """create_app as the operator runs it: no test config but TESTING and
-    DATABASE unless given."""
+    """create_app as the operator runs it, its log opened as the ingest
+    server opens it: no test config but TESTING and DATABASE unless given."""
     apps = []
 
     def made(test_config=None):
-        app = create_app(test_config)
+        app = open_log(create_app(test_config))
         apps.append(app)
         return app
 
@@ -30,6 +30,13 @@ def test_defaults(made, instance_path):
     assert app.config["MAX_CONTENT_LENGTH"] == 1024 * 1024
     assert app.config["DATABASE"] == str(instance_path / "tim_audit.sqlite3")
     assert (instance_path / "tim_audit.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("factory", [create_app, create_ingest_app, create_review_app])
+def test_factories_do_not_create_the_database(factory, instance_path):
+    app = factory()
+    assert app.config["DATABASE"] == str(instance_path / "tim_audit.sqlite3")
+    assert list(instance_path.iterdir()) == []
 
 
 def test_instance_config_file_is_read(made, instance_path):
@@ -92,7 +99,12 @@ def test_configured_app_warns_about_nothing(made, caplog):
     ("SDKAPPID", 1.5, "SDKAPPID must be the app's SDKAppID"),
     ("SIGN_MAX_AGE", -1, "SIGN_MAX_AGE must be a whole number of at least 0"),
     ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0"),
-    ("STORAGE_TIMEOUT", 5, "STORAGE_TIMEOUT must be seconds between 0 and 1.8"),
+    ("STORAGE_TIMEOUT", 5, "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2"),
+    ("STORAGE_TIMEOUT", 0.1, "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2"),
+    ("INGEST_LISTEN", "8080", "INGEST_LISTEN must be HOST:PORT"),
+    ("REVIEW_LISTEN", "127.0.0.1:99999", "REVIEW_LISTEN must be HOST:PORT"),
+    ("MAX_EXPORTS", 0, "MAX_EXPORTS must be a whole number of at least 1"),
+    ("LOGIN_FAILURES", 0, "LOGIN_FAILURES must be a whole number of at least 1"),
     ("AUDIT_HMAC_KEY", "short", "AUDIT_HMAC_KEY must be a string of at least 16 bytes"),
     ("DASHBOARD_USERS", {"alice": "correct horse battery"}, "DASHBOARD_USERS['alice'] is not a password hash"),
     ("DASHBOARD_USERS", ["alice"], "DASHBOARD_USERS must map reviewer names to password hashes"),

@@ -329,6 +329,6 @@ def test_read_only_database_directory_stops_with_a_message_not_a_traceback(tmp_p
 
 
 def test_start_up_error_reaches_the_flask_command_line_too(tmp_path):
-    env = server_env(tmp_path / "not-there" / "audit.sqlite3", tmp_path)
+    env = {**server_env(tmp_path / "audit.sqlite3", tmp_path), "TIM_AUDIT_SIGN_MAX_AGE": "-1"}
     line = refused_start(env, ("-m", "flask", "--app", "tim_audit", "verify"))
-    assert line.startswith("tim-audit cannot start: the directory of DATABASE")
+    assert line == "tim-audit cannot start: SIGN_MAX_AGE must be a whole number of at least 0, not -1"

@@ -6,6 +6,8 @@ transaction they are written.
 
 import dataclasses
 import json
+import os
+import queue
 import threading
 import time
 from importlib import resources
@@ -15,6 +17,7 @@ import sqlite3
 from flask import current_app
 
 from . import db
+from .config import StartupError
 from .chain import (
     EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, canonical, chain_kind,
     event_values, link, member_rows,
@@ -77,21 +80,53 @@ class ChainMismatch(Exception):
     """The configured AUDIT_HMAC_KEY is not the one the log was started with."""
 
 
+# No append waits longer than this for its answer, even when a commit hangs:
+# Tencent gives up at 2 s, and an after-event callback it gives up on is lost.
+ANSWER_BOUND = 1.5  # seconds
+# A job joins a transaction only with at least this much of its time left,
+# so that a commit that goes as usual is answered before its deadline.
+SEAL_MARGIN = 0.25  # seconds
+# Past this many bytes of WAL the writer finishes the checkpoint itself,
+# between two transactions, so that the next one starts the WAL afresh.
+WAL_CHECKPOINT_AT = 16 * 1024 * 1024
+MAX_BATCH = 256
+SQLITE_FULL = 13
+
+_PENDING, _SEALED, _CANCELLED = "pending", "sealed", "cancelled"
+
+
+class StorageUncertain(Exception):
+    """A transaction holding the entry did not finish in time, or failed in
+    a way that does not rule out that it committed: neither "stored" nor
+    "not stored" would be true. A retry is recognised as a repeat."""
+
+
 @dataclasses.dataclass(eq=False)
 class _Job:
     entry: Event | Rejection
     deadline: float
+    state: str = _PENDING
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     receipt: Receipt | None = None
     error: Exception | None = None
+
+    def finish(self, receipt=None, error=None):
+        self.receipt, self.error = receipt, error
+        self.done.set()
 
 
 class AuditLog:
     """The single writer of one database file.
 
-    Appends from all threads go through :meth:`append`; ``BEGIN IMMEDIATE``
-    keeps other processes out while a batch is written, and the chain head
-    is read inside that transaction, so the chain never forks.
+    Appends from every thread are queued to one writer thread, which commits
+    whatever has queued up in a single transaction (group commit: one fsync
+    for many callbacks). ``BEGIN IMMEDIATE`` keeps other processes out while
+    a batch is written, and the chain head is read inside that transaction,
+    so the chain never forks.
+
+    Creating the object touches nothing: the file is created and the writer
+    started by :meth:`open`, which the servers call at start-up and the first
+    append calls otherwise. So an operator's command never creates the log.
     """
 
     def __init__(self, path, *, key=None, timeout=1.0):
@@ -99,30 +134,46 @@ class AuditLog:
         self.key = key
         self.timeout = timeout
         self.failure = None
-        self._writer = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue = []
-        self._conn = self._open()
-        self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
-        self._check_chain_kind()
+        self._lock = threading.Lock()  # guards opening and every job's state
+        self._queue = queue.SimpleQueue()
+        self._conn = None
+        self._writer = None
+        self._checkpointer = None
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint, name="tim-audit checkpoint", daemon=True
-        )
-        self._checkpointer.start()
 
-    def _open(self):
-        """The writer's connection. It never checkpoints: copying the WAL
-        into the database (and its fsync) would land on whichever callback
-        happened to commit; _checkpoint does it in the background."""
+    def open(self):
+        """Create the log if it does not exist yet, check that its chain is
+        keyed as configured, and start the writer. Idempotent."""
+        with self._lock:
+            if self._writer is not None:
+                return
+            self._conn = self._connect()
+            try:
+                self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+                self._check_chain_kind()
+            except BaseException:
+                self._conn.close()
+                self._conn = None
+                raise
+            self._writer = threading.Thread(target=self._run, name="tim-audit writer", daemon=True)
+            self._writer.start()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint, name="tim-audit checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _connect(self):
+        """The writer's connection. It never checkpoints on commit: the
+        copy and its fsync would hold up the batch behind it."""
         conn = db.connect(self.path, timeout=self.timeout)
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
     def _checkpoint(self):
         """Copy committed WAL frames into the database every CHECKPOINT_EVERY
-        seconds. PASSIVE never waits for the writer or for readers (a long
-        export only holds back the frames it may still read)."""
+        seconds. PASSIVE never waits for the writer or for readers; under
+        sustained writes it cannot finish, and the writer completes it (see
+        _bound_wal), but by then most frames are already copied."""
         conn = None
         while not self._closing.wait(CHECKPOINT_EVERY):
             try:
@@ -163,89 +214,155 @@ class AuditLog:
     def append(self, entry):
         """Write ``entry`` durably and return its :class:`Receipt`.
 
-        Threads that arrive while a batch is being written queue up, and the
-        next one to take the writer commits the whole queue in a single
-        transaction: concurrent callbacks share one fsync (group commit).
-        A receipt is returned only once its transaction has committed;
-        otherwise :class:`StorageUnavailable` is raised within ``timeout``.
+        A receipt means committed with synchronous=FULL.
+        :class:`StorageUnavailable` within ``timeout`` means the entry was
+        never part of a transaction and never will be. A job already sealed
+        into a transaction waits for its commit, until ANSWER_BOUND; then
+        :class:`StorageUncertain`.
         """
-        job = _Job(entry, time.monotonic() + self.timeout)
-        with self._queue_lock:
-            self._queue.append(job)
-        if self._writer.acquire(timeout=self.timeout):
+        started = time.monotonic()
+        if self._writer is None:
             try:
-                if not job.done.is_set():
-                    with self._queue_lock:
-                        batch, self._queue = self._queue, []
-                    self._commit(batch)
-            finally:
-                self._writer.release()
-        else:
-            with self._queue_lock:
-                if job in self._queue:
-                    self._queue.remove(job)
-                    raise StorageUnavailable("timed out waiting for the database writer")
-        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
-            raise StorageUnavailable("timed out waiting for the database")
+                self.open()
+            except (sqlite3.Error, OSError, ChainMismatch) as exc:
+                self.failure = str(exc)
+                raise StorageUnavailable(f"cannot open the log: {exc}") from None
+        job = _Job(entry, started + self.timeout)
+        self._queue.put(job)
+        if not job.done.wait(self.timeout):
+            with self._lock:
+                if job.state == _PENDING:
+                    job.state = _CANCELLED
+                    raise StorageUnavailable("timed out waiting for the database")
+            if not job.done.wait(max(0.0, started + ANSWER_BOUND - time.monotonic())):
+                raise StorageUncertain("the database did not confirm the commit in time")
         if job.error is not None:
             raise job.error
         return job.receipt
 
-    def _commit(self, batch):
+    def _run(self):
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            jobs = [job for job in batch if job is not None]
+            if jobs:
+                self._commit(jobs)
+                self._bound_wal()
+            if len(jobs) < len(batch):
+                return  # close() queued None
+
+    def _seal(self, jobs):
+        """The jobs this transaction will carry: each becomes uncancellable
+        here, or is refused here if too little of its time is left."""
         now = time.monotonic()
-        live = []
-        for job in batch:
-            if job.deadline > now:
-                live.append(job)
-            else:
-                job.error = StorageUnavailable("timed out waiting for the database")
-                job.done.set()
-        if not live:
+        sealed = []
+        with self._lock:
+            for job in jobs:
+                if job.state != _PENDING:
+                    continue
+                if job.deadline - now >= SEAL_MARGIN:
+                    job.state = _SEALED
+                    sealed.append(job)
+                else:
+                    job.state = _CANCELLED
+                    job.finish(error=StorageUnavailable("timed out waiting for the database"))
+        return sealed
+
+    def _commit(self, jobs):
+        """Write ``jobs`` in one transaction, or fail them truthfully."""
+        waiting = [job for job in jobs if job.state == _PENDING]
+        if not waiting:
             return
-        wait_ms = max(1, int((min(job.deadline for job in live) - now) * 1000))
+        wait = max(job.deadline for job in waiting) - SEAL_MARGIN - time.monotonic()
         try:
             conn = self._connection()
-            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
-            try:
-                receipts = self._write(conn, [job.entry for job in live])
-            except sqlite3.OperationalError:
-                raise
-            except Exception as exc:
-                # Something in one entry; write them one by one so that
-                # only the entry at fault fails.
-                self._abandon()
-                if len(live) == 1:
-                    live[0].error = exc
-                else:
-                    self._write_each(live)
-            else:
-                for job, receipt in zip(live, receipts):
-                    job.receipt = receipt
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+            conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._abandon()
             self.failure = str(exc)
-            for job in live:
-                if job.receipt is None and job.error is None:
-                    job.error = StorageUnavailable(str(exc))
-        else:
-            self.failure = None
-        for job in live:
-            job.done.set()
+            for job in self._seal(waiting):
+                job.finish(error=StorageUnavailable(str(exc)))
+            return
+        sealed = self._seal(waiting)
+        if not sealed:
+            conn.execute("ROLLBACK")
+            return
+        try:
+            receipts = self._write(conn, [job.entry for job in sealed])
+        except sqlite3.OperationalError as exc:  # the disk or the file, not the entries
+            self._abandon()
+            self.failure = str(exc)
+            for job in sealed:
+                job.finish(error=StorageUnavailable(str(exc)))
+            return
+        except Exception as exc:
+            # Something in one entry: write them one by one, so that only
+            # the entry at fault fails.
+            self._abandon()
+            if len(sealed) == 1:
+                sealed[0].finish(error=exc)
+            else:
+                for job in sealed:
+                    self._commit_alone(job)
+            return
+        self._finish(sealed, receipts)
 
-    def _write_each(self, jobs):
-        for job in jobs:
-            try:
-                [job.receipt] = self._write(self._connection(), [job.entry])
-            except sqlite3.OperationalError:
-                raise
-            except Exception as exc:
-                self._abandon()
-                job.error = exc
+    def _commit_alone(self, job):
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            receipts = self._write(conn, [job.entry])
+        except Exception as exc:
+            self._abandon()
+            job.finish(error=StorageUnavailable(str(exc)) if isinstance(exc, sqlite3.OperationalError) else exc)
+            return
+        self._finish([job], receipts)
+
+    def _finish(self, jobs, receipts):
+        """COMMIT, then answer. A failed COMMIT is "not stored" only when
+        SQLite says the disk was full (nothing was written); any other
+        failure there may have left a committed transaction in the WAL."""
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.failure = str(exc)
+            full = getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+            self._abandon()
+            if not full:
+                self._reconnect()
+            for job in jobs:
+                job.finish(error=(StorageUnavailable if full else StorageUncertain)(str(exc)))
+            return
+        self.failure = None
+        for job, receipt in zip(jobs, receipts, strict=True):
+            job.finish(receipt)
+
+    def _bound_wal(self):
+        """Keep the WAL file bounded under sustained writes: once it passes
+        WAL_CHECKPOINT_AT, checkpoint here, between transactions, where no
+        new frame can arrive; the next transaction then restarts the WAL
+        and journal_size_limit trims the file. PASSIVE: a reader holding an
+        old snapshot (a long export) delays this, never the writer."""
+        try:
+            if os.path.getsize(self.path + "-wal") > WAL_CHECKPOINT_AT:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (OSError, sqlite3.Error):
+            pass  # retried after the next batch
 
     def _connection(self):
         if self._conn is None:
-            self._conn = self._open()
+            self._conn = self._connect()
         return self._conn
+
+    def _reconnect(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _abandon(self):
         """Roll back a failed batch; a connection left in a state SQLite
@@ -256,16 +373,14 @@ class AuditLog:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
-            self._conn.close()
-            self._conn = None
+            self._reconnect()
 
     def _write(self, conn, entries):
-        """Append ``entries`` in one transaction; returns their receipts.
+        """Insert ``entries`` in the open transaction; returns their receipts.
 
         One query finds the stored events the batch repeats; the chain
         hashes are computed here, then every row goes in with executemany.
         """
-        conn.execute("BEGIN IMMEDIATE")
         event_id, event_hash, quarantine_id, quarantine_hash = conn.execute(
             "SELECT coalesce((SELECT id FROM event ORDER BY id DESC LIMIT 1), 0),"
             " coalesce((SELECT hash FROM event ORDER BY id DESC LIMIT 1), ?),"
@@ -301,7 +416,6 @@ class AuditLog:
         _insert(conn, "event", EVENT_COLUMNS + ("hash",), events)
         _insert(conn, "event_member", MEMBER_COLUMNS, members)
         _insert(conn, "quarantine", QUARANTINE_COLUMNS + ("hash",), rejections)
-        conn.execute("COMMIT")
         return receipts
 
     @staticmethod
@@ -320,18 +434,55 @@ class AuditLog:
         return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
 
     def close(self):
+        """Stop the writer once the queue is written; for tests and shutdown."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        self._queue.put(None)
+        writer.join()
         self._closing.set()
         self._checkpointer.join()
-        with self._writer:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._conn.close()
+        self._conn = None
 
 
 def _insert(conn, table, columns, rows):
     conn.executemany(
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows
     )
+
+
+def open_log(app):
+    """Create the log if need be and start the writer, as the ingest server
+    starts; explain a database that cannot be used rather than show a
+    traceback. Returns ``app``."""
+    path = os.path.abspath(app.config["DATABASE"])
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        if directory != os.path.abspath(app.instance_path):
+            raise StartupError(
+                f"the directory of DATABASE, {directory}, does not exist: create it"
+                " (writable by the user running tim-audit) or set DATABASE to a"
+                " file in an existing directory"
+            )
+        try:
+            os.makedirs(directory)
+        except OSError as exc:
+            raise StartupError(f"cannot create the instance folder {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise StartupError(
+            f"the directory {directory} is not writable by this user: SQLite"
+            " keeps its -wal and -shm files beside the database. Give the user"
+            " running tim-audit write access to it, or set DATABASE elsewhere"
+        )
+    try:
+        app.extensions["tim_audit"].open()
+    except ChainMismatch as exc:
+        raise StartupError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise StartupError(f"cannot open the database {path}: {exc}") from None
+    return app
 
 
 def current_log():

@@ -19,7 +19,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import signature
-from .auditlog import Event, Rejection, StorageUnavailable, current_log
+from .auditlog import Event, Rejection, StorageUncertain, StorageUnavailable, current_log
 from .schemas import RECORDED
 
 bp = Blueprint("callback", __name__)
@@ -40,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_FIELDS = 60024
     STORAGE_UNAVAILABLE = 60030
     INTERNAL_ERROR = 60031
+    STORAGE_UNCERTAIN = 60032
 
 
 _SIGNATURE_CODES = {
@@ -101,7 +102,7 @@ def _process(received_at):
     except Refusal as refusal:
         try:
             _quarantine(refusal.code, refusal.info, raw, received_at)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, StorageUncertain) as exc:
             return _unavailable(exc)
         return refusal.outcome()
 
@@ -114,7 +115,7 @@ def _process(received_at):
                 " EventTime) with a different body",
                 raw, received_at,
             )
-    except StorageUnavailable as exc:
+    except (StorageUnavailable, StorageUncertain) as exc:
         return _unavailable(exc, event.group_id)
     return Outcome(receipt.outcome, 200, ErrorCode.OK, "", event.group_id)
 
@@ -261,6 +262,14 @@ def _quarantine(code, reason, raw, received_at):
 
 
 def _unavailable(exc, group_id=None):
+    """503 only when nothing was, or ever will be, recorded; when a commit
+    may still land, say that instead (a retry is recognised as a repeat)."""
+    if isinstance(exc, StorageUncertain):
+        return Outcome(
+            "storage_uncertain", 500, ErrorCode.STORAGE_UNCERTAIN,
+            f"the audit log did not confirm this write in time ({exc}); it may have"
+            " been recorded, and a retry is recognised as a repeat", group_id,
+        )
     return Outcome(
         "storage_unavailable", 503, ErrorCode.STORAGE_UNAVAILABLE,
         f"the audit log cannot store this now ({exc}); nothing was recorded", group_id,

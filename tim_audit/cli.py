@@ -15,7 +15,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import chain, db, signature
+from . import auditlog, chain, db, signature
 
 MIN_PASSWORD = 12
 
@@ -23,9 +23,11 @@ MIN_PASSWORD = 12
 @click.command("init-db")
 @with_appcontext
 def init_db_command():
-    """Create the database and its schema if they do not exist yet."""
-    # create_app has opened (and so created) the log before any command runs.
-    click.echo(f"Initialized the database at {current_app.config['DATABASE']}")
+    """Create the log now, with its chain keyed as configured, before the
+    ingest server first starts (which would create it otherwise)."""
+    log = auditlog.open_log(current_app).extensions["tim_audit"]
+    log.close()
+    click.echo(f"Initialized the database at {log.path}")
 
 
 @click.command("verify")
@@ -46,7 +48,7 @@ def verify_command(anchor, database):
             anchor = chain.parse_anchor(anchor)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
-    conn = db.connect(database or current_app.config["DATABASE"], readonly=True)
+    conn = _read_only(database or current_app.config["DATABASE"])
     try:
         count, head = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
     except chain.ChainBroken as exc:
@@ -69,7 +71,7 @@ def backup_command(destination):
         raise click.UsageError(f"{destination} exists; back up to a new file")
     partial = f"{destination}.partial"
     started = time.monotonic()
-    source = db.connect(current_app.config["DATABASE"], readonly=True)
+    source = _read_only(current_app.config["DATABASE"])
     copy = sqlite3.connect(partial, isolation_level=None)
     try:
         source.backup(copy)
@@ -141,6 +143,18 @@ def hash_password_command():
     if len(password) < MIN_PASSWORD:
         raise click.ClickException(f"use at least {MIN_PASSWORD} characters")
     click.echo(generate_password_hash(password))
+
+
+def _read_only(path):
+    """A read-only connection to the log at ``path``; never creates it."""
+    if not os.path.isfile(path):
+        raise click.ClickException(
+            f"there is no log at {path}: the ingest server creates it when it first starts"
+        )
+    try:
+        return db.connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the log at {path}: {exc}") from None
 
 
 def _sample_body(now):

@@ -19,6 +19,12 @@ DEFAULTS = {
     "PROXY_FIX": 0,
     "METRICS": False,
     "LOG_FORMAT": "text",
+    "INGEST_LISTEN": "127.0.0.1:8080",
+    "REVIEW_LISTEN": "127.0.0.1:8081",
+    "INGEST_THREADS": 8,
+    "REVIEW_THREADS": 8,
+    "MAX_EXPORTS": 2,
+    "LOGIN_FAILURES": 10,
 }
 
 
@@ -58,15 +64,23 @@ def check(config):
             )
     config["CALLBACK_TOKEN"] = tuple(str(token) for token in tokens)
 
-    for key, minimum in (("SIGN_MAX_AGE", 0), ("MAX_CONTENT_LENGTH", 1)):
+    for key, minimum in (
+        ("SIGN_MAX_AGE", 0), ("MAX_CONTENT_LENGTH", 1), ("INGEST_THREADS", 1),
+        ("REVIEW_THREADS", 1), ("MAX_EXPORTS", 1), ("LOGIN_FAILURES", 1),
+    ):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise StartupError(f"{key} must be a whole number of at least {minimum}, not {value!r}")
     timeout = config["STORAGE_TIMEOUT"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1.8:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.25 <= timeout <= 1.2:
         raise StartupError(
-            f"STORAGE_TIMEOUT must be seconds between 0 and 1.8 (Tencent waits 2 s), not {timeout!r}"
+            "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2 (every callback is"
+            f" answered within 1.5 s; Tencent waits 2 s), not {timeout!r}"
         )
+    for key in ("INGEST_LISTEN", "REVIEW_LISTEN"):
+        host, _, port = str(config[key]).rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise StartupError(f"{key} must be HOST:PORT, such as 127.0.0.1:8080, not {config[key]!r}")
 
     users = config["DASHBOARD_USERS"]
     if not isinstance(users, dict):
@@ -103,3 +117,33 @@ def check(config):
     if key is not None and (not isinstance(key, bytes) or len(key) < 16):
         raise StartupError("AUDIT_HMAC_KEY must be a string of at least 16 bytes")
     config["AUDIT_HMAC_KEY"] = key or None
+
+
+def warn_about_config(app):
+    """Log what makes a server start but not do its job, for the side(s)
+    ``app`` serves."""
+    ingest = "tim_audit" in app.extensions
+    review = "tim_audit.reviewers" in app.extensions
+    warnings = []
+    if ingest and not app.config["SDKAPPID"]:
+        warnings.append(
+            "SDKAPPID is not set: every callback is answered FAIL (ErrorCode 60001) until it is"
+        )
+    if review and not app.config["DASHBOARD_AUTH"]:
+        warnings.append(
+            "DASHBOARD_AUTH is off: the dashboard and its exports are open to anyone who"
+            " can reach them; only do this behind a proxy that authenticates reviewers"
+        )
+    elif review and not app.config["DASHBOARD_USERS"]:
+        warnings.append(
+            "DASHBOARD_USERS is empty: nobody can sign in to the dashboard; add reviewers"
+            " with hashes from flask --app tim_audit hash-password"
+        )
+    if ingest and not app.config["CALLBACK_TOKEN"]:
+        warnings.append(
+            "CALLBACK_TOKEN is not set: callbacks are unauthenticated, so anyone who"
+            " can reach /callback and knows the SDKAppID can add events. Switch on"
+            " callback authentication in Tencent's console and set the token here"
+        )
+    for warning in warnings:
+        app.logger.warning(warning)

@@ -5,7 +5,7 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 
 from . import queries
-from .auditlog import current_log
+from .auditlog import ChainMismatch
 from .db import get_db
 
 bp = Blueprint("health", __name__)
@@ -13,15 +13,19 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
-    """200 with the event count while the database answers and takes writes;
-    503 when it does not, or when the last write failed (disk full, locked
-    by another process) and none has succeeded since."""
+    """200 with the event count while the database answers and, on the
+    ingest server, takes writes; 503 when it does not, or when the last
+    write failed (disk full, locked by another process) and none has
+    succeeded since. The review server only reads."""
+    log = current_app.extensions.get("tim_audit")
     try:
+        if log is not None:
+            log.open()
         events, _ = queries.head(get_db())
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError, ChainMismatch) as exc:
         return jsonify(status="unavailable", error=str(exc)), 503
     configured = bool(current_app.config["SDKAPPID"])
-    failure = current_log().failure
+    failure = log and log.failure
     if failure:
         return jsonify(
             status="unavailable", events=events, configured=configured,

@@ -247,6 +247,7 @@ def export_json():
 
 def _export(extension, chunks, mimetype):
     _, filters = _arguments()
+    slot = _export_slot()
     counter = {"rows": 0}
     reviewer, asked = g.reviewer, _query_string()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -255,6 +256,7 @@ def _export(extension, chunks, mimetype):
         try:
             yield from chunks(get_db(), filters, counter)
         finally:
+            slot()
             current_app.logger.info(
                 "export reviewer=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
                 extension, counter["rows"], json.dumps(asked, ensure_ascii=False),
@@ -262,11 +264,28 @@ def _export(extension, chunks, mimetype):
                                   "rows": counter["rows"], "filters": asked}},
             )
 
-    return Response(
+    response = Response(
         stream_with_context(stream()),
         mimetype=mimetype,
         headers={"Content-Disposition": f'attachment; filename="tim-audit-events-{stamp}.{extension}"'},
     )
+    # Also when the server closes a response it never started to send.
+    response.call_on_close(slot)
+    return response
+
+
+def _export_slot():
+    """One of MAX_EXPORTS places for a running export, or a 429 page. The
+    place is given back by the callable returned, once however often it is
+    called: a stalled download holds a thread, and these bound how many."""
+    running = current_app.extensions["tim_audit.exports"]
+    if not running.acquire(blocking=False):
+        abort(429, description=(
+            f"{current_app.config['MAX_EXPORTS']} exports are running already;"
+            " try again when one has finished."
+        ))
+    held = [running]
+    return lambda: held and held.pop().release()
 
 
 @bp.post("/history/verify")
@@ -319,5 +338,7 @@ def _page_globals():
 
 @bp.app_errorhandler(400)
 @bp.app_errorhandler(404)
+@bp.app_errorhandler(429)
 def _error_page(exc):
-    return render_template("error.html", error=exc), exc.code
+    headers = {"Retry-After": "10"} if exc.code == 429 else {}
+    return render_template("error.html", error=exc), exc.code, headers

@@ -1,0 +1,13 @@
+"""``tim-audit`` (and ``python -m tim_audit``): every ``flask --app tim_audit``
+command, plus ``serve``, which runs the two servers."""
+
+from flask.cli import FlaskGroup
+
+from . import create_app
+from .serve import serve_command
+
+main = FlaskGroup(name="tim-audit", create_app=create_app, load_dotenv=False)
+main.add_command(serve_command)
+
+if __name__ == "__main__":
+    main()

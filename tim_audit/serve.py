@@ -1,0 +1,117 @@
+"""``tim-audit serve``: the ingest and review servers under waitress.
+
+Each server has its own listener and thread pool, and by default the review
+server runs in a process of its own: an export, a password check or a
+verification then spends another process's CPU time and GIL, and cannot
+delay a callback (bench/isolation.py measures what that buys). Both
+listening sockets are bound here, before anything is served, so a port in
+use stops the start with one line; the review process inherits its socket,
+and is started again if it dies.
+"""
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import click
+import waitress
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import create_ingest_app, create_review_app, open_log
+from .config import StartupError, warn_about_config
+
+# The review server's largest request: its forms are GETs and one bodiless POST.
+REVIEW_BODY_LIMIT = 64 * 1024
+RESTART_DELAY = 1.0  # seconds before a review process that died is started again
+
+
+@click.command("serve")
+@click.option(
+    "--only", type=click.Choice(["ingest", "review"]),
+    help="Run just one server, for example as one of two systemd units.",
+)
+@click.option("--review-fd", type=int, hidden=True)
+@with_appcontext
+def serve_command(only, review_fd):
+    """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
+    config = current_app.config
+    if only == "review":
+        sock = socket.socket(fileno=review_fd) if review_fd is not None else listen(config, "REVIEW_LISTEN")
+        run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT)
+        return
+    ingest_socket = listen(config, "INGEST_LISTEN")
+    ingest = open_log(create_ingest_app())
+    # waitress buffers a whole body before the app sees it: bound that at
+    # twice the app's own limit, so a body a little too large still gets a
+    # JSON 413 (and is quarantined) while a huge one is cut off unread.
+    body_limit = 2 * config["MAX_CONTENT_LENGTH"]
+    if only == "ingest":
+        run(ingest, ingest_socket, config["INGEST_THREADS"], body_limit)
+        return
+    review = ReviewProcess(listen(config, "REVIEW_LISTEN"), ingest.logger)
+    try:
+        run(ingest, ingest_socket, config["INGEST_THREADS"], body_limit)
+    finally:
+        review.stop()
+
+
+def listen(config, key):
+    """A listening socket on the configured HOST:PORT."""
+    host, _, port = config[key].rpartition(":")
+    try:
+        return socket.create_server((host.strip("[]"), int(port)), backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {key} {config[key]}: {exc.strerror}") from None
+
+
+def run(app, sock, threads, body_limit):
+    """Serve ``app`` on ``sock`` until SIGTERM or SIGINT."""
+    warn_about_config(app)
+    signal.signal(signal.SIGTERM, _exit)
+    host, port = sock.getsockname()[:2]
+    app.logger.info("serving %s on http://%s:%d with %d threads", app.name, host, port, threads)
+    waitress.serve(
+        app, sockets=[sock], threads=threads, max_request_body_size=body_limit,
+        outbuf_high_watermark=1024 * 1024, ident="tim-audit", _quiet=True,
+    )
+
+
+def _exit(signum, frame):
+    raise SystemExit(0)
+
+
+class ReviewProcess:
+    """The review server in a child process, on a socket bound by the parent."""
+
+    def __init__(self, sock, logger):
+        self.sock = sock
+        self.logger = logger
+        self._stopping = threading.Event()
+        self._process = self._start()
+        threading.Thread(target=self._watch, name="tim-audit review watcher", daemon=True).start()
+
+    def _start(self):
+        fd = self.sock.fileno()
+        return subprocess.Popen(
+            [sys.executable, "-m", "tim_audit", "serve", "--only", "review", "--review-fd", str(fd)],
+            pass_fds=(fd,),
+        )
+
+    def _watch(self):
+        while True:
+            code = self._process.wait()
+            if self._stopping.wait(RESTART_DELAY):
+                return
+            self.logger.error("the review server exited with %s; starting it again", code)
+            self._process = self._start()
+
+    def stop(self):
+        self._stopping.set()
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
