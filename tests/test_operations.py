@@ -175,6 +175,16 @@ def test_backup_refuses_to_overwrite(runner, tmp_path):
     assert destination.read_text() == "yesterday's"
 
 
+def test_backup_into_a_missing_folder_says_to_create_it(runner, tmp_path):
+    destination = tmp_path / "not-there" / "backup.sqlite3"
+    result = runner.invoke(args=["backup", str(destination)])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: the folder {destination.parent} does not exist; create it, or back up into one that does"
+    )
+    assert not destination.parent.exists()
+
+
 def test_backup_while_callbacks_keep_arriving(tmp_path):
     database, port = tmp_path / "audit.sqlite3", free_port()
     env = server_env(database, tmp_path)

@@ -13,8 +13,6 @@ import threading
 from flask import current_app, g, render_template, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
-HASH_METHODS = ("scrypt:", "pbkdf2:")
-
 
 class Reviewers:
     def __init__(self, users):

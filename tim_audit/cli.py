@@ -1,5 +1,6 @@
 """Operator commands: ``flask --app tim_audit <command>``."""
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from werkzeug.security import generate_password_hash
 from . import chain, db, signature
 
 MIN_PASSWORD = 12
+CREATE_GROUP = "Group.CallbackAfterCreateGroup"
 
 
 @click.command("init-db")
@@ -67,18 +69,24 @@ def backup_command(destination):
     written beside DESTINATION and renamed into place only once verified."""
     if os.path.exists(destination):
         raise click.UsageError(f"{destination} exists; back up to a new file")
+    folder = os.path.dirname(os.path.abspath(destination))
+    if not os.path.isdir(folder):
+        raise click.UsageError(f"the folder {folder} does not exist; create it, or back up into one that does")
     partial = f"{destination}.partial"
     started = time.monotonic()
     source = db.connect(current_app.config["DATABASE"], readonly=True)
-    copy = sqlite3.connect(partial, isolation_level=None)
+    copy = None
     try:
+        copy = sqlite3.connect(partial, isolation_level=None)
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         copy.row_factory = sqlite3.Row
         count, head = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
     except (sqlite3.Error, chain.ChainBroken) as exc:
-        copy.close()
-        os.remove(partial)
+        if copy is not None:
+            copy.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
         raise click.ClickException(f"backup failed: {exc}") from None
     finally:
         source.close()
@@ -94,9 +102,15 @@ def backup_command(destination):
 @click.argument("url")
 @click.option(
     "--body", "body_file", type=click.File("rb"),
-    help="A JSON body to send instead of the built-in sample.",
+    help="Send this file's bytes instead of the built-in sample, as they are: a file"
+    " that is not a JSON object is sent too, to see it quarantined.",
 )
-def send_sample_command(url, body_file):
+@click.option(
+    "--command", metavar="COMMAND",
+    help="CallbackCommand for the URL. Default: the body's, or"
+    f" {CREATE_GROUP} when the body does not name one.",
+)
+def send_sample_command(url, body_file, command):
     """Post a correctly signed sample callback to URL (for example
     http://127.0.0.1:8080/callback), signed with this instance's config."""
     config = current_app.config
@@ -107,7 +121,12 @@ def send_sample_command(url, body_file):
         raw = json.dumps(_sample_body(now), ensure_ascii=False).encode("utf-8")
     else:
         raw = body_file.read()
-    command = json.loads(raw).get("CallbackCommand", "")
+    body = _json_object(raw)
+    if body is None:
+        click.echo("the body is not a JSON object: sending it as it is, to be quarantined")
+    if command is None:
+        named = (body or {}).get("CallbackCommand")
+        command = named if isinstance(named, str) else CREATE_GROUP
     query = {
         "SdkAppid": config["SDKAPPID"],
         "CallbackCommand": command,
@@ -143,9 +162,17 @@ def hash_password_command():
     click.echo(generate_password_hash(password))
 
 
+def _json_object(raw):
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _sample_body(now):
     return {
-        "CallbackCommand": "Group.CallbackAfterCreateGroup",
+        "CallbackCommand": CREATE_GROUP,
         "GroupId": f"@TGS#sample{now}",
         "Operator_Account": "administrator",
         "Owner_Account": "leckie",

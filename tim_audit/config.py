@@ -147,7 +147,8 @@ def _zone(name):
 
 def _must(what, secret=False):
     """A setting's one refusal: "KEY must be WHAT, not VALUE" (without the
-    value for a secret)."""
+    value for a secret). marshmallow's own message is not shown, so our
+    fields with one refusal raise theirs empty."""
     return {"metadata": {"must": what, "secret": secret}}
 
 
