@@ -366,6 +366,17 @@ def test_log_line_quotes_values_so_lines_cannot_be_forged(post, caplog):
     assert 'group_id="@TGS#x\\ncallback outcome=\\"stored\\""' in line
 
 
+def test_a_request_werkzeug_refuses_is_a_json_4xx_not_an_internal_error(client, rows):
+    response = client.post("/callback", query_string=signed_query(), data=b"{}",
+                           environ_overrides={"CONTENT_LENGTH": "100"})  # the sender stopped early
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "ActionStatus": "FAIL", "ErrorCode": 60003,
+        "ErrorInfo": "400 Bad Request: The browser (or proxy) sent a request that this server could not understand.",
+    }
+    assert rows("SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)") == [(0, 0)]
+
+
 def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, monkeypatch):
     def broken(entry):
         raise RuntimeError("a bug")
