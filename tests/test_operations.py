@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from dashboard import CREDENTIALS
 from tencent import SDKAPPID, group_body, signed_query
 from test_faults import ROOT, free_port, post, server_env, start_server
 
@@ -102,7 +103,13 @@ def test_metrics_count_callbacks_by_outcome_and_the_log(make_app):
 
 def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app):
     client = make_app(METRICS=True).test_client()
-    assert client.get("/metrics").status_code == 200
+    response = client.get("/metrics")
+    assert (response.status_code, response.mimetype) == (200, "text/plain")
+    assert "tim_audit_events 0.0" in response.get_data(as_text=True)
+    assert client.get("/history").status_code == 401
+    page = client.get("/history", headers=CREDENTIALS)
+    assert page.status_code == 200
+    assert "metrics" not in page.get_data(as_text=True).lower()
 
 
 # --- logs -----------------------------------------------------------------------
