@@ -110,6 +110,12 @@ def test_send_sample_takes_the_command_from_the_option(live_server, runner, rows
     assert rows("SELECT count(*) FROM event") == [(0,)]  # a command tim-audit does not record
 
 
+def test_send_sample_refuses_a_url_that_is_not_http(runner):
+    result = runner.invoke(args=["send-sample", "file:///etc/passwd"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "Error: Invalid value for URL: must start with http:// or https://"
+
+
 def test_send_sample_exits_non_zero_on_a_refusal(live_server, make_app):
     runner = make_app(CALLBACK_TOKEN="not-the-servers").test_cli_runner()
     result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])

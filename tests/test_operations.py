@@ -2,7 +2,6 @@
 logs, backups."""
 
 import json
-import os
 import pathlib
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ import time
 import pytest
 
 from dashboard import CREDENTIALS
-from tencent import SDKAPPID, group_body, signed_query
+from tencent import group_body, signed_query
 from test_faults import ROOT, free_port, post, server_env, start_server
 
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}

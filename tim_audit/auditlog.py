@@ -219,7 +219,7 @@ class AuditLog:
                 else:
                     self._write_each(live)
             else:
-                for job, receipt in zip(live, receipts):
+                for job, receipt in zip(live, receipts, strict=True):
                     job.receipt = receipt
         except sqlite3.Error as exc:
             self._abandon()

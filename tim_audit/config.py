@@ -26,7 +26,7 @@ DEFAULTS = {
 }
 
 # What instance/config.example.py says until the operator pastes the real one.
-PLACEHOLDER_TOKEN = "paste-the-console-token-here"
+PLACEHOLDER_TOKEN = "paste-the-console-token-here"  # noqa: S105 (refused, not used)
 
 # What werkzeug's generate_password_hash makes (hash-password): the method
 # with its parameters, a salt, and the digest in hex, whose length the
