@@ -44,7 +44,7 @@ def events(count, days, seed=1):
     rng = random.Random(seed)
     start = END - days * DAY_MS
     step = days * DAY_MS / count
-    types, weights = zip(*TYPES)
+    types, weights = zip(*TYPES, strict=True)
     for number in range(count):
         event_time = int(start + number * step + rng.random() * step)
         if rng.random() < 0.01:  # a retried delivery arriving late

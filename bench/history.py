@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 
 import dataset  # noqa: E402
 import ingest  # noqa: E402
-import loadgen  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
 from tim_audit import create_app  # noqa: E402

@@ -1,9 +1,10 @@
 # tim-audit configuration. Copy this file to instance/config.py (which git
-# ignores) and fill it in. Every key can also be set with an environment
+# ignores) and fill it in: tim-audit refuses to start with the placeholder
+# token below. Every key can also be set with an environment
 # variable named TIM_AUDIT_<KEY>, which wins over this file; values there are
 # read as JSON, so quote strings that look like numbers or lists.
 
-# The SDKAppID of your Tencent Cloud IM app. Callbacks whose SdkAppid query
+# The SDKAppID of your Tencent Cloud IM app (at most 10 digits). Callbacks whose SdkAppid query
 # parameter differs are refused with HTTP 403. Until it is set, every
 # callback is answered FAIL (ErrorCode 60001).
 SDKAPPID = 1400000001
@@ -17,7 +18,8 @@ CALLBACK_TOKEN = "paste-the-console-token-here"
 # Seconds a RequestTime may differ from this server's clock, either way.
 # SIGN_MAX_AGE = 60
 
-# The SQLite file. Default: tim_audit.sqlite3 in this instance folder.
+# The SQLite file. Default: tim_audit.sqlite3 in this instance folder; a
+# relative path is read from this folder too, not from the working directory.
 # DATABASE = "/var/lib/tim-audit/tim_audit.sqlite3"
 
 # Largest callback body accepted, in bytes.
@@ -33,7 +35,8 @@ CALLBACK_TOKEN = "paste-the-console-token-here"
 # AUDIT_HMAC_KEY = "at least 16 random bytes, e.g. from: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 # Reviewers who may read the dashboard: name -> password hash. Make a hash
-# with: flask --app tim_audit hash-password
+# with: flask --app tim_audit hash-password. A name may not be empty or
+# contain ":".
 # DASHBOARD_USERS = {"alice": "scrypt:32768:8:1$..."}
 
 # Behind a reverse proxy that authenticates reviewers itself:

@@ -27,9 +27,12 @@ def test_doc_sample_is_stored_and_answered_ok(post, rows):
 
 
 def test_answer_is_exactly_tencents_ok_json(post):
+    """Types too: 0 == False and 0 == 0.0 in Python, not for Tencent."""
     response = post(sample("doc-sample"))
-    assert response.mimetype == "application/json"
-    assert json.loads(response.data) == OK
+    assert (response.status_code, response.headers["Content-Type"]) == (200, "application/json")
+    assert {key: (type(value), value) for key, value in json.loads(response.data).items()} == {
+        "ActionStatus": (str, "OK"), "ErrorInfo": (str, ""), "ErrorCode": (int, 0),
+    }
 
 
 def test_event_time_as_number_is_stored_as_integer(post, rows):
@@ -364,6 +367,17 @@ def test_log_line_quotes_values_so_lines_cannot_be_forged(post, caplog):
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("callback ")]
     assert "\n" not in line
     assert 'group_id="@TGS#x\\ncallback outcome=\\"stored\\""' in line
+
+
+def test_a_request_werkzeug_refuses_is_a_json_4xx_not_an_internal_error(client, rows):
+    response = client.post("/callback", query_string=signed_query(), data=b"{}",
+                           environ_overrides={"CONTENT_LENGTH": "100"})  # the sender stopped early
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "ActionStatus": "FAIL", "ErrorCode": 60003,
+        "ErrorInfo": "400 Bad Request: The browser (or proxy) sent a request that this server could not understand.",
+    }
+    assert rows("SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)") == [(0, 0)]
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, monkeypatch):

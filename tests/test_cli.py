@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tencent import SDKAPPID, TOKEN, group_body, sample
+from tencent import CREATE, SDKAPPID, TOKEN, group_body, sample
 
 OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64})")
 
@@ -88,6 +88,32 @@ def test_send_sample_sends_a_given_body(live_server, runner, rows, tmp_path):
     result = runner.invoke(args=["send-sample", "--body", str(path), f"{live_server.url}/callback"])
     assert result.exit_code == 0
     assert rows("SELECT raw FROM event") == [(sample("community-no-owner"),)]
+
+
+@pytest.mark.parametrize("body, code", [(b"{oops", 60021), (b"[1, 2]", 60022), (b"\xff\xfe", 60021)])
+def test_send_sample_sends_a_body_that_is_not_an_object_to_be_quarantined(live_server, runner, rows, tmp_path,
+                                                                          body, code):
+    path = tmp_path / "body.json"
+    path.write_bytes(body)
+    result = runner.invoke(args=["send-sample", "--body", str(path), f"{live_server.url}/callback"])
+    assert result.exit_code == 1
+    first, answer = result.output.splitlines()
+    assert first == "the body is not a JSON object: sending it as it is, to be quarantined"
+    assert answer.startswith(f'400 {{"ActionStatus":"FAIL","ErrorCode":{code},')
+    assert rows("SELECT command, error_code, raw FROM quarantine") == [(CREATE, code, body)]
+
+
+def test_send_sample_takes_the_command_from_the_option(live_server, runner, rows):
+    result = runner.invoke(args=["send-sample", "--command", "Group.CallbackAfterGroupDestroyed",
+                                 f"{live_server.url}/callback"])
+    assert (result.exit_code, result.output) == (0, '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\n')
+    assert rows("SELECT count(*) FROM event") == [(0,)]  # a command tim-audit does not record
+
+
+def test_send_sample_refuses_a_url_that_is_not_http(runner):
+    result = runner.invoke(args=["send-sample", "file:///etc/passwd"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "Error: Invalid value for URL: must start with http:// or https://"
 
 
 def test_send_sample_exits_non_zero_on_a_refusal(live_server, make_app):

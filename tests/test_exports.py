@@ -1,10 +1,9 @@
 import csv
 import io
-import json
 
 import pytest
 
-from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
+from dashboard import CREDENTIALS, START, expected_ids, sample_events
 from tencent import group_body
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
 
@@ -55,7 +54,7 @@ def test_csv_row_has_every_column(post, export, app):
     post(body)
     [header, row] = csv_rows(export("csv"))
     digest = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
-    record = dict(zip(header, row))
+    record = dict(zip(header, row, strict=True))
     assert record | {"received_at": "", "hash": ""} == {
         "id": "1", "event_time": "2022-12-09T08:26:54.123Z", "event_time_ms": "1670574414123",
         "group_id": "'@TGS#2J4SZEAEL", "type": "Public", "name": "MyFirstGroup", "owner": "leckie",
@@ -76,7 +75,7 @@ def test_csv_neutralises_formulas_in_every_text_cell(post, export, value, export
     post(group_body(Name=value, Owner_Account=value, Operator_Account=value, Type=value or "T",
                     MemberList=members))
     [_, row] = csv_rows(export("csv"))
-    record = dict(zip(CSV_HEADER, row))
+    record = dict(zip(CSV_HEADER, row, strict=True))
     assert record["name"] == exported
     assert record["owner"] == exported
     assert record["operator"] == exported

@@ -1,9 +1,16 @@
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
+from werkzeug.security import generate_password_hash
 
 from tim_audit import StartupError, create_app, create_ingest_app, create_review_app, open_log
 
 from dashboard import REVIEWERS
 from tencent import SDKAPPID
+from test_faults import ROOT
 
 
 @pytest.fixture
@@ -93,29 +100,132 @@ def test_configured_app_warns_about_nothing(made, caplog):
     assert warnings(caplog) == []
 
 
+STORAGE_TIMEOUT_MUST = (
+    "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2 (every callback is answered within 1.5 s;"
+    " Tencent waits 2 s)"
+)
+SDKAPPID_MUST = "SDKAPPID must be your app's SDKAppID, a positive whole number of at most 10 digits"
+HASH = generate_password_hash("correct horse battery", method="pbkdf2:sha256:1000")
+NOT_A_HASH = (
+    "has no password hash for 'alice' (or one cut short): make one with flask --app tim_audit"
+    " hash-password"
+)
+
+
 @pytest.mark.parametrize("key, value, message", [
-    ("CALLBACK_TOKEN", True, "CALLBACK_TOKEN must be a string or a list of strings"),
-    ("CALLBACK_TOKEN", ["ok", ""], "CALLBACK_TOKEN must be a string or a list of strings"),
-    ("SDKAPPID", 1.5, "SDKAPPID must be the app's SDKAppID"),
-    ("SIGN_MAX_AGE", -1, "SIGN_MAX_AGE must be a whole number of at least 0"),
-    ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0"),
-    ("STORAGE_TIMEOUT", 5, "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2"),
-    ("STORAGE_TIMEOUT", 0.1, "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2"),
-    ("INGEST_LISTEN", "8080", "INGEST_LISTEN must be HOST:PORT"),
-    ("REVIEW_LISTEN", "127.0.0.1:99999", "REVIEW_LISTEN must be HOST:PORT"),
-    ("MAX_EXPORTS", 0, "MAX_EXPORTS must be a whole number of at least 1"),
-    ("LOGIN_FAILURES", 0, "LOGIN_FAILURES must be a whole number of at least 1"),
+    ("SDKAPPID", "abc", f"{SDKAPPID_MUST}, not 'abc'"),
+    ("SDKAPPID", 0, f"{SDKAPPID_MUST}, not 0"),
+    ("SDKAPPID", -5, f"{SDKAPPID_MUST}, not -5"),
+    ("SDKAPPID", "-5", f"{SDKAPPID_MUST}, not '-5'"),
+    ("SDKAPPID", 12345678901234567890, f"{SDKAPPID_MUST}, not 12345678901234567890"),
+    ("SDKAPPID", "14000000011", f"{SDKAPPID_MUST}, not '14000000011'"),
+    ("SDKAPPID", "01400000001", f"{SDKAPPID_MUST}, not '01400000001'"),
+    ("SDKAPPID", 1.5, f"{SDKAPPID_MUST}, not 1.5"),
+    ("SDKAPPID", True, f"{SDKAPPID_MUST}, not True"),
+    ("CALLBACK_TOKEN", True, "CALLBACK_TOKEN must be a string or a list of strings; in the"
+     " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'"),
+    ("CALLBACK_TOKEN", ["ok", ""], "CALLBACK_TOKEN must be a string or a list of strings; in the"
+     " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'"),
+    ("CALLBACK_TOKEN", ["real-token", "paste-the-console-token-here"], "CALLBACK_TOKEN is still"
+     " the example's placeholder: paste the token from the IM console's callback authentication"),
+    ("SIGN_MAX_AGE", -1, "SIGN_MAX_AGE must be a whole number of at least 0, not -1"),
+    ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0, not '60'"),
+    ("MAX_CONTENT_LENGTH", 0, "MAX_CONTENT_LENGTH must be a whole number of at least 1, not 0"),
+    ("STORAGE_TIMEOUT", 5, f"{STORAGE_TIMEOUT_MUST}, not 5"),
+    ("STORAGE_TIMEOUT", 0.1, f"{STORAGE_TIMEOUT_MUST}, not 0.1"),
+    ("STORAGE_TIMEOUT", True, f"{STORAGE_TIMEOUT_MUST}, not True"),
+    ("INGEST_LISTEN", "8080", "INGEST_LISTEN must be HOST:PORT, such as 127.0.0.1:8080, not '8080'"),
+    ("REVIEW_LISTEN", "127.0.0.1:99999", "REVIEW_LISTEN must be HOST:PORT, such as 127.0.0.1:8081, not '127.0.0.1:99999'"),
+    ("INGEST_THREADS", 0, "INGEST_THREADS must be a whole number of at least 1, not 0"),
+    ("MAX_EXPORTS", 0, "MAX_EXPORTS must be a whole number of at least 1, not 0"),
+    ("LOGIN_FAILURES", 0, "LOGIN_FAILURES must be a whole number of at least 1, not 0"),
     ("AUDIT_HMAC_KEY", "short", "AUDIT_HMAC_KEY must be a string of at least 16 bytes"),
-    ("DASHBOARD_USERS", {"alice": "correct horse battery"}, "DASHBOARD_USERS['alice'] is not a password hash"),
+    ("DASHBOARD_USERS", {"alice": "correct horse battery"}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+    ("DASHBOARD_USERS", {"alice": HASH[:-1]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+    ("DASHBOARD_USERS", {"alice": HASH.rsplit("$", 1)[0]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+    ("DASHBOARD_USERS", {"alice": "pbkdf2:sha999:1000$salt$" + "a" * 64}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+    ("DASHBOARD_USERS", {"alice": None}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+    ("DASHBOARD_USERS", {"": HASH}, "DASHBOARD_USERS has a reviewer named '', who could never sign"
+     " in: a name must not be empty or contain ':' (HTTP Basic ends the name there)"),
+    ("DASHBOARD_USERS", {"ali:ce": HASH}, "DASHBOARD_USERS has a reviewer named 'ali:ce', who could"
+     " never sign in: a name must not be empty or contain ':' (HTTP Basic ends the name there)"),
     ("DASHBOARD_USERS", ["alice"], "DASHBOARD_USERS must map reviewer names to password hashes"),
-    ("DASHBOARD_AUTH", "no", "DASHBOARD_AUTH must be true or false"),
-    ("DISPLAY_TIMEZONE", "Mars/Olympus", "DISPLAY_TIMEZONE must be an IANA time zone"),
-    ("VERIFY_INTERVAL", -5, "VERIFY_INTERVAL must be whole seconds"),
+    ("DASHBOARD_AUTH", "no", "DASHBOARD_AUTH must be true or false, not 'no'"),
+    ("DISPLAY_TIMEZONE", "Mars/Olympus", "DISPLAY_TIMEZONE must be an IANA time zone such as"
+     " Asia/Shanghai, not 'Mars/Olympus'"),
+    ("VERIFY_INTERVAL", -5, "VERIFY_INTERVAL must be whole seconds (0: only when asked), not -5"),
+    ("PROXY_FIX", 1.0, "PROXY_FIX must be the number of trusted proxies in front (0: none), not 1.0"),
+    ("METRICS", "yes", "METRICS must be true or false, not 'yes'"),
+    ("LOG_FORMAT", "xml", 'LOG_FORMAT must be "text" or "json", not \'xml\''),
+    ("DATABASE", 5, "DATABASE must be the path of the SQLite file, not 5"),
 ])
 def test_impossible_config_stops_start_up(made, key, value, message):
     with pytest.raises(StartupError) as caught:
         made({key: value})
-    assert str(caught.value).startswith(f"tim-audit cannot start: {message}")
+    assert str(caught.value) == f"tim-audit cannot start: {message}"
+
+
+@pytest.mark.parametrize("value", [1400000001, "1400000001", 9999999999, 1])
+def test_sdkappid_of_up_to_ten_digits_is_kept_as_a_string(made, value):
+    assert made({"SDKAPPID": value}).config["SDKAPPID"] == str(value)
+
+
+@pytest.mark.parametrize("method", ["scrypt", "pbkdf2:sha256:1000", "pbkdf2:sha512:1000"])
+def test_werkzeug_password_hashes_are_accepted(made, method):
+    users = {"alice": generate_password_hash("correct horse battery", method=method)}
+    assert made({"DASHBOARD_USERS": users}).config["DASHBOARD_USERS"] == users
+
+
+def test_the_example_config_copied_as_it_is_stops_start_up(made, instance_path):
+    shutil.copy(ROOT / "instance" / "config.example.py", instance_path / "config.py")
+    with pytest.raises(StartupError) as caught:
+        made()
+    assert str(caught.value) == (
+        "tim-audit cannot start: CALLBACK_TOKEN is still the example's placeholder: paste the"
+        " token from the IM console's callback authentication"
+    )
+
+
+def test_syntax_error_in_instance_config_names_file_and_line(made, instance_path):
+    (instance_path / "config.py").write_text('SDKAPPID = 1400000001\nCALLBACK_TOKEN = ("t"\n')
+    with pytest.raises(StartupError) as caught:
+        made()
+    assert str(caught.value) == (
+        f"tim-audit cannot start: {instance_path / 'config.py'}, line 2: '(' was never closed"
+    )
+
+
+def test_error_running_instance_config_names_file_and_line(made, instance_path):
+    (instance_path / "config.py").write_text("SDKAPPID = 1400000001\nCALLBACK_TOKEN = token\n")
+    with pytest.raises(StartupError) as caught:
+        made()
+    assert str(caught.value) == (
+        f"tim-audit cannot start: {instance_path / 'config.py'}, line 2:"
+        " NameError: name 'token' is not defined"
+    )
+
+
+def test_bad_instance_config_is_one_line_on_stderr_from_waitress(tmp_path):
+    instance = tmp_path / "instance"
+    (instance / "config.py").write_text('SDKAPPID = "1400000001\n')
+    env = {**os.environ, "TIM_AUDIT_INSTANCE_PATH": str(instance)}
+    result = subprocess.run(
+        [sys.executable, "-m", "waitress", "--listen=127.0.0.1:0", "wsgi:app"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"tim-audit cannot start: {instance / 'config.py'}, line 1:"
+        " unterminated string literal (detected at line 1)\n"
+    )
+
+
+def test_relative_database_is_in_the_instance_folder(made, instance_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TIM_AUDIT_DATABASE", "audit.sqlite3")
+    assert made().config["DATABASE"] == str(instance_path / "audit.sqlite3")
+    assert (instance_path / "audit.sqlite3").is_file()
+    assert not (tmp_path / "audit.sqlite3").exists()
 
 
 def test_missing_database_directory_stops_start_up(made, tmp_path):

@@ -142,8 +142,12 @@ def test_pages_keep_the_filters(events, get):
 
 
 def test_first_page_has_no_newer_link_and_last_page_no_older(events, get):
-    first = get("/history?limit=50").get_data(as_text=True)
-    assert link(first, "prev") is None and link(first, "next") is None
+    first = page = get("/history?limit=7").get_data(as_text=True)
+    while link(page, "next"):
+        page = get(link(page, "next")).get_data(as_text=True)
+    assert page != first
+    assert link(first, "prev") is None and link(first, "next") is not None
+    assert link(page, "next") is None and link(page, "prev") is not None
 
 
 @pytest.mark.parametrize("query, problem", [

@@ -3,12 +3,13 @@ HTML page) and stores an event only for a valid, authenticated callback;
 the dashboard answers 200, 400 or 404, never 500. Property-based, with
 hypothesis; replays of a captured request are checked against the clock."""
 
-import io
+import http.client
 import itertools
 import json
 import re
 import sqlite3
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlencode
 
 import pytest
 from freezegun import freeze_time
@@ -228,15 +229,35 @@ def test_oversized_bodies_get_413_and_are_kept_without_bytes(small_app, size):
         assert answer["ErrorCode"] == 0
 
 
-def test_oversized_chunked_body_gets_413_and_is_kept_without_bytes(make_app, rows):
-    """No Content-Length to go by: the limit is enforced while reading."""
-    app = make_app(MAX_CONTENT_LENGTH=4096)
-    response = app.test_client().post(
-        "/callback", query_string=signed_query(), input_stream=io.BytesIO(b"{" + b" " * 10_000 + b"}"),
-        headers={"Transfer-Encoding": "chunked"}, environ_base={"wsgi.input_terminated": True},
-    )
-    assert (response.status_code, response.get_json()["ErrorCode"]) == (413, 60020)
-    assert rows("SELECT raw, content_length FROM quarantine") == [(None, None)]
+def post_chunked(server, body):
+    """POST ``body`` with Transfer-Encoding: chunked over a socket to real
+    waitress, which reads it whole and sets Content-Length before the app runs."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    conn.request("POST", f"/callback?{urlencode(signed_query())}", body=chunks, encode_chunked=True)
+    response = conn.getresponse()
+    answer = (response.status, json.loads(response.read()))
+    conn.close()
+    return answer
+
+
+def body_of_length(size):
+    body = group_body(Name="")
+    return group_body(Name="x" * (size - len(body)))
+
+
+def test_chunked_body_of_exactly_the_limit_is_stored(live_server, rows):
+    body = body_of_length(live_server.app.config["MAX_CONTENT_LENGTH"])
+    assert post_chunked(live_server, body) == (200, {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})
+    assert rows("SELECT raw FROM event") == [(body,)]
+
+
+def test_chunked_body_over_the_limit_gets_413_and_is_kept_without_bytes(live_server, rows):
+    body = body_of_length(live_server.app.config["MAX_CONTENT_LENGTH"] + 1)
+    status, answer = post_chunked(live_server, body)
+    assert (status, answer["ErrorCode"]) == (413, 60020)
+    assert rows("SELECT raw, content_length FROM quarantine") == [(None, len(body))]
+    assert rows("SELECT count(*) FROM event") == [(0,)]
 
 
 # --- replay -------------------------------------------------------------------

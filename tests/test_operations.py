@@ -2,7 +2,6 @@
 logs, backups."""
 
 import json
-import os
 import pathlib
 import sqlite3
 import subprocess
@@ -12,7 +11,8 @@ import time
 
 import pytest
 
-from tencent import SDKAPPID, group_body, signed_query
+from dashboard import CREDENTIALS
+from tencent import group_body, signed_query
 from test_faults import ROOT, free_port, post, server_env, start_server
 
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
@@ -102,7 +102,13 @@ def test_metrics_count_callbacks_by_outcome_and_the_log(make_app):
 
 def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app):
     client = make_app(METRICS=True).test_client()
-    assert client.get("/metrics").status_code == 200
+    response = client.get("/metrics")
+    assert (response.status_code, response.mimetype) == (200, "text/plain")
+    assert "tim_audit_events 0.0" in response.get_data(as_text=True)
+    assert client.get("/history").status_code == 401
+    page = client.get("/history", headers=CREDENTIALS)
+    assert page.status_code == 200
+    assert "metrics" not in page.get_data(as_text=True).lower()
 
 
 # --- logs -----------------------------------------------------------------------
@@ -173,6 +179,16 @@ def test_backup_refuses_to_overwrite(runner, tmp_path):
     assert result.exit_code == 2
     assert "exists; back up to a new file" in result.output
     assert destination.read_text() == "yesterday's"
+
+
+def test_backup_into_a_missing_folder_says_to_create_it(runner, tmp_path):
+    destination = tmp_path / "not-there" / "backup.sqlite3"
+    result = runner.invoke(args=["backup", str(destination)])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: the folder {destination.parent} does not exist; create it, or back up into one that does"
+    )
+    assert not destination.parent.exists()
 
 
 def test_backup_while_callbacks_keep_arriving(tmp_path):

@@ -55,7 +55,7 @@ def _create(test_config, *, ingest, review):
         instance_path=os.path.abspath(instance_path) if instance_path else None,
     )
     app.config.from_mapping(config.DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3"))
-    app.config.from_pyfile("config.py", silent=True)
+    config.from_instance_file(app.config)
     app.config.from_prefixed_env("TIM_AUDIT")
     if test_config is not None:
         app.config.update(test_config)

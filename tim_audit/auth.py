@@ -18,8 +18,6 @@ from collections import defaultdict, deque
 from flask import current_app, g, render_template, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
-HASH_METHODS = ("scrypt:", "pbkdf2:")
-
 
 FAILURE_WINDOW = 60  # seconds
 

@@ -1,9 +1,13 @@
-"""Configuration: the defaults, and the checks that refuse what cannot be
-meant before the service starts."""
+"""Configuration: the defaults, reading ``instance/config.py``, and the
+checks that refuse what cannot be meant before the service starts."""
 
+import hashlib
+import os
+import re
+import traceback
 import zoneinfo
 
-from . import auth
+from marshmallow import Schema, ValidationError, fields, validate
 
 DEFAULTS = {
     "SDKAPPID": None,
@@ -27,6 +31,16 @@ DEFAULTS = {
     "LOGIN_FAILURES": 10,
 }
 
+# What instance/config.example.py says until the operator pastes the real one.
+PLACEHOLDER_TOKEN = "paste-the-console-token-here"  # noqa: S105 (refused, not used)
+
+# What werkzeug's generate_password_hash makes (hash-password): the method
+# with its parameters, a salt, and the digest in hex, whose length the
+# method fixes. A hash cut short or retyped never matches any password.
+_PASSWORD_HASH = re.compile(
+    r"(?:scrypt:\d+:\d+:\d+|pbkdf2:(?P<digest>[\w-]+):\d+)\$[A-Za-z0-9]+\$(?P<hex>[0-9a-f]+)"
+)
+
 
 class StartupError(SystemExit):
     """A problem found at start-up, with what to do about it.
@@ -39,84 +53,181 @@ class StartupError(SystemExit):
         super().__init__(f"tim-audit cannot start: {message}")
 
 
+def from_instance_file(config):
+    """Read ``config.py`` from the instance folder, if there is one. A
+    mistake in it is named by file, line and error, in one line."""
+    path = os.path.join(config.root_path, "config.py")
+    try:
+        config.from_pyfile("config.py", silent=True)
+    except SyntaxError as exc:
+        raise StartupError(f"{path}, line {exc.lineno}: {exc.msg}") from None
+    except OSError as exc:
+        raise StartupError(f"cannot read {path}: {exc.strerror}") from None
+    except Exception as exc:
+        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == path]
+        raise StartupError(f"{path}, line {lines[-1]}: {type(exc).__name__}: {exc}") from None
+
+
+class _SdkAppId(fields.Field):
+    """Kept as the string the callback's query carries."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not (isinstance(value, str) and re.fullmatch(r"[1-9][0-9]{0,9}", value)):
+            raise ValidationError("")
+        return value
+
+
+class _Tokens(fields.Field):
+    """One token or a list (any is accepted, for rotation), as a tuple of strings."""
+
+    def deserialize(self, value, *args, **kwargs):
+        return () if value is None else super().deserialize(value, *args, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        tokens = () if value == "" else value if isinstance(value, (list, tuple)) else (value,)
+        for token in tokens:
+            if isinstance(token, bool) or not isinstance(token, (str, int)) or token == "":
+                raise ValidationError(
+                    "must be a string or a list of strings; in the environment, quote it"
+                    " as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'"
+                )
+            if token == PLACEHOLDER_TOKEN:
+                raise ValidationError(
+                    "is still the example's placeholder: paste the token from the IM"
+                    " console's callback authentication"
+                )
+        return tuple(str(token) for token in tokens)
+
+
+class _Key(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not (isinstance(value, bytes) and len(value) >= 16):
+            raise ValidationError("")
+        return value
+
+
+class _Reviewers(fields.Field):
+    """Reviewer name -> password hash; refuses entries that could never sign in."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, dict):
+            raise ValidationError("must map reviewer names to password hashes")
+        for name, hashed in value.items():
+            if not isinstance(name, str) or name == "" or ":" in name:
+                raise ValidationError(
+                    f"has a reviewer named {name!r}, who could never sign in: a name must"
+                    " not be empty or contain ':' (HTTP Basic ends the name there)"
+                )
+            if not _is_password_hash(hashed):
+                raise ValidationError(
+                    f"has no password hash for {name!r} (or one cut short): make one with"
+                    " flask --app tim_audit hash-password"
+                )
+        return value
+
+
+def _is_password_hash(value):
+    match = _PASSWORD_HASH.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return False
+    try:
+        # werkzeug asks scrypt for 64 bytes; pbkdf2 gives its digest's size.
+        size = 64 if match["digest"] is None else hashlib.new(match["digest"]).digest_size
+    except ValueError:  # no such digest
+        return False
+    return len(match["hex"]) == 2 * size
+
+
+def _zone(name):
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValidationError("") from None
+
+
+def _address(value):
+    host, _, port = value.rpartition(":")
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValidationError("")
+
+
+def _must(what, secret=False):
+    """A setting's one refusal: "KEY must be WHAT, not VALUE" (without the
+    value for a secret). marshmallow's own message is not shown, so our
+    fields with one refusal raise theirs empty."""
+    return {"metadata": {"must": what, "secret": secret}}
+
+
+def _whole(minimum, what):
+    return fields.Integer(strict=True, validate=validate.Range(min=minimum), **_must(what))
+
+
+def _flag():
+    return fields.Boolean(truthy={True}, falsy={False}, **_must("true or false"))
+
+
+class Settings(Schema):
+    """What each key must be; check() says which one is wrong and how."""
+
+    SDKAPPID = _SdkAppId(
+        allow_none=True, **_must("your app's SDKAppID, a positive whole number of at most 10 digits")
+    )
+    CALLBACK_TOKEN = _Tokens()
+    SIGN_MAX_AGE = _whole(0, "a whole number of at least 0")
+    MAX_CONTENT_LENGTH = _whole(1, "a whole number of at least 1")
+    STORAGE_TIMEOUT = fields.Float(
+        validate=validate.Range(min=0.25, max=1.2),
+        **_must("seconds between 0.25 and 1.2 (every callback is answered within 1.5 s; Tencent waits 2 s)"),
+    )
+    AUDIT_HMAC_KEY = _Key(allow_none=True, **_must("a string of at least 16 bytes", secret=True))
+    DASHBOARD_USERS = _Reviewers()
+    DASHBOARD_AUTH = _flag()
+    DISPLAY_TIMEZONE = fields.String(
+        validate=_zone, **_must("an IANA time zone such as Asia/Shanghai")
+    )
+    VERIFY_INTERVAL = _whole(0, "whole seconds (0: only when asked)")
+    PROXY_FIX = _whole(0, "the number of trusted proxies in front (0: none)")
+    METRICS = _flag()
+    LOG_FORMAT = fields.String(validate=validate.OneOf(["text", "json"]), **_must('"text" or "json"'))
+    DATABASE = fields.String(**_must("the path of the SQLite file"))
+    INGEST_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8080"))
+    REVIEW_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8081"))
+    INGEST_THREADS = _whole(1, "a whole number of at least 1")
+    REVIEW_THREADS = _whole(1, "a whole number of at least 1")
+    MAX_EXPORTS = _whole(1, "a whole number of at least 1")
+    LOGIN_FAILURES = _whole(1, "a whole number of at least 1")
+
+
+_SETTINGS = Settings()
+
+
 def check(config):
     """Normalize what environment variables and config files give us, and
     refuse what cannot be meant (from_prefixed_env turns ``123`` into an int
-    and ``true`` into a bool)."""
-    sdkappid = config["SDKAPPID"]
-    if sdkappid in (None, ""):
-        config["SDKAPPID"] = None
-    elif isinstance(sdkappid, (str, int)) and not isinstance(sdkappid, bool):
-        config["SDKAPPID"] = str(sdkappid)
-    else:
-        raise StartupError(f"SDKAPPID must be the app's SDKAppID, not {sdkappid!r}")
-
-    tokens = config["CALLBACK_TOKEN"]
-    if tokens in (None, ""):
-        tokens = []
-    elif not isinstance(tokens, (list, tuple)):
-        tokens = [tokens]
-    for token in tokens:
-        if isinstance(token, bool) or not isinstance(token, (str, int)) or token == "":
-            raise StartupError(
-                "CALLBACK_TOKEN must be a string or a list of strings; in the"
-                ' environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN=\'"…"\''
-            )
-    config["CALLBACK_TOKEN"] = tuple(str(token) for token in tokens)
-
-    for key, minimum in (
-        ("SIGN_MAX_AGE", 0), ("MAX_CONTENT_LENGTH", 1), ("INGEST_THREADS", 1),
-        ("REVIEW_THREADS", 1), ("MAX_EXPORTS", 1), ("LOGIN_FAILURES", 1),
-    ):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise StartupError(f"{key} must be a whole number of at least {minimum}, not {value!r}")
-    timeout = config["STORAGE_TIMEOUT"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.25 <= timeout <= 1.2:
-        raise StartupError(
-            "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2 (every callback is"
-            f" answered within 1.5 s; Tencent waits 2 s), not {timeout!r}"
-        )
-    for key in ("INGEST_LISTEN", "REVIEW_LISTEN"):
-        host, _, port = str(config[key]).rpartition(":")
-        if not (host and port.isdigit() and 0 < int(port) < 65536):
-            raise StartupError(f"{key} must be HOST:PORT, such as 127.0.0.1:8080, not {config[key]!r}")
-
-    users = config["DASHBOARD_USERS"]
-    if not isinstance(users, dict):
-        raise StartupError("DASHBOARD_USERS must map reviewer names to password hashes")
-    for name, hashed in users.items():
-        if not (isinstance(hashed, str) and hashed.startswith(auth.HASH_METHODS) and "$" in hashed):
-            raise StartupError(
-                f"DASHBOARD_USERS[{name!r}] is not a password hash: make one with"
-                " flask --app tim_audit hash-password"
-            )
-    if not isinstance(config["DASHBOARD_AUTH"], bool):
-        raise StartupError("DASHBOARD_AUTH must be true or false")
+    and ``true`` into a bool). A relative DATABASE is in the instance
+    folder, like Flask's other instance files."""
     try:
-        zoneinfo.ZoneInfo(config["DISPLAY_TIMEZONE"])
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise StartupError(
-            f"DISPLAY_TIMEZONE must be an IANA time zone such as Asia/Shanghai,"
-            f" not {config['DISPLAY_TIMEZONE']!r}"
-        ) from None
-    interval = config["VERIFY_INTERVAL"]
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-        raise StartupError("VERIFY_INTERVAL must be whole seconds (0: only when asked)")
-    hops = config["PROXY_FIX"]
-    if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
-        raise StartupError("PROXY_FIX must be the number of trusted proxies in front (0: none)")
-    if not isinstance(config["METRICS"], bool):
-        raise StartupError("METRICS must be true or false")
-    if config["LOG_FORMAT"] not in ("text", "json"):
-        raise StartupError('LOG_FORMAT must be "text" or "json"')
+        values = _SETTINGS.load({key: config[key] for key in _SETTINGS.fields})
+    except ValidationError as exc:
+        key, messages = next(iter(exc.messages.items()))
+        raise StartupError(_refusal(key, messages[0], config[key])) from None
+    config.update(values)
+    config["DATABASE"] = os.path.join(config.root_path, config["DATABASE"])
 
-    key = config["AUDIT_HMAC_KEY"]
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    if key is not None and (not isinstance(key, bytes) or len(key) < 16):
-        raise StartupError("AUDIT_HMAC_KEY must be a string of at least 16 bytes")
-    config["AUDIT_HMAC_KEY"] = key or None
+
+def _refusal(key, message, value):
+    metadata = _SETTINGS.fields[key].metadata
+    if "must" not in metadata:
+        return f"{key} {message}"
+    if metadata["secret"]:
+        return f"{key} must be {metadata['must']}"
+    return f"{key} must be {metadata['must']}, not {value!r}"
 
 
 def warn_about_config(app):

@@ -203,7 +203,7 @@ def _chart(conn, filters):
         day = following
     unbounded = dataclasses.replace(filters, since=None, until=None)
     counts = queries.per_day(conn, unbounded, [(start, stop) for _, start, stop in days])
-    return {"days": [(day, n) for (day, _, _), n in zip(days, counts)], "max": max(counts)}
+    return {"days": [(day, n) for (day, _, _), n in zip(days, counts, strict=True)], "max": max(counts)}
 
 
 @bp.get("/history/<int:event_id>")
