@@ -1,4 +1,5 @@
 import os
+import pathlib
 import shutil
 import sqlite3
 import threading
@@ -157,6 +158,16 @@ def attacker(filled):
     for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         conn.execute(f'DROP TRIGGER "{name}"')
     yield conn
+    conn.close()
+
+
+@pytest.fixture
+def old_schema(config):
+    """The app's database as a version before STRICT tables created it
+    (tests/data/schema-v0.sql is that schema); list it before any fixture
+    that opens the app."""
+    conn = sqlite3.connect(config["DATABASE"])
+    conn.executescript((pathlib.Path(__file__).parent / "data" / "schema-v0.sql").read_text())
     conn.close()
 
 

@@ -1,7 +1,6 @@
 """The hash chain: what verify proves, and what it names when a row was
 tampered with (by someone with the file, the triggers dropped)."""
 
-import pathlib
 import sqlite3
 
 import pytest
@@ -9,18 +8,6 @@ import pytest
 from conftest import check, event, rejection
 from tim_audit import chain, db
 from tim_audit.chain import GENESIS, ChainBroken, Heads, canonical, link
-
-SCHEMA_V0 = pathlib.Path(__file__).parent / "data" / "schema-v0.sql"
-
-
-@pytest.fixture
-def old_schema(config):
-    """The app's database as a version before STRICT tables created it
-    (tests/data/schema-v0.sql is that schema); list it before any fixture
-    that opens the app."""
-    conn = sqlite3.connect(config["DATABASE"])
-    conn.executescript(SCHEMA_V0.read_text())
-    conn.close()
 
 
 def rehash(conn, key=None):
