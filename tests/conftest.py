@@ -1,4 +1,5 @@
 import os
+import pathlib
 import shutil
 import sqlite3
 import threading
@@ -8,8 +9,9 @@ import pytest
 from waitress import create_server
 
 from dashboard import CREDENTIALS, REVIEWERS, sample_events
-from tencent import CREATE, SDKAPPID, TOKEN, signed_query
-from tim_audit import create_app, open_log
+from tencent import CREATE, SDKAPPID, TOKEN, group_body, signed_query
+from tim_audit import chain, create_app, db, open_log
+from tim_audit.auditlog import Event, Rejection
 
 
 def require(program):
@@ -99,6 +101,84 @@ def events(app):
     for event in events:
         log.append(event)
     return events
+
+
+# --- a log of the app's, written directly -----------------------------------
+
+def event(number, **fields):
+    """An Event for the log, numbered; ``fields`` replace its values."""
+    values = {
+        "received_at": 1700000000000 + number,
+        "command": "Group.CallbackAfterCreateGroup",
+        "group_id": f"@TGS#{number}",
+        "type": "Public",
+        "name": f"group {number}",
+        "operator": "administrator",
+        "owner": "leckie",
+        "event_time": 1700000000000 + number,
+        "members": ("bob", "peter"),
+        "user_data": None,
+        "sdkappid": "1400000001",
+        "client_ip": "203.0.113.7",
+        "opt_platform": "RESTAPI",
+        "peer": "127.0.0.1",
+        "raw": group_body(GroupId=f"@TGS#{number}"),
+    }
+    values.update(fields)
+    return Event(**values)
+
+
+def rejection(number):
+    return Rejection(
+        received_at=1700000000000 + number, error_code=60021, reason="body is not JSON",
+        command="Group.CallbackAfterCreateGroup", query="SdkAppid=1400000001", peer="127.0.0.1",
+        content_length=5, raw=b"{oops",
+    )
+
+
+@pytest.fixture
+def log(app):
+    return app.extensions["tim_audit"]
+
+
+@pytest.fixture
+def filled(log):
+    """A log of five events (two members each) and two quarantined bodies."""
+    for number in range(1, 6):
+        log.append(event(number))
+    log.append(rejection(1))
+    log.append(rejection(2))
+    return log
+
+
+@pytest.fixture
+def attacker(filled):
+    """A connection to the file with every trigger dropped, as anyone with
+    write access to it could do."""
+    conn = sqlite3.connect(filled.path, isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def old_schema(config):
+    """The app's database as a version before STRICT tables created it
+    (tests/data/schema-v0.sql is that schema); list it before any fixture
+    that opens the app."""
+    conn = sqlite3.connect(config["DATABASE"])
+    conn.executescript((pathlib.Path(__file__).parent / "data" / "schema-v0.sql").read_text())
+    conn.close()
+
+
+def check(log, anchor=None, key=None):
+    """verify() on the log's file, as the verify command runs it."""
+    conn = db.connect(log.path, readonly=True)
+    try:
+        return chain.verify(conn, key if key is not None else log.key, anchor)
+    finally:
+        conn.close()
 
 
 @pytest.fixture

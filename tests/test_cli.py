@@ -1,6 +1,5 @@
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 
@@ -8,7 +7,8 @@ import pytest
 
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, sample
 
-OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64})")
+OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64}) quarantine (\d+) ([0-9a-f]{64})")
+GENESIS = "0" * 64
 
 
 @pytest.fixture
@@ -28,34 +28,44 @@ def test_init_db_creates_the_schema_and_can_run_again(runner, app, rows):
     }
 
 
-def test_verify_ends_with_ok_count_and_head(runner, three_events):
+def test_verify_ends_with_the_heads_of_both_chains(runner, post, rows, three_events):
+    post(b"{oops")
+    [(quarantine_head,)] = rows("SELECT hash FROM quarantine")
     result = runner.invoke(args=["verify"])
     assert result.exit_code == 0
     last = result.output.splitlines()[-1]
     assert OK_LINE.fullmatch(last)
-    assert last == f"OK 3 {three_events[-1]}"
+    assert last == f"OK 3 {three_events[-1]} quarantine 1 {quarantine_head}"
 
 
 def test_verify_of_an_empty_log(runner):
     result = runner.invoke(args=["verify"])
-    assert (result.exit_code, result.output) == (0, f"OK 0 {'0' * 64}\n")
+    assert (result.exit_code, result.output) == (0, f"OK 0 {GENESIS} quarantine 0 {GENESIS}\n")
 
 
-def test_verify_fails_naming_the_first_bad_row(runner, app, three_events):
-    conn = sqlite3.connect(app.config["DATABASE"])
-    conn.execute("DROP TRIGGER event_no_update")
-    conn.execute("UPDATE event SET owner = 'mallory' WHERE id = 2")
-    conn.commit()
-    conn.close()
+def test_verify_fails_naming_the_first_bad_row(runner, attacker):
+    attacker.execute("UPDATE event SET owner = 'mallory' WHERE id = 2")
     result = runner.invoke(args=["verify"])
     assert result.exit_code == 1
     assert result.output == "FAIL event row 2: hash does not match the row's contents and the row before it\n"
 
 
-def test_verify_passes_against_an_anchor_it_extends(runner, post, three_events):
+@pytest.mark.parametrize("form", ["N:HASH", "OK N HASH"])
+def test_verify_passes_against_an_older_anchor_of_the_event_chain(runner, post, three_events, form):
+    anchor = f"3:{three_events[-1]}" if form == "N:HASH" else f"OK 3 {three_events[-1]}"
     post(group_body(GroupId="@TGS#later"))
-    result = runner.invoke(args=["verify", "--anchor", f"3:{three_events[-1]}"])
+    result = runner.invoke(args=["verify", "--anchor", anchor])
     assert (result.exit_code, result.output.split()[:2]) == (0, ["OK", "4"])
+
+
+def test_verify_takes_the_line_it_printed_as_its_anchor(runner, post, three_events):
+    post(b"{oops")
+    line = runner.invoke(args=["verify"]).output.splitlines()[-1]
+    post(group_body(GroupId="@TGS#later"))
+    post(b"{oops again")
+    result = runner.invoke(args=["verify", "--anchor", line])
+    assert result.exit_code == 0
+    assert OK_LINE.fullmatch(result.output.strip()).group(1, 3) == ("4", "2")
 
 
 def test_verify_fails_against_an_anchor_the_log_no_longer_extends(runner, three_events):
@@ -67,10 +77,28 @@ def test_verify_fails_against_an_anchor_the_log_no_longer_extends(runner, three_
     assert result.output.startswith("FAIL event row 9: missing: the log has 3 rows")
 
 
-def test_verify_refuses_a_malformed_anchor(runner):
-    result = runner.invoke(args=["verify", "--anchor", "three"])
+def test_the_anchor_catches_a_deleted_newest_quarantine_row(runner, attacker):
+    line = runner.invoke(args=["verify"]).output.splitlines()[-1]
+    attacker.execute("DELETE FROM quarantine WHERE id = 2")
+    assert runner.invoke(args=["verify"]).exit_code == 0  # alone, a shorter chain still verifies
+    result = runner.invoke(args=["verify", "--anchor", line])
+    assert (result.exit_code, result.output) == (
+        1, "FAIL quarantine row 2: missing: the log has 1 rows but the anchor records 2, so it was truncated\n"
+    )
+
+
+@pytest.mark.parametrize("anchor", ["three", "OK 3", f"OK 3 {'a' * 64} 0 {'b' * 64}"])
+def test_verify_refuses_a_malformed_anchor(runner, anchor):
+    result = runner.invoke(args=["verify", "--anchor", anchor])
     assert result.exit_code == 2
-    assert "an anchor is COUNT:HASH" in result.output
+    assert "an anchor is the last line of an earlier verify" in result.output
+
+
+def test_verify_says_when_a_file_is_not_a_log(runner, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, but long enough to have a header page\n" * 20)
+    result = runner.invoke(args=["verify", "--database", str(path)])
+    assert (result.exit_code, result.output) == (1, "Error: cannot read the log: file is not a database\n")
 
 
 def test_send_sample_posts_a_signed_callback(live_server, runner, rows):

@@ -196,7 +196,10 @@ def test_detail_page_says_when_a_row_does_not_verify(app, post, get):
     conn.execute("DROP TRIGGER event_no_update")
     conn.execute("UPDATE event SET name = 'edited'")
     text = get("/history/1").get_data(as_text=True)
-    assert "This row's hash does NOT match its contents and the row before it." in text
+    assert (
+        "This row does NOT verify: event row 1: hash does not match the row&#39;s contents"
+        " and the row before it. Its values are shown as stored." in text
+    )
 
 
 def test_detail_page_links_other_events_of_the_same_group(events, get):

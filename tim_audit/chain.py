@@ -10,22 +10,37 @@ breaking the chain from that row on. Quarantined deliveries form a second
 chain of the same kind.
 """
 
+import contextlib
 import hashlib
 import hmac
+from typing import NamedTuple
 
 GENESIS = "0" * 64
 
-EVENT_COLUMNS = (
-    "id", "received_at", "command", "group_id", "type", "name", "name_folded",
-    "operator", "owner", "event_time", "member_count", "user_data", "sdkappid",
-    "client_ip", "opt_platform", "peer", "raw",
-)
-QUARANTINE_COLUMNS = (
-    "id", "received_at", "error_code", "reason", "command", "query", "peer",
-    "content_length", "raw",
-)
+# Each chained column in chain order, with the SQLite type it holds as
+# schema.sql declares it. New logs' tables are STRICT, so SQLite itself
+# refuses any other type there; tables made before that are not, and there
+# only verify notices a value that changed type.
+EVENT_TYPES = {
+    "id": "INTEGER", "received_at": "INTEGER", "command": "TEXT", "group_id": "TEXT",
+    "type": "TEXT", "name": "TEXT", "name_folded": "TEXT", "operator": "TEXT",
+    "owner": "TEXT or NULL", "event_time": "INTEGER", "member_count": "INTEGER",
+    "user_data": "TEXT or NULL", "sdkappid": "TEXT", "client_ip": "TEXT or NULL",
+    "opt_platform": "TEXT or NULL", "peer": "TEXT or NULL", "raw": "BLOB",
+}
+QUARANTINE_TYPES = {
+    "id": "INTEGER", "received_at": "INTEGER", "error_code": "INTEGER", "reason": "TEXT",
+    "command": "TEXT or NULL", "query": "TEXT", "peer": "TEXT or NULL",
+    "content_length": "INTEGER or NULL", "raw": "BLOB or NULL",
+}
+MEMBER_TYPES = {
+    "event_id": "INTEGER", "position": "INTEGER", "account": "TEXT",
+    "event_time": "INTEGER", "duplicate": "INTEGER",
+}
 
-MEMBER_COLUMNS = ("event_id", "position", "account", "event_time", "duplicate")
+EVENT_COLUMNS = tuple(EVENT_TYPES)
+QUARANTINE_COLUMNS = tuple(QUARANTINE_TYPES)
+MEMBER_COLUMNS = tuple(MEMBER_TYPES)
 
 
 class ChainBroken(Exception):
@@ -61,9 +76,80 @@ def canonical(values):
     return bytes(out)
 
 
+class NotUtf8(bytes):
+    """TEXT whose bytes are not UTF-8, read as such: only tampering stores it."""
+
+
+def _text(data):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return NotUtf8(data)
+
+
+@contextlib.contextmanager
+def tolerant_text(conn):
+    """Read TEXT that is not UTF-8 as :class:`NotUtf8` rather than failing
+    the whole read, so that verify can name the row that holds it."""
+    saved = conn.text_factory
+    conn.text_factory = _text
+    try:
+        yield conn
+    finally:
+        conn.text_factory = saved
+
+
+def _storage_class(value):
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, str):
+        return "TEXT"
+    return "BLOB"
+
+
+def _shown(value):
+    """A stored value as the sqlite3 shell would write it, cut short."""
+    kind = _storage_class(value)
+    if kind == "TEXT":
+        text = value if len(value) <= 40 else value[:40] + "…"
+        return "TEXT '" + text.replace("'", "''") + "'"
+    if kind == "BLOB":
+        data = bytes(value)
+        shown = f"X'{data[:20].hex().upper()}{'…' if len(data) > 20 else ''}'"
+        return f"TEXT {shown} (not UTF-8)" if isinstance(value, NotUtf8) else f"BLOB {shown}"
+    return kind if value is None else f"{kind} {value!r}"
+
+
+def check_types(table, row_id, values, types):
+    """Refuse a value whose SQLite type is not its column's declared one:
+    canonical() would encode it under another tag, or not at all."""
+    for column, value in zip(types, values, strict=True):
+        declared = types[column]
+        if isinstance(value, NotUtf8) or _storage_class(value) not in declared.split(" or "):
+            raise ChainBroken(table, row_id, f"{column} is {_shown(value)}, expected {declared}")
+
+
 def event_values(row, members):
-    """An event's values in chain order: its columns, then its members."""
-    return [row[column] for column in EVENT_COLUMNS] + list(members)
+    """An event's values in chain order, each of its declared type: its
+    columns, then its members' accounts."""
+    values = [row[column] for column in EVENT_COLUMNS]
+    check_types("event", row["id"], values, EVENT_TYPES)
+    for position, account in enumerate(members):
+        if not isinstance(account, str) or isinstance(account, NotUtf8):
+            raise ChainBroken(
+                "event_member", row["id"], f"account at position {position} is {_shown(account)}, expected TEXT"
+            )
+    return values + list(members)
+
+
+def quarantine_values(row):
+    values = [row[column] for column in QUARANTINE_COLUMNS]
+    check_types("quarantine", row["id"], values, QUARANTINE_TYPES)
+    return values
 
 
 def link(key, previous, data):
@@ -71,6 +157,11 @@ def link(key, previous, data):
     if key:
         return hmac.new(key, message, hashlib.sha256).hexdigest()
     return hashlib.sha256(message).hexdigest()
+
+
+def is_hash(text):
+    return (isinstance(text, str) and len(text) == 64
+            and all(c in "0123456789abcdef" for c in text))
 
 
 def chain_kind(key):
@@ -90,53 +181,128 @@ def member_rows(event_id, accounts, event_time):
         seen.add(account)
 
 
+class Heads(NamedTuple):
+    """Where both chains end: what verify prints, and --anchor takes back.
+
+    An anchor written before the quarantine chain was anchored has no
+    quarantine count and head; it holds for the event chain alone.
+    """
+
+    events: int
+    event_head: str
+    quarantined: int | None = None
+    quarantine_head: str | None = None
+
+    def line(self):
+        return f"OK {self.events} {self.event_head} quarantine {self.quarantined} {self.quarantine_head}"
+
+
 def parse_anchor(text):
-    """``COUNT:HASH`` as printed by an earlier ``verify``; ValueError if not."""
-    count, sep, digest = text.partition(":")
-    if not (sep and count.isascii() and count.isdigit()
-            and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise ValueError("an anchor is COUNT:HASH, as in the last line of verify")
-    return int(count), digest
+    """Heads from a line an earlier verify printed, ``OK N HASH quarantine
+    M HASH`` (or ``OK N HASH`` before quarantine was anchored), or from the
+    older ``N:HASH``; ValueError if it is none of these."""
+    words = text.split()
+    if words[:1] == ["OK"]:
+        words = words[1:]
+    elif len(words) == 1:
+        words = words[0].split(":")
+    if len(words) == 5 and words[2] == "quarantine":
+        counts, hashes = [words[0], words[3]], [words[1], words[4]]
+    elif len(words) == 2:
+        counts, hashes = words[:1], words[1:]
+    else:
+        counts, hashes = [], []
+    if not counts or not all(c.isascii() and c.isdigit() for c in counts) or not all(map(is_hash, hashes)):
+        raise ValueError(
+            "an anchor is the last line of an earlier verify"
+            " (OK COUNT HASH quarantine COUNT HASH), or COUNT:HASH"
+        )
+    if len(counts) == 1:
+        return Heads(int(counts[0]), hashes[0])
+    return Heads(int(counts[0]), hashes[0], int(counts[1]), hashes[1])
 
 
 def verify(conn, key=None, anchor=None):
     """Recompute both chains from the stored bytes alone (and ``key``).
 
-    Returns ``(count, head)`` of the event chain, or raises ChainBroken at
-    the first row that does not verify. With ``anchor`` ``(count, hash)``
-    from an earlier run, also fails unless the log still extends it, which
-    catches truncation and wholesale rewrites that re-chain every row.
+    Returns the :class:`Heads` of both chains, or raises ChainBroken at the
+    first row that does not verify. With ``anchor`` (Heads from an earlier
+    run), also fails unless the log still extends it, which catches
+    truncation and wholesale rewrites that re-chain every row.
     """
-    conn.execute("BEGIN")  # one snapshot for every table
-    try:
-        count, head, at_anchor = _verify_events(conn, key, anchor[0] if anchor else None)
-        _verify_quarantine(conn, key)
-    finally:
-        conn.execute("ROLLBACK")
-    if anchor is not None:
-        anchor_count, anchor_hash = anchor
-        if count < anchor_count:
-            raise ChainBroken(
-                "event", anchor_count,
-                f"missing: the log has {count} rows but the anchor records"
-                f" {anchor_count}, so it was truncated",
+    anchor = anchor or Heads(None, None)
+    with tolerant_text(conn):
+        conn.execute("BEGIN")  # one snapshot for every table
+        try:
+            events, event_head, at_event_anchor = _verify_events(conn, key, anchor.events)
+            quarantined, quarantine_head, at_quarantine_anchor = _verify_quarantine(
+                conn, key, anchor.quarantined
             )
-        if at_anchor != anchor_hash:
-            raise ChainBroken(
-                "event", anchor_count,
-                "its hash differs from the anchor, so the log was rewritten"
-                " up to this row",
-            )
-    return count, head
+        finally:
+            conn.execute("ROLLBACK")
+    if anchor.events is not None:
+        _check_anchor("event", events, at_event_anchor, anchor.events, anchor.event_head)
+    if anchor.quarantined is not None:
+        _check_anchor(
+            "quarantine", quarantined, at_quarantine_anchor, anchor.quarantined, anchor.quarantine_head
+        )
+    return Heads(events, event_head, quarantined, quarantine_head)
+
+
+def verify_event(conn, event_id, key=None):
+    """Check one event against the row before it, as its page shows;
+    ChainBroken if it does not verify."""
+    with tolerant_text(conn):
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute("SELECT * FROM event WHERE id = ?", (event_id,)).fetchone()
+            before = conn.execute("SELECT hash FROM event WHERE id = ?", (event_id - 1,)).fetchone()
+            members = conn.execute(
+                f"SELECT {', '.join(MEMBER_COLUMNS)} FROM event_member WHERE event_id = ?"
+                " ORDER BY position", (event_id,),
+            ).fetchall()
+        finally:
+            conn.execute("ROLLBACK")
+    if event_id == 1:
+        previous = GENESIS
+    elif before is None:
+        raise ChainBroken("event", event_id, f"expected row {event_id - 1} before it: rows are missing")
+    elif not is_hash(before[0]):
+        raise ChainBroken("event", event_id - 1, "its hash is not 64 lowercase hex digits")
+    else:
+        previous = before[0]
+    for member in members:
+        check_types("event_member", event_id, member, MEMBER_TYPES)
+    _check_event(row, [tuple(m) for m in members], previous, key)
+
+
+def _check_event(row, stored, previous, key):
+    """The event's hash, checked to follow ``previous`` and to cover the
+    event and its ``stored`` member rows, which must be what its member
+    list implies."""
+    accounts = [m[2] for m in stored]
+    digest = _next_link("event", row, previous, event_values(row, accounts), key)
+    if stored != list(member_rows(row["id"], accounts, row["event_time"])):
+        raise ChainBroken(
+            "event_member", row["id"],
+            "member rows do not match the event (position, event_time or duplicate)",
+        )
+    return digest
 
 
 def _verify_events(conn, key, anchor_count):
     members = conn.execute(
         f"SELECT {', '.join(MEMBER_COLUMNS)} FROM event_member ORDER BY event_id, position"
     )
-    member = members.fetchone()
-    previous = GENESIS
-    at_anchor = GENESIS
+
+    def next_member():
+        member = members.fetchone()
+        if member is not None:
+            check_types("event_member", member["event_id"], member, MEMBER_TYPES)
+        return member
+
+    member = next_member()
+    previous = at_anchor = GENESIS
     count = 0
     for row in conn.execute("SELECT * FROM event ORDER BY id"):
         _expect_next("event", row, count)
@@ -148,28 +314,43 @@ def _verify_events(conn, key, anchor_count):
                     "member rows belong to no event",
                 )
             stored.append(tuple(member))
-            member = members.fetchone()
-        accounts = [m[2] for m in stored]
-        digest = _next_link("event", row, previous, event_values(row, accounts), key)
-        if stored != list(member_rows(row["id"], accounts, row["event_time"])):
-            raise ChainBroken(
-                "event_member", row["id"],
-                "member rows do not match the event (position, event_time or duplicate)",
-            )
-        previous = digest
+            member = next_member()
+        previous = _check_event(row, stored, previous, key)
         count += 1
         if count == anchor_count:
-            at_anchor = digest
+            at_anchor = previous
     if member is not None:
         raise ChainBroken("event_member", member["event_id"], "member rows belong to no event")
     return count, previous, at_anchor
 
 
-def _verify_quarantine(conn, key):
-    previous = GENESIS
-    for count, row in enumerate(conn.execute("SELECT * FROM quarantine ORDER BY id")):
+def _verify_quarantine(conn, key, anchor_count):
+    previous = at_anchor = GENESIS
+    count = 0
+    for row in conn.execute("SELECT * FROM quarantine ORDER BY id"):
         _expect_next("quarantine", row, count)
-        previous = _next_link("quarantine", row, previous, [row[c] for c in QUARANTINE_COLUMNS], key)
+        previous = _next_link("quarantine", row, previous, quarantine_values(row), key)
+        count += 1
+        if count == anchor_count:
+            at_anchor = previous
+    return count, previous, at_anchor
+
+
+def _check_anchor(table, count, at_anchor, anchor_count, anchor_hash):
+    """The chain still extends the anchor: it is as long, and its row at
+    the anchor's count has the anchor's hash."""
+    if count < anchor_count:
+        raise ChainBroken(
+            table, anchor_count,
+            f"missing: the log has {count} rows but the anchor records"
+            f" {anchor_count}, so it was truncated",
+        )
+    if at_anchor != anchor_hash:
+        raise ChainBroken(
+            table, anchor_count,
+            "its hash differs from the anchor, so the log was rewritten"
+            " up to this row",
+        )
 
 
 def _expect_next(table, row, count):

@@ -35,16 +35,18 @@ def init_db_command():
 @click.command("verify")
 @with_appcontext
 @click.option(
-    "--anchor", metavar="COUNT:HASH",
-    help="A head printed by an earlier verify: also fail unless the log still extends it.",
+    "--anchor", metavar="LINE",
+    help="The last line of an earlier verify (or its older COUNT:HASH form):"
+    " also fail unless the log still extends both heads it records.",
 )
 @click.option(
     "--database", type=click.Path(exists=True, dir_okay=False),
     help="Verify this file (a backup, say), read-only, instead of DATABASE.",
 )
 def verify_command(anchor, database):
-    """Walk the hash chain. Prints 'OK <count> <head-hash>' and exits 0 when
-    intact; otherwise names the first bad row and exits 1."""
+    """Walk both hash chains. Prints 'OK <events> <event-head> quarantine
+    <count> <quarantine-head>' and exits 0 when intact; otherwise names the
+    first bad row and exits 1."""
     if anchor is not None:
         try:
             anchor = chain.parse_anchor(anchor)
@@ -52,13 +54,15 @@ def verify_command(anchor, database):
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
     conn = _read_only(database or current_app.config["DATABASE"])
     try:
-        count, head = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
+        heads = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
     except chain.ChainBroken as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the log: {exc}") from None
     finally:
         conn.close()
-    click.echo(f"OK {count} {head}")
+    click.echo(heads.line())
 
 
 @click.command("backup")
@@ -83,7 +87,7 @@ def backup_command(destination):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         copy.row_factory = sqlite3.Row
-        count, head = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
+        heads = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
     except (sqlite3.Error, chain.ChainBroken) as exc:
         if copy is not None:
             copy.close()
@@ -95,8 +99,8 @@ def backup_command(destination):
     copy.close()
     os.replace(partial, destination)
     size = os.path.getsize(destination)
-    click.echo(f"backed up {count} events to {destination} ({size:,} bytes) in {time.monotonic() - started:.1f} s")
-    click.echo(f"OK {count} {head}")
+    click.echo(f"backed up {heads.events} events to {destination} ({size:,} bytes) in {time.monotonic() - started:.1f} s")
+    click.echo(heads.line())
 
 
 @click.command("send-sample")

@@ -39,6 +39,10 @@ def get_db():
             readonly=True,
             timeout=current_app.config["STORAGE_TIMEOUT"],
         )
+        # TEXT that is not UTF-8 (only tampering stores it) would fail the
+        # whole page; shown with replacement characters, the row's own
+        # verification flags it.
+        g.db.text_factory = lambda data: data.decode("utf-8", "replace")
     return g.db
 
 

@@ -167,8 +167,10 @@ def _integrity(conn):
     verifier = current_app.extensions["tim_audit.verifier"]
     verifier.start_if_due()
     head_id, head_hash = queries.head(conn)
+    last = verifier.last
+    covered = head_id if last is None or last.failure else last.count
     return {"total": head_id, "head_id": head_id, "head_hash": head_hash,
-            "last": verifier.last, "running": verifier.running}
+            "last": last, "running": verifier.running, "newer": head_id - covered}
 
 
 def _query_string():
@@ -180,10 +182,11 @@ def _chart(conn, filters):
     """Events per day (in DISPLAY_TIMEZONE) over the last CHART_DAYS days
     that the filter reaches, ending at ``until`` or the newest match."""
     zone = _zone()
-    if filters.until is None:
-        end = queries.newest(conn, filters)
-    else:  # an until in the future would chart empty days
-        end = min(filters.until, queries.newest(conn, queries.Filters()))
+    # An until in the future would chart empty days.
+    newest = queries.newest(conn, filters if filters.until is None else queries.Filters())
+    if newest is None:
+        return None  # what matches is tampered rows whose EventTime is no integer
+    end = newest if filters.until is None else min(filters.until, newest)
     last_day = datetime.datetime.fromtimestamp(end / 1000, zone).date()
     first_day = last_day - datetime.timedelta(days=CHART_DAYS - 1)
     if filters.since is not None:
@@ -213,26 +216,51 @@ def event(event_id):
     if row is None:
         abort(404, description=f"There is no event {event_id}.")
     members = queries.members(conn, event_id)
-    previous = queries.previous_hash(conn, event_id)
-    key = current_app.config["AUDIT_HMAC_KEY"]
-    verifies = chain.link(
-        key, previous or chain.GENESIS, chain.canonical(chain.event_values(row, members))
-    ) == row["hash"]
     try:
-        raw = json.dumps(json.loads(row["raw"]), ensure_ascii=False, indent=2)
+        chain.verify_event(conn, event_id, current_app.config["AUDIT_HMAC_KEY"])
+        broken = None
+    except chain.ChainBroken as exc:
+        broken = str(exc)
+    received = _as_text(row["raw"])
+    try:
+        raw = json.dumps(json.loads(received), ensure_ascii=False, indent=2)
     except ValueError:
-        raw = bytes(row["raw"]).decode("utf-8", "replace")
+        raw = received
     return render_template(
         "event.html",
         integrity=_integrity(conn),
         event=row,
         members=members,
-        user_data=json.loads(row["user_data"]) if row["user_data"] else None,
+        user_data=_user_data(row["user_data"]),
         raw=raw,
-        previous=previous,
-        verifies=verifies,
+        received=received,
+        raw_size=len(row["raw"] if isinstance(row["raw"], bytes) else received.encode()),
+        previous=queries.previous_hash(conn, event_id),
+        broken=broken,
         same_group=queries.same_group(conn, row["group_id"], event_id),
     )
+
+
+def _as_text(value):
+    """A stored value as text, whatever its type: only a tampered row holds
+    anything but the declared one, and its page must still show it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _user_data(stored):
+    """UserDefinedDataList as a list of {Key, Value}, or, when the stored
+    value is not one (a tampered row), that value as text."""
+    if stored is None:
+        return None
+    try:
+        pairs = json.loads(_as_text(stored))
+    except ValueError:
+        return _as_text(stored)
+    if isinstance(pairs, list) and all(isinstance(pair, dict) for pair in pairs):
+        return pairs
+    return _as_text(stored)
 
 
 @bp.get("/history.csv")
@@ -320,6 +348,8 @@ def quarantined_body(row_id):
 @bp.app_template_filter("utc")
 def utc(ms):
     """UTC ISO 8601 with milliseconds, as exported."""
+    if not isinstance(ms, int):
+        return _as_text(ms)  # a tampered row's value, as stored
     when = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
     return f"{when:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 
@@ -327,6 +357,8 @@ def utc(ms):
 @bp.app_template_filter("local")
 def local(ms):
     """The same instant in DISPLAY_TIMEZONE."""
+    if not isinstance(ms, int):
+        return _as_text(ms)
     when = datetime.datetime.fromtimestamp(ms // 1000, _zone())
     return f"{when:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}"
 

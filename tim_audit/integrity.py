@@ -7,19 +7,25 @@ never does either: in WAL mode a reader does not block the writer.
 """
 
 import dataclasses
+import logging
 import sqlite3
 import threading
 import time
 
 from . import chain, db
 
+logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class Verification:
+    """The outcome of one run: what it covered, or why it failed."""
+
     finished_at: int  # ms since the epoch
     seconds: float
-    count: int | None
+    count: int | None  # events covered
     head: str | None
+    quarantined: int | None
     failure: str | None
 
 
@@ -56,18 +62,24 @@ class Verifier:
             thread.join(timeout)
 
     def _run(self):
+        """Record the outcome whatever happens: a run that died without one
+        would leave the previous (perhaps green) result on show."""
         started = time.monotonic()
-        count = head = failure = None
+        heads, failure = chain.Heads(None, None), None
         try:
             conn = db.connect(self.path, readonly=True)
             try:
-                count, head = chain.verify(conn, self.key)
+                heads = chain.verify(conn, self.key)
             finally:
                 conn.close()
         except chain.ChainBroken as exc:
             failure = str(exc)
         except sqlite3.Error as exc:
             failure = f"the log could not be read: {exc}"
+        except Exception as exc:
+            logger.exception("verification stopped")
+            failure = f"verification stopped: {type(exc).__name__}: {exc}"
         self.last = Verification(
-            int(time.time() * 1000), time.monotonic() - started, count, head, failure
+            int(time.time() * 1000), time.monotonic() - started,
+            heads.events, heads.event_head, heads.quarantined, failure,
         )

@@ -135,11 +135,13 @@ def count(conn, filters):
 
 
 def newest(conn, filters):
-    """The newest matching EventTime: the first entry of the index range."""
+    """The newest matching EventTime: the first entry of the index range
+    that is an integer (a tampered row may hold anything, and text sorts
+    above every number)."""
     selection = filters.select(need_event=False)
     row = conn.execute(
         f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-        f" ORDER BY {selection.time} DESC LIMIT 1",
+        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} DESC LIMIT 1",
         selection.params,
     ).fetchone()
     return None if row is None else row[0]

@@ -2,12 +2,17 @@
 -- for any connection to the file: triggers refuse UPDATE, DELETE and any
 -- INSERT that would meet an existing key (so REPLACE and upserts fail too,
 -- whatever recursive_triggers says). Each event and quarantine row carries
--- the hash that chains it to the row before it; see auditlog.py.
+-- the hash that chains it to the row before it; see chain.py.
+--
+-- The tables are STRICT, so a value of any other type than its column's is
+-- refused too (SQLite 3.37+). Logs created before that keep their tables as
+-- they were (CREATE TABLE IF NOT EXISTS leaves them alone); verify checks
+-- every chained value's type itself, so a changed type shows there.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
+) STRICT;
 
 CREATE TABLE IF NOT EXISTS event (
     id           INTEGER PRIMARY KEY,
@@ -29,7 +34,7 @@ CREATE TABLE IF NOT EXISTS event (
     raw          BLOB NOT NULL,     -- the body exactly as received
     hash         TEXT NOT NULL,
     UNIQUE (group_id, event_time, command)
-);
+) STRICT;
 
 -- Pages list newest EventTime first, so every filter column has an index
 -- that goes on with event_time: a page is a short index range and a count an
@@ -54,7 +59,7 @@ CREATE TABLE IF NOT EXISTS event_member (
     event_time INTEGER NOT NULL,
     duplicate  INTEGER NOT NULL,
     PRIMARY KEY (event_id, position)
-) WITHOUT ROWID;
+) WITHOUT ROWID, STRICT;
 
 CREATE INDEX IF NOT EXISTS event_member_by_account
     ON event_member (account, duplicate, event_time);
@@ -72,7 +77,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     content_length INTEGER,
     raw            BLOB,
     hash           TEXT NOT NULL
-);
+) STRICT;
 
 CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
 BEGIN SELECT RAISE(ABORT, 'meta is append-only'); END;

@@ -1,0 +1,112 @@
+-- The tim-audit log. Every table here holds received data and is append-only
+-- for any connection to the file: triggers refuse UPDATE, DELETE and any
+-- INSERT that would meet an existing key (so REPLACE and upserts fail too,
+-- whatever recursive_triggers says). Each event and quarantine row carries
+-- the hash that chains it to the row before it; see auditlog.py.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS event (
+    id           INTEGER PRIMARY KEY,
+    received_at  INTEGER NOT NULL,  -- ms since the epoch, UTC
+    command      TEXT NOT NULL,
+    group_id     TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    name_folded  TEXT NOT NULL,     -- casefold(name), for case-insensitive search
+    operator     TEXT NOT NULL,
+    owner        TEXT,              -- NULL when the body has no Owner_Account
+    event_time   INTEGER NOT NULL,  -- EventTime, ms since the epoch
+    member_count INTEGER NOT NULL,
+    user_data    TEXT,              -- UserDefinedDataList as JSON, NULL when absent
+    sdkappid     TEXT NOT NULL,
+    client_ip    TEXT,
+    opt_platform TEXT,
+    peer         TEXT,
+    raw          BLOB NOT NULL,     -- the body exactly as received
+    hash         TEXT NOT NULL,
+    UNIQUE (group_id, event_time, command)
+);
+
+-- Pages list newest EventTime first, so every filter column has an index
+-- that goes on with event_time: a page is a short index range and a count an
+-- index count. type rides along in the indexes it is most often combined
+-- with, and name_folded in the time index, so those filters are answered
+-- from the index without visiting the table.
+CREATE INDEX IF NOT EXISTS event_by_time ON event (event_time, name_folded, type);
+CREATE INDEX IF NOT EXISTS event_by_type ON event (type, event_time);
+CREATE INDEX IF NOT EXISTS event_by_owner ON event (owner, event_time, type);
+CREATE INDEX IF NOT EXISTS event_by_operator ON event (operator, event_time, type);
+
+-- Initial members, one row each, so "which groups was X put into" is read
+-- newest first straight off an index. Positions run from 0 to the event's
+-- member_count - 1 and are all filled when the event is appended, so no
+-- member can be added later. event_time repeats the event's; duplicate is 1
+-- where the account is already listed earlier in the same MemberList, so
+-- that a search finds each event once.
+CREATE TABLE IF NOT EXISTS event_member (
+    event_id   INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    account    TEXT NOT NULL,
+    event_time INTEGER NOT NULL,
+    duplicate  INTEGER NOT NULL,
+    PRIMARY KEY (event_id, position)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS event_member_by_account
+    ON event_member (account, duplicate, event_time);
+
+-- Authenticated deliveries of a recorded command that were rejected, kept
+-- with their bytes (NULL when over the size limit) and the reason.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id             INTEGER PRIMARY KEY,
+    received_at    INTEGER NOT NULL,
+    error_code     INTEGER NOT NULL,
+    reason         TEXT NOT NULL,
+    command        TEXT,
+    query          TEXT NOT NULL,   -- the query string without Sign
+    peer           TEXT,
+    content_length INTEGER,
+    raw            BLOB,
+    hash           TEXT NOT NULL
+);
+
+CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
+BEGIN SELECT RAISE(ABORT, 'meta is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS meta_no_delete BEFORE DELETE ON meta
+BEGIN SELECT RAISE(ABORT, 'meta is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS meta_no_replace BEFORE INSERT ON meta
+WHEN EXISTS (SELECT 1 FROM meta WHERE key = NEW.key)
+BEGIN SELECT RAISE(ABORT, 'meta is append-only'); END;
+
+CREATE TRIGGER IF NOT EXISTS event_no_update BEFORE UPDATE ON event
+BEGIN SELECT RAISE(ABORT, 'event is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_no_delete BEFORE DELETE ON event
+BEGIN SELECT RAISE(ABORT, 'event is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_no_replace BEFORE INSERT ON event
+WHEN EXISTS (SELECT 1 FROM event WHERE id = NEW.id)
+  OR EXISTS (SELECT 1 FROM event WHERE group_id = NEW.group_id
+             AND event_time = NEW.event_time AND command = NEW.command)
+BEGIN SELECT RAISE(ABORT, 'event is append-only'); END;
+
+CREATE TRIGGER IF NOT EXISTS event_member_no_update BEFORE UPDATE ON event_member
+BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_member_no_delete BEFORE DELETE ON event_member
+BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_member_no_replace BEFORE INSERT ON event_member
+WHEN NOT coalesce(NEW.position >= 0 AND NEW.position <
+                  (SELECT member_count FROM event WHERE id = NEW.event_id), 0)
+  OR EXISTS (SELECT 1 FROM event_member
+             WHERE event_id = NEW.event_id AND position = NEW.position)
+BEGIN SELECT RAISE(ABORT, 'event_member is append-only'); END;
+
+CREATE TRIGGER IF NOT EXISTS quarantine_no_update BEFORE UPDATE ON quarantine
+BEGIN SELECT RAISE(ABORT, 'quarantine is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS quarantine_no_delete BEFORE DELETE ON quarantine
+BEGIN SELECT RAISE(ABORT, 'quarantine is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS quarantine_no_replace BEFORE INSERT ON quarantine
+WHEN EXISTS (SELECT 1 FROM quarantine WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'quarantine is append-only'); END;
