@@ -344,12 +344,13 @@ def test_every_flipped_proof_hash_is_refused(sweep):
                 tlog.verify_consistency(m, mth(0, m), n, mth(0, n), altered)
 
 
-def test_proofs_read_stored_hashes_once_in_increasing_order(sweep):
+def test_reads_are_one_call_in_increasing_order(sweep):
     leaves, hashes, _ = sweep
     for size in range(1, len(leaves) + 1):
         for prove in (functools.partial(tlog.tree_hash, size),
                       functools.partial(tlog.inclusion_proof, size, size // 3),
-                      functools.partial(tlog.consistency_proof, size // 2 or 1, size)):
+                      functools.partial(tlog.consistency_proof, size // 2 or 1, size),
+                      functools.partial(tlog.stored_hashes_for, size - 1, leaves[size - 1])):
             reads = []
             prove(reader(hashes, reads))
             assert len(reads) <= 1
