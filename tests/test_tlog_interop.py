@@ -1,0 +1,200 @@
+"""tlog against an implementation not written here: Go's
+golang.org/x/mod/sumdb/note and sumdb/tlog, through tests/interop/main.go."""
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+from tim_audit import tlog
+
+# Where Debian's golang-golang-x-mod-dev puts golang.org/x/mod; the program
+# is built from it in GOPATH mode, offline.
+GOPATH = Path("/usr/share/gocode")
+ORIGIN = "im-audit.example.com/1400000001"
+LEAVES = [f"event {n} canonical bytes".encode() for n in range(13)]
+
+
+@pytest.fixture(scope="module")
+def go(tmp_path_factory):
+    """Run the interop program; returns the finished process."""
+    go = require("go")
+    if not (GOPATH / "src/golang.org/x/mod/sumdb/tlog").is_dir():
+        message = f"golang.org/x/mod is not in {GOPATH} (.ci/run installs golang-golang-x-mod-dev)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    build = tmp_path_factory.mktemp("go")
+    env = {"PATH": os.environ["PATH"], "HOME": str(build), "GOPATH": str(GOPATH),
+           "GO111MODULE": "off", "GOPROXY": "off", "GOENV": "off", "GOFLAGS": "",
+           "GOCACHE": str(build / "cache"), "GOTMPDIR": str(build)}
+    program = build / "interop"
+    # GOPATH mode builds a package outside GOPATH only from a relative path.
+    result = subprocess.run([go, "build", "-o", str(program), "./interop"], cwd=Path(__file__).parent,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    def run(*args):
+        return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=30)
+
+    return run
+
+
+@pytest.fixture
+def signer():
+    return tlog.Signer(tlog.generate_key(ORIGIN)[0])
+
+
+class Evidence:
+    """A log of LEAVES, its checkpoints signed by ``signer``, and the files
+    an auditor gets: the verifier key, a proof of leaf ``index`` in the
+    tree of ``size``, the checkpoint of ``old`` leaves and the consistency
+    proof from it."""
+
+    def __init__(self, directory, signer, index=9, size=13, old=7):
+        self.directory, self.signer = directory, signer
+        self.hashes = list(tlog.all_stored_hashes(LEAVES))
+        self.index, self.size, self.old = index, size, old
+        self.leaf = LEAVES[index]
+        self.proof = tlog.inclusion_proof(size, index, self.read)
+        self.checkpoint = tlog.Checkpoint(ORIGIN, size, tlog.tree_hash(size, self.read))
+        self.old_checkpoint = tlog.Checkpoint(ORIGIN, old, tlog.tree_hash(old, self.read))
+        self.consistency = tlog.consistency_proof(old, size, self.read)
+        self.note = tlog.sign_checkpoint(self.checkpoint, signer)
+        self.old_note = tlog.sign_checkpoint(self.old_checkpoint, signer)
+
+    def read(self, indexes):
+        return [self.hashes[index] for index in indexes]
+
+    def files(self):
+        """Write the files; their paths, as the interop program takes them."""
+        files = {
+            "key.vkey": f"{self.signer.verifier}\n".encode(),
+            "event.tlog-proof": tlog.format_proof(tlog.Proof(self.index, self.proof, self.note, self.leaf)),
+            "old.checkpoint": self.old_note,
+            "consistency.txt": tlog.format_hashes(self.consistency),
+        }
+        for name, data in files.items():
+            (self.directory / name).write_bytes(data)
+        return [self.directory / name for name in files]
+
+
+def flips(data):
+    """``data`` with its first, middle and last byte altered in turn (the
+    tests of tlog alone alter every byte of a proof file)."""
+    for position in sorted({0, len(data) // 2, len(data) - 1}):
+        yield data[:position] + bytes([data[position] ^ 0x41]) + data[position + 1:]
+
+
+def refused(go, evidence, reason):
+    result = go("verify", *evidence.files())
+    assert result.returncode == 1, result.stdout
+    assert reason in result.stderr
+    return result
+
+
+def test_go_accepts_our_checkpoint_inclusion_and_consistency_proofs(go, tmp_path, signer):
+    result = go("verify", *Evidence(tmp_path, signer).files())
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
+def test_go_accepts_our_proofs_of_every_leaf_in_every_tree(go, tmp_path, signer):
+    for size in range(1, len(LEAVES) + 1):
+        for index in range(size):
+            result = go("verify", *Evidence(tmp_path, signer, index, size, old=index + 1).files())
+            assert result.returncode == 0, (size, index, result.stderr)
+
+
+def test_go_refuses_altered_bytes_of_the_checkpoint_signature(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    head, _, signature = evidence.note.rstrip(b"\n").rpartition(b" ")
+    for altered in flips(base64.b64decode(signature)):
+        evidence.note = head + b" " + base64.b64encode(altered) + b"\n"
+        refused(go, evidence, "checkpoint: ")
+
+
+def test_go_refuses_altered_bytes_of_the_signed_root(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    note = evidence.note
+    for root in flips(evidence.checkpoint.root):
+        evidence.note = note.replace(base64.b64encode(evidence.checkpoint.root), base64.b64encode(root))
+        refused(go, evidence, "checkpoint: invalid signature")
+
+
+def test_go_refuses_a_checkpoint_signed_over_another_root(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    for root in flips(evidence.checkpoint.root):
+        evidence.note = tlog.sign_checkpoint(evidence.checkpoint._replace(root=root), signer)
+        refused(go, evidence, "inclusion proof of record 9 in tree 13: invalid transparency proof")
+
+
+def test_go_refuses_altered_bytes_of_the_inclusion_proof(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    proof = list(evidence.proof)
+    for position, digest in enumerate(proof):
+        for altered in flips(digest):
+            evidence.proof = proof[:position] + [altered] + proof[position + 1:]
+            refused(go, evidence, "inclusion proof of record 9 in tree 13")
+
+
+def test_go_refuses_altered_bytes_of_the_leaf(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    for leaf in flips(LEAVES[9]):
+        evidence.leaf = leaf
+        refused(go, evidence, "inclusion proof of record 9 in tree 13")
+
+
+def test_go_refuses_a_proof_moved_to_another_leaf(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    evidence.index = 8
+    refused(go, evidence, "inclusion proof of record 8 in tree 13")
+
+
+def test_go_refuses_altered_bytes_of_the_consistency_proof(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    consistency = list(evidence.consistency)
+    for position, digest in enumerate(consistency):
+        for altered in flips(digest):
+            evidence.consistency = consistency[:position] + [altered] + consistency[position + 1:]
+            refused(go, evidence, "consistency proof from 7 to 13")
+
+
+def test_go_refuses_an_earlier_checkpoint_of_a_rewritten_log(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    for root in flips(evidence.old_checkpoint.root):
+        evidence.old_note = tlog.sign_checkpoint(evidence.old_checkpoint._replace(root=root), signer)
+        refused(go, evidence, "consistency proof from 7 to 13: invalid transparency proof")
+
+
+def test_go_refuses_a_checkpoint_signed_with_another_key(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    evidence.note = tlog.sign_checkpoint(evidence.checkpoint, tlog.Signer(tlog.generate_key(ORIGIN)[0]))
+    refused(go, evidence, "checkpoint: note has no verifiable signatures")
+
+
+def test_go_refuses_a_checkpoint_of_another_origin(go, tmp_path, signer):
+    evidence = Evidence(tmp_path, signer)
+    evidence.note = tlog.sign_checkpoint(evidence.checkpoint._replace(origin="elsewhere.example/1"), signer)
+    refused(go, evidence, 'origin "elsewhere.example/1" is not the key\'s name')
+
+
+def test_key_and_note_made_by_go_verify_here(go, tmp_path):
+    text = tlog.format_checkpoint(tlog.Checkpoint(ORIGIN, 13, bytes(range(32))))
+    (tmp_path / "text").write_text(text)
+    result = go("sign", ORIGIN, tmp_path / "text")
+    assert result.returncode == 0, result.stderr
+    signer_key, verifier_key, note = result.stdout.split("\n", 2)
+    verifier = tlog.Verifier(verifier_key)
+    assert tlog.open_checkpoint(note.encode(), [verifier]) == (tlog.parse_checkpoint(text), verifier)
+    assert str(tlog.Signer(signer_key).verifier) == verifier_key
+    assert tlog.sign_note(text, tlog.Signer(signer_key)) == note.encode()
+
+
+def test_stored_hashes_are_laid_out_as_gos(go):
+    leaves = [f"leaf {n}".encode() for n in range(100)]
+    result = go("tree", len(leaves))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [base64.b64encode(h).decode() for h in tlog.all_stored_hashes(leaves)]
