@@ -18,7 +18,7 @@ def rehash(conn, key=None):
         members = [m for (m,) in conn.execute(
             "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
         )]
-        values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row))
+        values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row, strict=True))
         previous = link(key, previous, canonical(chain.event_values(values, members)))
         conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
 

@@ -206,7 +206,7 @@ def _subtree_hashes(subtrees, read_hashes):
             lo += width
         parts.append(part)
     indexes = sorted(index for part in parts for index in part)
-    stored = dict(zip(indexes, _read(read_hashes, indexes)))
+    stored = dict(zip(indexes, _read(read_hashes, indexes), strict=True))
     hashes = []
     for part in parts:
         # RFC 6962 splits off the largest complete subtree on the left, so
@@ -242,7 +242,7 @@ def verify_inclusion(size, root, index, leaf, proof):
     path = _inclusion_path(index, 0, size)
     _expect_hashes(proof, len(path), f"an inclusion proof of leaf {index} in {size} leaves")
     digest = leaf
-    for (lo, _), sibling in zip(path, proof):
+    for (lo, _), sibling in zip(path, proof, strict=True):
         digest = node_hash(digest, sibling) if lo > index else node_hash(sibling, digest)
     if digest != root:
         raise ProofError(
@@ -269,7 +269,7 @@ def verify_consistency(m, m_root, n, n_root, proof):
         path, proof = path[1:], proof[1:]
     else:
         old = new = m_root
-    for (lo, _), sibling in zip(path, proof):
+    for (lo, _), sibling in zip(path, proof, strict=True):
         if lo >= m:
             new = node_hash(new, sibling)
         else:
