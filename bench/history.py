@@ -154,8 +154,8 @@ def main():
         for suffix in ("", "-wal", "-shm"):
             pathlib.Path(f"{database}{suffix}").unlink(missing_ok=True)
         print(f"building {args.events:,} events in {database} ...", flush=True)
-        seconds = dataset.build(database, args.events, progress=True)
-        print(f"built in {seconds:.0f} s", flush=True)
+        seconds, largest_wal = dataset.build(database, args.events, progress=True)
+        print(f"built in {seconds:.0f} s; largest WAL {largest_wal / 2**20:.1f} MB", flush=True)
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     total = conn.execute("SELECT count(*) FROM event").fetchone()[0]
     cases = scenarios(conn)

@@ -1,6 +1,7 @@
 import base64
 
 import pytest
+from freezegun import freeze_time
 from werkzeug.security import check_password_hash
 
 import tim_audit.auth
@@ -105,3 +106,48 @@ def test_hash_password_output_works_as_config(runner, make_app):
     client = make_app(DASHBOARD_USERS={"bob": hashed}).test_client()
     assert client.get("/history", headers=basic("bob", "bob's own password")).status_code == 200
     assert client.get("/history", headers=basic("bob", "bob's own passwore")).status_code == 401
+
+
+def sign_in(client, password, address="198.51.100.7"):
+    return client.get("/history", headers=basic(REVIEWER, password),
+                      environ_base={"REMOTE_ADDR": address}).status_code
+
+
+def test_failed_sign_ins_past_the_limit_are_refused_without_a_check(app, client, monkeypatch):
+    checks = []
+    real = tim_audit.auth.check_password_hash
+    monkeypatch.setattr(tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a))
+    assert [sign_in(client, f"guess {n}") for n in range(10)] == [401] * 10
+    response = client.get("/history", headers=basic(REVIEWER, "guess 11"),
+                          environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "60"
+    assert "Too many failed sign-ins from this address" in response.get_data(as_text=True)
+    assert sign_in(client, PASSWORD) == 429
+    assert len(checks) == 10
+
+
+def test_a_spray_does_not_lock_out_a_reviewer_already_signed_in(client):
+    assert sign_in(client, PASSWORD) == 200
+    assert [sign_in(client, f"guess {n}") for n in range(12)] == [401] * 10 + [429] * 2
+    assert sign_in(client, PASSWORD) == 200
+
+
+def test_failed_sign_ins_are_counted_per_address(client):
+    assert [sign_in(client, f"guess {n}") for n in range(11)] == [401] * 10 + [429]
+    assert sign_in(client, "guess", address="198.51.100.8") == 401
+    assert sign_in(client, PASSWORD, address="198.51.100.8") == 200
+
+
+def test_the_limit_lifts_a_minute_after_the_failures(client):
+    with freeze_time("2026-11-30 12:00:00") as frozen:
+        assert [sign_in(client, f"guess {n}") for n in range(11)] == [401] * 10 + [429]
+        frozen.tick(59)
+        assert sign_in(client, PASSWORD) == 429
+        frozen.tick(2)
+        assert sign_in(client, PASSWORD) == 200
+
+
+def test_login_failures_is_configurable(make_app):
+    client = make_app(LOGIN_FAILURES=2).test_client()
+    assert [sign_in(client, f"guess {n}") for n in range(3)] == [401, 401, 429]

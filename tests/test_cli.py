@@ -1,11 +1,15 @@
 import os
+import pathlib
 import re
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from conftest import event
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, sample
+from tim_audit import create_app
 
 OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64}) quarantine (\d+) ([0-9a-f]{64})")
 GENESIS = "0" * 64
@@ -18,14 +22,69 @@ def three_events(post, rows):
     return [h for (h,) in rows("SELECT hash FROM event ORDER BY id")]
 
 
-def test_init_db_creates_the_schema_and_can_run_again(runner, app, rows):
+@pytest.fixture
+def unopened(config, tmp_path):
+    """The app as an operator's command gets it, before any server has
+    started: DATABASE does not exist yet."""
+    return create_app({**config, "DATABASE": str(tmp_path / "live" / "audit.sqlite3")})
+
+
+def test_init_db_creates_the_log_with_its_chain_kind(unopened, tmp_path):
+    (tmp_path / "live").mkdir()
+    runner = unopened.test_cli_runner()
     for _ in range(2):
         result = runner.invoke(args=["init-db"])
-        assert result.exit_code == 0
-        assert result.output == f"Initialized the database at {app.config['DATABASE']}\n"
-    assert {name for (name,) in rows("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
+        assert result.output == f"Initialized the database at {tmp_path / 'live' / 'audit.sqlite3'}\n"
+    conn = sqlite3.connect(tmp_path / "live" / "audit.sqlite3")
+    assert conn.execute("SELECT key, value FROM meta").fetchall() == [("chain", "sha256")]
+    assert {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
         "event", "event_member", "quarantine", "meta",
     }
+    conn.close()
+
+
+@pytest.mark.parametrize("args", [
+    ["verify"], ["backup", "COPY"], ["send-sample", "http://127.0.0.1:9/callback"], ["hash-password"],
+])
+def test_operator_commands_never_create_the_live_log(unopened, tmp_path, args):
+    (tmp_path / "live").mkdir()
+    args = [str(tmp_path / "copy.sqlite3") if arg == "COPY" else arg for arg in args]
+    unopened.test_cli_runner().invoke(args=args, input="a long enough password\n" * 2)
+    assert list((tmp_path / "live").iterdir()) == []
+
+
+def test_verify_of_another_file_ignores_database(make_app, unopened, tmp_path):
+    other = make_app(DATABASE=str(tmp_path / "other.sqlite3"))
+    other.extensions["tim_audit"].append(event(1))
+    result = unopened.test_cli_runner().invoke(args=["verify", "--database", str(tmp_path / "other.sqlite3")])
+    assert result.exit_code == 0
+    assert result.output.startswith("OK 1 ")
+    assert not (tmp_path / "live").exists()
+
+
+@pytest.mark.parametrize("args", [["verify"], ["backup", "COPY"]])
+def test_reading_commands_leave_the_live_log_unchanged(make_app, tmp_path, args):
+    app = make_app()
+    app.extensions["tim_audit"].append(event(1))
+    app.extensions["tim_audit"].close()
+    """SQLite's readers of a WAL file make its -shm index (and an empty
+    -wal) as they need them; the database itself is not written."""
+    live = pathlib.Path(app.config["DATABASE"])
+    before = live.read_bytes()
+    args = [str(tmp_path / "copy.sqlite3") if arg == "COPY" else arg for arg in args]
+    assert app.test_cli_runner().invoke(args=args).exit_code == 0
+    assert live.read_bytes() == before
+    wal = pathlib.Path(f"{live}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_verify_says_when_there_is_no_log_yet(unopened, tmp_path):
+    result = unopened.test_cli_runner().invoke(args=["verify"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: there is no log at {tmp_path / 'live' / 'audit.sqlite3'}: the ingest server"
+        " creates it when it first starts\n"
+    )
 
 
 def test_verify_ends_with_the_heads_of_both_chains(runner, post, rows, three_events):

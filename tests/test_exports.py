@@ -149,3 +149,8 @@ def test_export_refuses_bad_filters(client, events):
     assert response.status_code == 400
 
 
+
+
+def test_a_finished_export_gives_its_place_back(client, events):
+    for _ in range(5):
+        assert client.get("/history.json", headers=CREDENTIALS).status_code == 200

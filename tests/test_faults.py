@@ -332,3 +332,65 @@ def test_start_up_error_reaches_the_flask_command_line_too(tmp_path):
     env = {**server_env(tmp_path / "audit.sqlite3", tmp_path), "TIM_AUDIT_SIGN_MAX_AGE": "-1"}
     line = refused_start(env, ("-m", "flask", "--app", "tim_audit", "verify"))
     assert line == "tim-audit cannot start: SIGN_MAX_AGE must be a whole number of at least 0, not -1"
+
+
+# --- a stalled disk: 503 means never stored ------------------------------------
+
+@pytest.mark.parametrize("held", [0.6, 0.8, 0.9, 1.0, 1.1])
+def test_callbacks_answered_503_under_a_lock_are_never_stored_and_a_retry_is_stored_once(
+    live_server, rows, held
+):
+    """The lock is let go around the callbacks' deadline, when the writer
+    gets it with jobs whose callers are giving up: each is either stored and
+    answered 200, or answered 503 and never stored."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "locked\n"
+    answers = {}
+
+    def one(n):
+        started = time.monotonic()
+        answers[f"@TGS#stall{n}"] = post(live_server.port, group_body(GroupId=f"@TGS#stall{n}")), \
+            time.monotonic() - started
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(held)
+    holder.communicate("done\n", timeout=10)
+    for thread in threads:
+        thread.join()
+    time.sleep(0.5)  # anything still committing has landed by now
+    stored = {group_id for (group_id,) in rows("SELECT group_id FROM event")}
+    for group_id, ((status, answer), seconds) in answers.items():
+        assert seconds < 1.5
+        if status == 200:
+            assert answer == OK and group_id in stored
+        else:
+            assert (status, answer["ErrorCode"]) == (503, 60030) and group_id not in stored
+    for group_id in answers:
+        assert post(live_server.port, group_body(GroupId=group_id)) == (200, OK)
+    assert sorted(rows("SELECT group_id, count(*) FROM event GROUP BY group_id")) == [
+        (group_id, 1) for group_id in sorted(answers)
+    ]
+
+
+def test_a_commit_that_hangs_is_answered_within_the_bound_and_never_503(live_server, rows):
+    """A COMMIT that takes 2 s (a disk stalled mid-write): the callback is
+    answered at 1.5 s that the write may have been stored, not that it was
+    not; it is, and a retry is recognised as a repeat."""
+    log = live_server.app.extensions["tim_audit"]
+    log._conn.set_trace_callback(lambda sql: time.sleep(2) if sql == "COMMIT" else None)
+    started = time.monotonic()
+    status, answer = post(live_server.port, group_body(GroupId="@TGS#hung"))
+    seconds = time.monotonic() - started
+    assert (status, answer["ErrorCode"], answer["ActionStatus"]) == (500, 60032, "FAIL")
+    assert "may have been recorded" in answer["ErrorInfo"]
+    assert 1.4 < seconds < 1.7
+    time.sleep(1)
+    log._conn.set_trace_callback(None)
+    assert rows("SELECT group_id FROM event") == [("@TGS#hung",)]
+    assert post(live_server.port, group_body(GroupId="@TGS#hung")) == (200, OK)
+    assert rows("SELECT count(*) FROM event") == [(1,)]

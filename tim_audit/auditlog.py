@@ -86,9 +86,10 @@ ANSWER_BOUND = 1.5  # seconds
 # A job joins a transaction only with at least this much of its time left,
 # so that a commit that goes as usual is answered before its deadline.
 SEAL_MARGIN = 0.25  # seconds
-# Past this many bytes of WAL the writer finishes the checkpoint itself,
-# between two transactions, so that the next one starts the WAL afresh.
-WAL_CHECKPOINT_AT = 16 * 1024 * 1024
+# Past this many WAL frames (4 KiB pages: 16 MB) the writer finishes the
+# checkpoint itself, between two transactions, so the next one starts the
+# WAL afresh.
+WAL_CHECKPOINT_FRAMES = 4096
 MAX_BATCH = 256
 SQLITE_FULL = 13
 
@@ -140,6 +141,7 @@ class AuditLog:
         self._writer = None
         self._checkpointer = None
         self._closing = threading.Event()
+        self._wal_frames = 0
 
     def open(self):
         """Create the log if it does not exist yet, check that its chain is
@@ -172,13 +174,13 @@ class AuditLog:
     def _checkpoint(self):
         """Copy committed WAL frames into the database every CHECKPOINT_EVERY
         seconds. PASSIVE never waits for the writer or for readers; under
-        sustained writes it cannot finish, and the writer completes it (see
-        _bound_wal), but by then most frames are already copied."""
+        sustained writes it never quite finishes, so it also notes how many
+        frames the WAL holds for the writer to finish the job (_bound_wal)."""
         conn = None
         while not self._closing.wait(CHECKPOINT_EVERY):
             try:
                 conn = conn or db.connect(self.path, timeout=self.timeout)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _, self._wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error:
                 pass  # the next round retries; a failing disk also fails appends, which say so
         if conn is not None:
@@ -343,16 +345,20 @@ class AuditLog:
             job.finish(receipt)
 
     def _bound_wal(self):
-        """Keep the WAL file bounded under sustained writes: once it passes
-        WAL_CHECKPOINT_AT, checkpoint here, between transactions, where no
-        new frame can arrive; the next transaction then restarts the WAL
-        and journal_size_limit trims the file. PASSIVE: a reader holding an
-        old snapshot (a long export) delays this, never the writer."""
+        """Keep the WAL bounded under sustained writes: once it holds
+        WAL_CHECKPOINT_FRAMES, checkpoint here, between two transactions,
+        where no frame can arrive meanwhile. When that copies every frame,
+        the next transaction starts the WAL over, and journal_size_limit
+        trims the file. PASSIVE: a reader holding an old snapshot (a long
+        export) delays this, and never the writer."""
+        if self._wal_frames < WAL_CHECKPOINT_FRAMES:
+            return
         try:
-            if os.path.getsize(self.path + "-wal") > WAL_CHECKPOINT_AT:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except (OSError, sqlite3.Error):
-            pass  # retried after the next batch
+            _, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return  # tried again after the next batch
+        if frames == copied:
+            self._wal_frames = 0
 
     def _connection(self):
         if self._conn is None:

@@ -291,8 +291,14 @@ def _log(outcome, seconds):
 
 
 def _answer(status, code, info):
+    if code == ErrorCode.OK and not info:
+        return current_app.response_class(_OK, status, mimetype="application/json")
     body = {"ActionStatus": "OK" if code == ErrorCode.OK else "FAIL", "ErrorInfo": info, "ErrorCode": int(code)}
     return jsonify(body), status
+
+
+# The answer to nearly every callback, serialized once.
+_OK = json.dumps({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}, separators=(",", ":")).encode()
 
 
 @bp.errorhandler(Exception)

@@ -26,7 +26,7 @@ def connect(path, *, readonly=False, timeout=1.0):
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute("PRAGMA journal_size_limit = 16777216")  # the WAL file, after a burst
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -9,6 +9,7 @@ use stops the start with one line; the review process inherits its socket,
 and is started again if it dies.
 """
 
+import os
 import signal
 import socket
 import subprocess
@@ -43,19 +44,17 @@ def serve_command(only, review_fd):
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT)
         return
     ingest_socket = listen(config, "INGEST_LISTEN")
+    review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
     ingest = open_log(create_ingest_app())
-    # waitress buffers a whole body before the app sees it: bound that at
-    # twice the app's own limit, so a body a little too large still gets a
-    # JSON 413 (and is quarantined) while a huge one is cut off unread.
-    body_limit = 2 * config["MAX_CONTENT_LENGTH"]
-    if only == "ingest":
-        run(ingest, ingest_socket, config["INGEST_THREADS"], body_limit)
-        return
-    review = ReviewProcess(listen(config, "REVIEW_LISTEN"), ingest.logger)
+    review = None if review_socket is None else ReviewProcess(review_socket, ingest.logger)
     try:
-        run(ingest, ingest_socket, config["INGEST_THREADS"], body_limit)
+        # waitress buffers a whole body before the app sees it: bound that
+        # at twice the app's own limit, so a body a little too large still
+        # gets a JSON 413 (and is quarantined) while a huge one is cut off.
+        run(ingest, ingest_socket, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"])
     finally:
-        review.stop()
+        if review is not None:
+            review.stop()
 
 
 def listen(config, key):
@@ -64,7 +63,7 @@ def listen(config, key):
     try:
         return socket.create_server((host.strip("[]"), int(port)), backlog=1024)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {key} {config[key]}: {exc.strerror}") from None
+        raise StartupError(f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}") from None
 
 
 def run(app, sock, threads, body_limit):
