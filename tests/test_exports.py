@@ -1,10 +1,9 @@
 import csv
 import io
-import json
 
 import pytest
 
-from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
+from dashboard import CREDENTIALS, START, expected_ids, sample_events
 from tencent import group_body
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
 
@@ -150,3 +149,16 @@ def test_export_refuses_bad_filters(client, events):
     assert response.status_code == 400
 
 
+
+
+def test_members_are_exported_in_member_list_order(post, export):
+    # The account index (and any sort by account) would give amy, amy, mia, zed.
+    post(group_body(MemberList=[{"Member_Account": a} for a in ("zed", "amy", "mia", "amy")]))
+    post(group_body(GroupId="@TGS#room", Type="AVChatRoom", MemberList=None, EventTime=1670574414124))
+    by_group = {row[3]: row[9] for row in csv_rows(export("csv"))[1:]}
+    assert by_group == {"'@TGS#2J4SZEAEL": "zed;amy;mia;amy", "'@TGS#room": ""}
+    by_group = {o["GroupId"]: o["MemberList"] for o in export("json").get_json()}
+    assert by_group == {
+        "@TGS#2J4SZEAEL": [{"Member_Account": a} for a in ("zed", "amy", "mia", "amy")],
+        "@TGS#room": [],
+    }
