@@ -163,10 +163,74 @@ def test_empty_form_fields_mean_any(events, get):
     assert page_ids(get, group_id="", owner="", q="", since="", until="", type="") == expected_ids(events)
 
 
-def test_no_match_says_so(events, get):
-    text = get("/history?owner=nobody").get_data(as_text=True)
+def test_no_match_lists_each_filter_with_a_link_that_drops_it(events, get):
+    text = html.unescape(get("/history?owner=nobody&type=Public&limit=100").get_data(as_text=True))
     assert "<strong>0</strong> events match" in text
-    assert "No events match." in text
+    empty = text.split('<div class="empty">', 1)[1].split("</div>", 1)[0]
+    assert "No events match" in empty
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', empty) == [
+        ("Owner", "nobody", "/history?type=Public&limit=100"),
+        ("Type", "Public", "/history?owner=nobody&limit=100"),
+    ]
+    assert "Export all" not in text and "/history.csv" not in text
+
+
+def test_empty_log_says_nothing_is_recorded_and_offers_no_export(get):
+    text = get("/history").get_data(as_text=True)
+    assert "No events have been recorded yet." in text
+    assert "Export all" not in text
+
+
+def test_active_filters_are_summed_up_above_the_results(events, get):
+    text = html.unescape(get("/history?type=Public&q=ops&since=2026-03-02&before=30").get_data(as_text=True))
+    summary = text.split('<ul class="active"', 1)[1].split("</ul>", 1)[0]
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', summary) == [
+        ("Type", "Public", "/history?q=ops&since=2026-03-02"),
+        ("Name contains", "ops", "/history?type=Public&since=2026-03-02"),
+        ("Since", "2026-03-02", "/history?type=Public&q=ops"),
+    ]
+    assert '<a href="/history">Remove all</a>' in summary
+
+
+def test_unfiltered_history_has_no_filter_summary(events, get):
+    assert '<ul class="active"' not in get("/history").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name, hint", [("since", "e.g. 2026-03-01"), ("until", "e.g. 2026-03-31T18:00"),
+                                        ("group_id", "e.g. @TGS#2J4SZEAEL")])
+def test_placeholders_read_as_examples(get, name, hint):
+    text = get("/history").get_data(as_text=True)
+    assert re.search(rf'<input name="{name}" value="" placeholder="{hint}">', text)
+
+
+def test_placeholders_are_styled_as_hints(client):
+    with client.get("/static/style.css") as response:
+        css = response.get_data(as_text=True)
+    assert re.search(r"::placeholder\s*{[^}]*font-style: italic", css)
+
+
+@pytest.mark.parametrize("url", ["/history?owner=alice&since=yesterday&limit=100",
+                                 "/history.csv?owner=alice&since=yesterday&limit=100",
+                                 "/history.json?owner=alice&since=yesterday&limit=100"])
+def test_bad_filter_answers_the_history_page_with_the_field_marked(events, get, url):
+    response = get(url)
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert '<nav>' in text and '<form class="filters"' in text
+    assert '<input name="owner" value="alice">' in text
+    assert ('<input name="since" value="yesterday" placeholder="e.g. 2026-03-01"'
+            ' aria-invalid="true" aria-describedby="problem-since">') in text
+    assert '<span class="problem" id="problem-since">Not an ISO date or date-time' in text
+    assert "<option selected>100</option>" in text
+    assert listed_ids(text) == [] and "events match" not in text
+
+
+def test_unknown_cursor_offers_the_first_page_with_the_filters(events, get):
+    response = get("/history?type=Public&before=9999")
+    assert response.status_code == 400
+    text = html.unescape(response.get_data(as_text=True))
+    assert "There is no event 9999 to page from." in text
+    assert '<a href="/history?type=Public">Start from the newest</a>' in text
 
 
 # --- one event -------------------------------------------------------------

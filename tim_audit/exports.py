@@ -8,9 +8,11 @@ one order SQLite promises (an ORDER BY in a subquery feeding group_concat or
 json_group_array is not; ``group_concat(... ORDER BY)`` needs SQLite 3.44).
 """
 
+import base64
 import csv
 import io
 import itertools
+import json
 import operator
 
 CHUNK_ROWS = 250
@@ -156,3 +158,73 @@ def json_chunks(conn, filters, counter):
 
 def _member_list(joined):
     return "[]" if joined is None else f'[{{"Member_Account":{joined}}}]'
+
+
+# The quarantine is small, so its rows are written in Python. A refused body
+# need not be UTF-8: "body" is it as text (undecodable bytes as U+FFFD), and
+# "body_base64" its exact bytes; both empty when it was too large to keep.
+QUARANTINE_CSV_HEADER = (
+    "id", "received_at", "error_code", "reason", "command", "query", "peer",
+    "content_length", "body", "body_base64", "hash",
+)
+
+
+def _quarantined(conn, filters):
+    where, params = filters.where()
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor.execute(
+        f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
+        f" content_length, raw, hash FROM quarantine WHERE {where} ORDER BY id DESC",
+        params,
+    )
+
+
+def _bodies(raw):
+    if raw is None:
+        return None, None
+    return bytes(raw).decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def _cell(value):
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def quarantine_csv_chunks(conn, filters, counter):
+    """The quarantined deliveries as CSV, newest first, like csv_chunks."""
+    cursor = _quarantined(conn, filters)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    buffer.write("\ufeff")
+    writer.writerow(QUARANTINE_CSV_HEADER)
+    while rows := cursor.fetchmany(CHUNK_ROWS):
+        for *fields, raw, digest in rows:
+            writer.writerow([_cell(value) for value in (*fields, *_bodies(raw))] + [digest])
+        counter["rows"] += len(rows)
+        yield buffer.getvalue().encode("utf-8")
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode("utf-8")
+
+
+def quarantine_json_chunks(conn, filters, counter):
+    """The quarantined deliveries as a JSON array, newest first."""
+    cursor = _quarantined(conn, filters)
+    separator = "[\n"
+    while rows := cursor.fetchmany(CHUNK_ROWS):
+        counter["rows"] += len(rows)
+        yield (separator + ",\n".join(_quarantine_object(row) for row in rows)).encode("utf-8")
+        separator = ",\n"
+    yield b"[]\n" if separator == "[\n" else b"\n]\n"
+
+
+def _quarantine_object(row):
+    row_id, received_at, error_code, reason, command, query, peer, length, raw, digest = row
+    body, body_base64 = _bodies(raw)
+    return json.dumps({
+        "id": row_id, "ReceivedAt": received_at, "ErrorCode": error_code, "Reason": reason,
+        "CallbackCommand": command, "Query": query, "Peer": peer, "ContentLength": length,
+        "Body": body, "BodyBase64": body_base64, "Hash": digest,
+    }, ensure_ascii=False)
