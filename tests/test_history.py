@@ -5,7 +5,8 @@ import re
 import pytest
 
 from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
-from tencent import group_body, signed_query
+from tencent import CREATE, group_body, signed_query
+from tim_audit.auditlog import Rejection
 
 
 def page_ids(get, **query):
@@ -426,3 +427,104 @@ def test_bad_quarantine_paging_is_a_400(get, query):
     response = get(f"/quarantine?{query}")
     assert response.status_code == 400
     assert query.split("=")[0] in response.get_data(as_text=True)
+
+
+def test_conflicting_repeat_and_its_event_link_to_each_other(post, get):
+    post(group_body(Name="first"))
+    post(group_body(Name="second"))
+    text = get("/quarantine").get_data(as_text=True)
+    assert ('<td class="reason">repeat of <a href="/history/1">event 1</a> (same CallbackCommand,'
+            ' GroupId and EventTime) with a different body</td>') in text
+    text = get("/history/1").get_data(as_text=True)
+    assert "Conflicting repeats (1)" in text
+    assert '<a href="/quarantine?repeat_of=1#q1">quarantined #1</a>' in text
+    assert '<tr id="q1">' in get("/quarantine?repeat_of=1").get_data(as_text=True)
+
+
+def test_event_without_repeats_does_not_mention_them(post, get):
+    post(group_body())
+    assert "Conflicting repeats" not in get("/history/1").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("reason", [
+    "repeat of event 99999999999999999999999 (same CallbackCommand, GroupId and EventTime) with a different body",
+    "repeat of event -1 (", "repeat of event 0 (", "repeat of event 2", "repeat of event 3x (",
+    "<b>repeat of event 1 (</b>", "",
+])
+def test_odd_repeat_reason_is_shown_as_stored_without_a_link(app, get, reason):
+    app.extensions["tim_audit"].append(Rejection(
+        received_at=START, error_code=0, reason=reason, command=CREATE, query="", peer=None,
+        content_length=None, raw=None))
+    response = get("/quarantine")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert f'<td class="reason">{html.escape(reason, quote=False)}</td>' in text.replace("&#34;", '"')
+
+
+def test_repeat_link_needs_error_code_zero(app, get):
+    app.extensions["tim_audit"].append(Rejection(
+        received_at=START, error_code=60024, reason="repeat of event 1 (says the sender)", command=CREATE,
+        query="", peer=None, content_length=None, raw=None))
+    assert 'href="/history/1"' not in get("/quarantine").get_data(as_text=True)
+
+
+@pytest.fixture
+def quarantined(app):
+    """Six quarantined deliveries, a day apart: three kinds, two commands."""
+    log = app.extensions["tim_audit"]
+    kinds = [(60021, CREATE), (60024, CREATE), (0, CREATE), (60021, "Group.CallbackAfterGroupDestroyed"),
+             (60024, CREATE), (0, CREATE)]
+    for number, (code, command) in enumerate(kinds):
+        reason = "repeat of event 1 (x" if code == 0 and number == 2 else f"reason {number}"
+        log.append(Rejection(received_at=START + number * DAY, error_code=code, reason=reason,
+                             command=command, query=f"n={number}", peer=None, content_length=2, raw=b"{}"))
+
+
+def quarantine_ids(text):
+    return [int(i) for i in re.findall(r'<tr id="q(\d+)">', text)]
+
+
+@pytest.mark.parametrize("query, ids", [
+    ("", [6, 5, 4, 3, 2, 1]),
+    ("error_code=60021", [4, 1]),
+    ("error_code=0", [6, 3]),
+    ("error_code=60020", []),
+    ("command=Group.CallbackAfterGroupDestroyed", [4]),
+    ("repeat_of=1", [3]),
+    ("since=2026-03-03", [6, 5, 4, 3]),
+    ("until=2026-03-02", [2, 1]),
+    ("since=2026-03-02&until=2026-03-05T00:00:00.000Z&error_code=60024", [5, 2]),
+])
+def test_quarantine_filter_lists_exactly_the_matching_deliveries(quarantined, get, query, ids):
+    text = get(f"/quarantine?{query}").get_data(as_text=True)
+    assert quarantine_ids(text) == ids
+    assert re.search(r"<strong>(\d+)</strong> deliver", text).group(1) == str(len(ids))
+
+
+def test_quarantine_pages_keep_the_filters(quarantined, get):
+    text = get("/quarantine?error_code=60021&limit=1").get_data(as_text=True)
+    assert quarantine_ids(text) == [4]
+    assert link(text, "next") == "/quarantine?before=4&error_code=60021&limit=1"
+    assert quarantine_ids(get(link(text, "next")).get_data(as_text=True)) == [1]
+
+
+def test_quarantine_sums_up_its_filters_each_removable(quarantined, get):
+    text = html.unescape(get("/quarantine?error_code=60020&command=x").get_data(as_text=True))
+    assert "No quarantined deliveries match" in text and "Export all" not in text
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', text)[:2] == [
+        ("ErrorCode", "60020", "/quarantine?command=x"), ("CallbackCommand", "x", "/quarantine?error_code=60020"),
+    ]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("error_code=x", "error_code"), ("error_code=-1", "error_code"), ("repeat_of=0", "repeat_of"),
+    ("since=soon", "since"), ("until=9999-12-31", "until"), ("limit=0", "limit"), ("before=x", "before"),
+])
+def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(quarantined, get, query, field):
+    for url in (f"/quarantine?command=keep&{query}", f"/quarantine.csv?command=keep&{query}"):
+        response = get(url)
+        assert response.status_code == 400
+        text = response.get_data(as_text=True)
+        assert '<form class="filters"' in text and '<input name="command" value="keep"' in text
+        assert f'<li><code>{field}</code>: ' in text
+        assert quarantine_ids(text) == []

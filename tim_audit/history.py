@@ -40,7 +40,7 @@ HISTORY_FILTERS = {
     "type": "Type", "q": "Name contains", "since": "Since", "until": "Until",
 }
 QUARANTINE_FILTERS = {
-    "error_code": "Kind", "command": "CallbackCommand", "repeat_of": "Repeat of event",
+    "error_code": "ErrorCode", "command": "CallbackCommand", "repeat_of": "Repeat of event",
     "since": "Received since", "until": "Received until",
 }
 # What each ErrorCode kept in quarantine means, for the Kind filter.
