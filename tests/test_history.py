@@ -318,7 +318,7 @@ def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
     app.test_client().post("/callback", query_string=signed_query(), data=group_body())
     text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
     assert '<time datetime="2022-12-09T08:26:54.123Z" title="2022-12-09T08:26:54.123Z">2022-12-09 16:26:54.123</time>' in text
-    assert "Event time (Asia/Shanghai)" in text
+    assert "Event time (Asia/<wbr>Shanghai)" in text
 
 
 # --- chart and integrity strip ----------------------------------------------
