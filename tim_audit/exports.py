@@ -1,8 +1,8 @@
-"""The matching events as CSV or JSON, for evidence.
+"""The matching events, or quarantined deliveries, as CSV or JSON, for evidence.
 
-Both are streamed in chunks of rows from one SELECT (one read snapshot), so
-memory stays flat however large the log is, and both are built mostly in
-SQL: timestamps, formula guards and JSON objects come out of SQLite ready to
+Each is streamed in chunks of rows from one SELECT (one read snapshot), so
+memory stays flat however large the log is. Events are built mostly in SQL:
+timestamps, formula guards and JSON objects come out of SQLite ready to
 write. Member lists are read per chunk with an ORDER BY of their own, the
 one order SQLite promises (an ORDER BY in a subquery feeding group_concat or
 json_group_array is not; ``group_concat(... ORDER BY)`` needs SQLite 3.44).
