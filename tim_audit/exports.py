@@ -113,9 +113,12 @@ def _members(conn, rows, member, separator):
         [row[0] for row in rows],
     )
     return {
-        event_id: separator.join(value for _, value in group)
-        for event_id, group in itertools.groupby(found, operator.itemgetter(0))
+        event_id: separator.join(map(_SECOND, group))
+        for event_id, group in itertools.groupby(found, _FIRST)
     }
+
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def csv_chunks(conn, filters, counter):
