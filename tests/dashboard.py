@@ -79,7 +79,7 @@ def expected_ids(events, group_id=None, owner=None, operator=None, member=None, 
 def listed_ids(page_html):
     """The event ids linked from the rows of a history page, in order."""
     table = page_html.split('<table class="events">', 1)[1].split("</table>", 1)[0] if '<table class="events">' in page_html else ""
-    return [int(i) for i in re.findall(r'<a href="/history/(\d+)">', table)]
+    return [int(i) for i in re.findall(r'<a href="/history/(\d+)"', table)]
 
 
 def link(page_html, rel):

@@ -84,7 +84,7 @@ def test_reviewer_name_is_shown_and_exports_are_logged_with_it(client, stored, c
     assert '<span class="reviewer">alice</span>' in client.get("/history", headers=CREDENTIALS).get_data(as_text=True)
     client.get("/history.csv?type=Public", headers=CREDENTIALS).get_data()
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export ")]
-    assert line == 'export reviewer="alice" format=csv rows=1 filters={"type": "Public"}'
+    assert line == 'export reviewer="alice" what=events format=csv rows=1 filters={"type": "Public"}'
 
 
 def test_hash_password_prints_a_hash_of_the_password(runner):

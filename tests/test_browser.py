@@ -2,6 +2,7 @@
 selenium against the app under waitress."""
 
 import csv
+import dataclasses
 import io
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -121,3 +122,78 @@ def test_page_renders_cjk_and_emoji_names(server, browser, tmp_path):
     names = [row.find_element(By.CSS_SELECTOR, "td.name").text for row in rows(browser)]
     assert names and all(name == "周末羽毛球 🏸" for name in names)
     assert browser.save_screenshot(str(tmp_path / "history.png"))
+
+
+LONG_NAME = "Quarterly planning for the big group of regional sales representatives and partners"
+LONG_WORD = "Supercalifragilisticexpialidocious" * 3
+
+
+@pytest.fixture
+def crowded(live_server):
+    """Events with the longest values Tencent allows: 48-byte custom
+    GroupIds, 32-byte accounts, long names with and without spaces, and one
+    event of 300 initial members."""
+    log = live_server.app.extensions["tim_audit"]
+    base = sample_events()[0]
+    for n in range(30):
+        log.append(dataclasses.replace(
+            base, group_id=f"custom-group-{n:02d}-" + "x" * 32, event_time=START + n * 60_000,
+            name=[LONG_NAME, LONG_WORD, "big group", "周末羽毛球 🏸 " * 6][n % 4],
+            owner="o" * 31 + str(n % 10), operator="administrator_with_a_long_name_" + str(n % 10),
+            members=tuple(f"member{m:03d}" for m in range(300 if n == 29 else 2)),
+        ))
+    return live_server
+
+
+def open_at(driver, server, path, width):
+    """``path`` in a viewport exactly ``width`` CSS pixels wide."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    driver.get(f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}{path}")
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+SIDEWAYS = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+# Words of Latin-script names that the browser split over two lines.
+BROKEN_WORDS = """
+const broken = [];
+for (const cell of document.querySelectorAll("td.name")) {
+  const text = cell.firstChild;
+  if (!text || !/^[\\x20-\\x7e]+$/.test(text.data)) continue;
+  for (const word of text.data.matchAll(/\\S+/g)) {
+    const range = document.createRange();
+    range.setStart(text, word.index);
+    range.setEnd(text, word.index + word[0].length);
+    const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+    if (tops.size > 1) broken.push(word[0]);
+  }
+}
+return broken;
+"""
+
+
+@pytest.mark.parametrize("width", [1024, 1440])
+def test_history_fits_the_window_without_breaking_words(crowded, browser, tmp_path, width):
+    open_at(browser, crowded, "/history?limit=100", width)
+    assert browser.save_screenshot(str(tmp_path / f"history-{width}.png"))
+    assert len(rows(browser)) == 30
+    assert browser.execute_script(SIDEWAYS) <= 0
+    assert browser.execute_script(BROKEN_WORDS) == []
+    group = browser.find_element(By.CSS_SELECTOR, "table.events td.clip a")
+    assert group.get_attribute("title") == group.get_attribute("textContent") == f"custom-group-29-{'x' * 32}"
+
+
+@pytest.mark.parametrize("width", [1024, 1440])
+def test_event_of_300_members_fits_in_a_compact_list(crowded, browser, tmp_path, width):
+    open_at(browser, crowded, "/history/30", width)
+    assert browser.save_screenshot(str(tmp_path / f"event-{width}.png"))
+    members = browser.find_elements(By.CSS_SELECTOR, "ol.members li")
+    assert len(members) == 300 and members[-1].get_attribute("textContent") == "member299"
+    assert browser.execute_script(SIDEWAYS) <= 0
+    assert browser.execute_script("return document.documentElement.scrollHeight") < 2200
+    box = browser.find_element(By.CSS_SELECTOR, "ol.members")
+    assert box.size["height"] < 320
+    assert browser.execute_script(
+        "const [box, first] = arguments; const b = box.getBoundingClientRect(), f = first.getBoundingClientRect();"
+        " return f.left >= b.left && f.right <= b.right", box, members[0])

@@ -1,10 +1,11 @@
+import base64
 import csv
 import io
 
 import pytest
 
 from dashboard import CREDENTIALS, START, expected_ids, sample_events
-from tencent import group_body
+from tencent import group_body, signed_query
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
 
 CSV_HEADER = [
@@ -154,3 +155,83 @@ def test_export_refuses_bad_filters(client, events):
 def test_a_finished_export_gives_its_place_back(client, events):
     for _ in range(5):
         assert client.get("/history.json", headers=CREDENTIALS).status_code == 200
+
+
+def test_members_are_exported_in_member_list_order(post, export):
+    # The account index (and any sort by account) would give amy, amy, mia, zed.
+    post(group_body(MemberList=[{"Member_Account": a} for a in ("zed", "amy", "mia", "amy")]))
+    post(group_body(GroupId="@TGS#room", Type="AVChatRoom", MemberList=None, EventTime=1670574414124))
+    by_group = {row[3]: row[9] for row in csv_rows(export("csv"))[1:]}
+    assert by_group == {"'@TGS#2J4SZEAEL": "zed;amy;mia;amy", "'@TGS#room": ""}
+    by_group = {o["GroupId"]: o["MemberList"] for o in export("json").get_json()}
+    assert by_group == {
+        "@TGS#2J4SZEAEL": [{"Member_Account": a} for a in ("zed", "amy", "mia", "amy")],
+        "@TGS#room": [],
+    }
+
+
+QUARANTINE_HEADER = ["id", "received_at", "error_code", "reason", "command", "query", "peer",
+                     "content_length", "body", "body_base64", "hash"]
+
+
+def test_quarantine_exports_hold_every_column_and_the_exact_bytes(post, client, rows):
+    post(b'{"Name": "\xe5\x91\xa8", \xff oops')  # not UTF-8
+    post(group_body(Name="first"))
+    post(group_body(Name="second"))  # a conflicting repeat
+    [(first_hash,), (second_hash,)] = rows("SELECT hash FROM quarantine ORDER BY id")
+    response = client.get("/quarantine.csv", headers=CREDENTIALS)
+    assert response.status_code == 200 and response.is_streamed
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="tim-audit-quarantine-')
+    [header, second, first] = csv_rows(response)
+    assert header == QUARANTINE_HEADER
+    reason = "repeat of event 1 (same CallbackCommand, GroupId and EventTime) with a different body"
+    assert second[:4] == ["2", second[1], "0", reason]
+    assert second[8] == group_body(Name="second").decode()
+    assert first[2] == "60021" and first[8] == '{"Name": "周", \ufffd oops'
+    assert base64.b64decode(first[9]) == b'{"Name": "\xe5\x91\xa8", \xff oops'
+    assert (first[10], second[10]) == (first_hash, second_hash)
+    assert first[1].endswith("Z") and len(first[1]) == 24
+    objects = client.get("/quarantine.json", headers=CREDENTIALS).get_json()
+    assert [o["id"] for o in objects] == [2, 1]
+    assert base64.b64decode(objects[1]["BodyBase64"]) == b'{"Name": "\xe5\x91\xa8", \xff oops'
+    assert objects[0] | {"ReceivedAt": None, "Query": None} == {
+        "id": 2, "ReceivedAt": None, "ErrorCode": 0, "Reason": reason,
+        "CallbackCommand": "Group.CallbackAfterCreateGroup", "Query": None, "Peer": "127.0.0.1",
+        "ContentLength": len(group_body(Name="second")), "Body": group_body(Name="second").decode(),
+        "BodyBase64": base64.b64encode(group_body(Name="second")).decode(), "Hash": second_hash,
+    }
+    assert objects[0]["ReceivedAt"] == second[1]
+    assert "Sign=" not in objects[0]["Query"] and "SdkAppid=1400000001" in objects[0]["Query"]
+
+
+def test_quarantine_csv_neutralises_formulas(post, client):
+    post(b"=HYPERLINK(1)")
+    [_, row] = csv_rows(client.get("/quarantine.csv", headers=CREDENTIALS))
+    assert row[8] == "'=HYPERLINK(1)"
+
+
+def test_quarantine_exports_follow_the_filters(post, export_quarantine):
+    post(b"[]")
+    post(b"{")
+    post(b"[1]")
+    assert [int(row[0]) for row in csv_rows(export_quarantine("csv", error_code=60022))[1:]] == [3, 1]
+    assert [o["id"] for o in export_quarantine("json", error_code=60021).get_json()] == [2]
+    assert export_quarantine("json", error_code=0).get_json() == []
+    assert csv_rows(export_quarantine("csv", error_code=0)) == [QUARANTINE_HEADER]
+
+
+def test_quarantine_export_of_a_body_not_kept_leaves_it_empty(make_app):
+    app = make_app(MAX_CONTENT_LENGTH=10)
+    client = app.test_client()
+    client.post("/callback", query_string=signed_query(), data=b"x" * 100)
+    [record] = client.get("/quarantine.json", headers=CREDENTIALS).get_json()
+    assert (record["ErrorCode"], record["Body"], record["BodyBase64"], record["ContentLength"]) == (60020, None, None, 100)
+
+
+@pytest.fixture
+def export_quarantine(client):
+    def export(kind, **query):
+        response = client.get(f"/quarantine.{kind}", query_string=query, headers=CREDENTIALS)
+        assert response.status_code == 200
+        return response
+    return export

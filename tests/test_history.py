@@ -5,7 +5,8 @@ import re
 import pytest
 
 from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
-from tencent import group_body, signed_query
+from tencent import CREATE, group_body, signed_query
+from tim_audit.auditlog import Rejection
 
 
 def page_ids(get, **query):
@@ -167,10 +168,74 @@ def test_empty_form_fields_mean_any(events, get):
     assert page_ids(get, group_id="", owner="", q="", since="", until="", type="") == expected_ids(events)
 
 
-def test_no_match_says_so(events, get):
-    text = get("/history?owner=nobody").get_data(as_text=True)
+def test_no_match_lists_each_filter_with_a_link_that_drops_it(events, get):
+    text = html.unescape(get("/history?owner=nobody&type=Public&limit=100").get_data(as_text=True))
     assert "<strong>0</strong> events match" in text
-    assert "No events match." in text
+    empty = text.split('<div class="empty">', 1)[1].split("</div>", 1)[0]
+    assert "No events match" in empty
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', empty) == [
+        ("Owner", "nobody", "/history?type=Public&limit=100"),
+        ("Type", "Public", "/history?owner=nobody&limit=100"),
+    ]
+    assert "Export all" not in text and "/history.csv" not in text
+
+
+def test_empty_log_says_nothing_is_recorded_and_offers_no_export(get):
+    text = get("/history").get_data(as_text=True)
+    assert "No events have been recorded yet." in text
+    assert "Export all" not in text
+
+
+def test_active_filters_are_summed_up_above_the_results(events, get):
+    text = html.unescape(get("/history?type=Public&q=ops&since=2026-03-02&before=30").get_data(as_text=True))
+    summary = text.split('<ul class="active"', 1)[1].split("</ul>", 1)[0]
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', summary) == [
+        ("Type", "Public", "/history?q=ops&since=2026-03-02"),
+        ("Name contains", "ops", "/history?type=Public&since=2026-03-02"),
+        ("Since", "2026-03-02", "/history?type=Public&q=ops"),
+    ]
+    assert '<a href="/history">Remove all</a>' in summary
+
+
+def test_unfiltered_history_has_no_filter_summary(events, get):
+    assert '<ul class="active"' not in get("/history").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name, hint", [("since", "e.g. 2026-03-01"), ("until", "e.g. 2026-03-31T18:00"),
+                                        ("group_id", "e.g. @TGS#2J4SZEAEL")])
+def test_placeholders_read_as_examples(get, name, hint):
+    text = get("/history").get_data(as_text=True)
+    assert re.search(rf'<input name="{name}" value="" placeholder="{hint}">', text)
+
+
+def test_placeholders_are_styled_as_hints(client):
+    with client.get("/static/style.css") as response:
+        css = response.get_data(as_text=True)
+    assert re.search(r"::placeholder\s*{[^}]*font-style: italic", css)
+
+
+@pytest.mark.parametrize("url", ["/history?owner=alice&since=yesterday&limit=100",
+                                 "/history.csv?owner=alice&since=yesterday&limit=100",
+                                 "/history.json?owner=alice&since=yesterday&limit=100"])
+def test_bad_filter_answers_the_history_page_with_the_field_marked(events, get, url):
+    response = get(url)
+    assert response.status_code == 400
+    text = response.get_data(as_text=True)
+    assert '<nav>' in text and '<form class="filters"' in text
+    assert '<input name="owner" value="alice">' in text
+    assert ('<input name="since" value="yesterday" placeholder="e.g. 2026-03-01"'
+            ' aria-invalid="true" aria-describedby="problem-since">') in text
+    assert '<span class="problem" id="problem-since">Not an ISO date or date-time' in text
+    assert "<option selected>100</option>" in text
+    assert listed_ids(text) == [] and "events match" not in text
+
+
+def test_unknown_cursor_offers_the_first_page_with_the_filters(events, get):
+    response = get("/history?type=Public&before=9999")
+    assert response.status_code == 400
+    text = html.unescape(response.get_data(as_text=True))
+    assert "There is no event 9999 to page from." in text
+    assert '<a href="/history?type=Public">Start from the newest</a>' in text
 
 
 # --- one event -------------------------------------------------------------
@@ -260,7 +325,7 @@ def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
     app.test_client().post("/callback", query_string=signed_query(), data=group_body())
     text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
     assert '<time datetime="2022-12-09T08:26:54.123Z" title="2022-12-09T08:26:54.123Z">2022-12-09 16:26:54.123</time>' in text
-    assert "Event time (Asia/Shanghai)" in text
+    assert "Event time (Asia/<wbr>Shanghai)" in text
 
 
 # --- chart and integrity strip ----------------------------------------------
@@ -369,3 +434,104 @@ def test_bad_quarantine_paging_is_a_400(get, query):
     response = get(f"/quarantine?{query}")
     assert response.status_code == 400
     assert query.split("=")[0] in response.get_data(as_text=True)
+
+
+def test_conflicting_repeat_and_its_event_link_to_each_other(post, get):
+    post(group_body(Name="first"))
+    post(group_body(Name="second"))
+    text = get("/quarantine").get_data(as_text=True)
+    assert ('<td class="reason">repeat of <a href="/history/1">event 1</a> (same CallbackCommand,'
+            ' GroupId and EventTime) with a different body</td>') in text
+    text = get("/history/1").get_data(as_text=True)
+    assert "Conflicting repeats (1)" in text
+    assert '<a href="/quarantine?repeat_of=1#q1">quarantined #1</a>' in text
+    assert '<tr id="q1">' in get("/quarantine?repeat_of=1").get_data(as_text=True)
+
+
+def test_event_without_repeats_does_not_mention_them(post, get):
+    post(group_body())
+    assert "Conflicting repeats" not in get("/history/1").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("reason", [
+    "repeat of event 99999999999999999999999 (same CallbackCommand, GroupId and EventTime) with a different body",
+    "repeat of event -1 (", "repeat of event 0 (", "repeat of event 2", "repeat of event 3x (",
+    "<b>repeat of event 1 (</b>", "",
+])
+def test_odd_repeat_reason_is_shown_as_stored_without_a_link(app, get, reason):
+    app.extensions["tim_audit"].append(Rejection(
+        received_at=START, error_code=0, reason=reason, command=CREATE, query="", peer=None,
+        content_length=None, raw=None))
+    response = get("/quarantine")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert f'<td class="reason">{html.escape(reason, quote=False)}</td>' in text.replace("&#34;", '"')
+
+
+def test_repeat_link_needs_error_code_zero(app, get):
+    app.extensions["tim_audit"].append(Rejection(
+        received_at=START, error_code=60024, reason="repeat of event 1 (says the sender)", command=CREATE,
+        query="", peer=None, content_length=None, raw=None))
+    assert 'href="/history/1"' not in get("/quarantine").get_data(as_text=True)
+
+
+@pytest.fixture
+def quarantined(app):
+    """Six quarantined deliveries, a day apart: three kinds, two commands."""
+    log = app.extensions["tim_audit"]
+    kinds = [(60021, CREATE), (60024, CREATE), (0, CREATE), (60021, "Group.CallbackAfterGroupDestroyed"),
+             (60024, CREATE), (0, CREATE)]
+    for number, (code, command) in enumerate(kinds):
+        reason = "repeat of event 1 (x" if code == 0 and number == 2 else f"reason {number}"
+        log.append(Rejection(received_at=START + number * DAY, error_code=code, reason=reason,
+                             command=command, query=f"n={number}", peer=None, content_length=2, raw=b"{}"))
+
+
+def quarantine_ids(text):
+    return [int(i) for i in re.findall(r'<tr id="q(\d+)">', text)]
+
+
+@pytest.mark.parametrize("query, ids", [
+    ("", [6, 5, 4, 3, 2, 1]),
+    ("error_code=60021", [4, 1]),
+    ("error_code=0", [6, 3]),
+    ("error_code=60020", []),
+    ("command=Group.CallbackAfterGroupDestroyed", [4]),
+    ("repeat_of=1", [3]),
+    ("since=2026-03-03", [6, 5, 4, 3]),
+    ("until=2026-03-02", [2, 1]),
+    ("since=2026-03-02&until=2026-03-05T00:00:00.000Z&error_code=60024", [5, 2]),
+])
+def test_quarantine_filter_lists_exactly_the_matching_deliveries(quarantined, get, query, ids):
+    text = get(f"/quarantine?{query}").get_data(as_text=True)
+    assert quarantine_ids(text) == ids
+    assert re.search(r"<strong>(\d+)</strong> deliver", text).group(1) == str(len(ids))
+
+
+def test_quarantine_pages_keep_the_filters(quarantined, get):
+    text = get("/quarantine?error_code=60021&limit=1").get_data(as_text=True)
+    assert quarantine_ids(text) == [4]
+    assert link(text, "next") == "/quarantine?before=4&error_code=60021&limit=1"
+    assert quarantine_ids(get(link(text, "next")).get_data(as_text=True)) == [1]
+
+
+def test_quarantine_sums_up_its_filters_each_removable(quarantined, get):
+    text = html.unescape(get("/quarantine?error_code=60020&command=x").get_data(as_text=True))
+    assert "No quarantined deliveries match" in text and "Export all" not in text
+    assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', text)[:2] == [
+        ("ErrorCode", "60020", "/quarantine?command=x"), ("CallbackCommand", "x", "/quarantine?error_code=60020"),
+    ]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("error_code=x", "error_code"), ("error_code=-1", "error_code"), ("repeat_of=0", "repeat_of"),
+    ("since=soon", "since"), ("until=9999-12-31", "until"), ("limit=0", "limit"), ("before=x", "before"),
+])
+def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(quarantined, get, query, field):
+    for url in (f"/quarantine?command=keep&{query}", f"/quarantine.csv?command=keep&{query}"):
+        response = get(url)
+        assert response.status_code == 400
+        text = response.get_data(as_text=True)
+        assert '<form class="filters"' in text and '<input name="command" value="keep"' in text
+        assert f'<li><code>{field}</code>: ' in text
+        assert quarantine_ids(text) == []

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from dashboard import CREDENTIALS
 from tencent import CREATE, group_body, signed_query
+from tim_audit.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 # One app (and database) per test, shared by its examples: each example
 # compares the rows before and after itself.
@@ -90,9 +91,10 @@ def test_a_wrong_value_in_any_field_is_refused_and_kept(app, client, field, valu
         "UserDefinedDataList": value is None or (isinstance(value, list) and all(
             isinstance(d, dict) and isinstance(d.get("Key"), str) and isinstance(d.get("Value"), str)
             for d in value)),
-        "EventTime": (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 253402300799999)
+        "EventTime": (isinstance(value, int) and not isinstance(value, bool)
+                      and MIN_EVENT_TIME <= value <= MAX_EVENT_TIME)
         or (isinstance(value, str) and re.fullmatch("[0-9]{1,15}", value) is not None
-            and int(value) <= 253402300799999),
+            and MIN_EVENT_TIME <= int(value) <= MAX_EVENT_TIME),
     }[field]
     try:
         json.dumps(value).encode("utf-8")
@@ -192,7 +194,7 @@ def test_huge_numbers_are_refused_or_stored_never_an_error(app, client, number):
         value = json.loads(text)
     except ValueError:  # more digits than Python parses
         value = None
-    valid = isinstance(value, int) and 0 <= value <= 253402300799999
+    valid = isinstance(value, int) and MIN_EVENT_TIME <= value <= MAX_EVENT_TIME
     assert (answer["ErrorCode"] == 0) == valid
 
 

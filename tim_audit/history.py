@@ -19,6 +19,7 @@ from flask import (
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from . import chain, exports, queries
+from .schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 from .auth import require_reviewer
 from .db import get_db
 
@@ -31,7 +32,24 @@ _DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
 _MAX_TEXT = 256
-FILTER_NAMES = ("group_id", "owner", "operator", "member", "type", "q", "since", "until")
+_ID = validate.Range(min=1, max=2**63 - 1)
+
+# The filters of each list, in the order the summary names them.
+HISTORY_FILTERS = {
+    "group_id": "GroupId", "owner": "Owner", "operator": "Operator", "member": "Initial member",
+    "type": "Type", "q": "Name contains", "since": "Since", "until": "Until",
+}
+QUARANTINE_FILTERS = {
+    "error_code": "ErrorCode", "command": "CallbackCommand", "repeat_of": "Repeat of event",
+    "since": "Received since", "until": "Received until",
+}
+# What each ErrorCode kept in quarantine means, for the Kind filter.
+QUARANTINE_KINDS = {
+    0: "repeat with a different body", 60020: "body too large", 60021: "body not JSON",
+    60022: "JSON but not an object", 60023: "CallbackCommand differs", 60024: "invalid fields",
+}
+# The reason callback.py gives a conflicting repeat; the rest of it is fixed text.
+_REPEAT_OF = re.compile(r"repeat of event ([1-9][0-9]{0,17}) \(")
 
 
 class Moment(fields.Field):
@@ -58,7 +76,7 @@ class PageArgs(Schema):
         unknown = EXCLUDE
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    before = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    before = fields.Integer(load_default=None, validate=_ID)
 
     @pre_load
     def _leave_out_empty(self, data, **kwargs):
@@ -77,12 +95,31 @@ class HistoryArgs(PageArgs):
     q = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
     since = Moment(load_default=None)
     until = Moment(load_default=None)
-    after = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
+    after = fields.Integer(load_default=None, validate=_ID)
 
     @validates_schema
     def _one_cursor(self, data, **kwargs):
         if data["before"] is not None and data["after"] is not None:
             raise ValidationError("Use before or after, not both.", "before")
+
+
+class QuarantineArgs(PageArgs):
+    """The query string of /quarantine and its exports."""
+
+    error_code = fields.Integer(load_default=None, validate=validate.Range(min=0, max=2**31 - 1))
+    command = fields.String(load_default=None, validate=validate.Length(max=_MAX_TEXT))
+    repeat_of = fields.Integer(load_default=None, validate=_ID)
+    since = Moment(load_default=None)
+    until = Moment(load_default=None)
+
+
+class BadQuery(Exception):
+    """A query string that cannot be answered; ``problems`` maps each
+    field to what is wrong with it."""
+
+    def __init__(self, problems):
+        super().__init__(problems)
+        self.problems = problems
 
 
 def _zone():
@@ -92,46 +129,41 @@ def _zone():
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-def _milliseconds(moment, end):
-    """A Moment as ms since the epoch: a whole day starts at its first ms,
-    or (for ``until``) ends at its last."""
-    when, whole_day = moment
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_zone())
-    if whole_day and end:
-        return _ms(when + datetime.timedelta(days=1)) - 1
-    return _ms(when)
-
-
 def _ms(when):
     return (when - _EPOCH) // datetime.timedelta(milliseconds=1)
 
 
 def _load(schema):
-    """The query string through ``schema``; a 400 page naming each problem."""
+    """The query string through ``schema``, and since/until in ms."""
     try:
-        return schema().load(request.args.to_dict())
+        args = schema().load(request.args.to_dict())
     except ValidationError as exc:
-        abort(400, description=_problems(exc.messages))
+        raise BadQuery({field: " ".join(problems) for field, problems in exc.messages.items()}) from None
+    for name, end in (("since", False), ("until", True)):
+        if args[name] is not None:
+            args[name] = _milliseconds(name, *args[name], end=end)
+    return args
 
 
-def _arguments():
-    """The validated query string of a history view, and its filters."""
-    args = _load(HistoryArgs)
+def _milliseconds(name, when, whole_day, end):
+    """A Moment as ms since the epoch: a whole day starts at its first ms,
+    or (for ``until``) ends at its last."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_zone())
     try:
-        since = None if args["since"] is None else _milliseconds(args["since"], end=False)
-        until = None if args["until"] is None else _milliseconds(args["until"], end=True)
-    except (OverflowError, ValueError):
-        abort(400, description="since/until: out of range.")
-    filters = queries.Filters(
-        group_id=args["group_id"], owner=args["owner"], operator=args["operator"],
-        member=args["member"], type=args["type"], q=args["q"], since=since, until=until,
-    )
-    return args, filters
+        if whole_day and end:
+            return _ms(when + datetime.timedelta(days=1)) - 1
+        return _ms(when)
+    except OverflowError:
+        raise BadQuery({name: "Out of range: use a date from 0001-01-01 to 9999-12-30."}) from None
 
 
-def _problems(messages):
-    return "; ".join(f"{field}: {' '.join(problems)}" for field, problems in messages.items())
+def _history_filters(args):
+    return queries.Filters(**{name: args[name] for name in HISTORY_FILTERS})
+
+
+def _quarantine_filters(args):
+    return queries.QuarantineFilters(**{name: args[name] for name in QUARANTINE_FILTERS})
 
 
 @bp.get("/")
@@ -141,24 +173,38 @@ def index():
 
 @bp.get("/history")
 def events():
-    args, filters = _arguments()
     conn = get_db()
-    total = queries.count(conn, filters)
-    result = queries.Page([], None, None)
-    if total:
-        try:
-            result = queries.page(conn, filters, args["limit"], args["before"], args["after"])
-        except queries.UnknownCursor as exc:
-            abort(400, description=f"There is no event {exc.args[0]} to page from.")
+    context = {"integrity": _integrity(conn), "total": None, "chart": None,
+               "page": queries.Page([], None, None)}
+    try:
+        args = _load(HistoryArgs)
+        filters = _history_filters(args)
+        context["total"] = queries.count(conn, filters)
+        if context["total"]:
+            context["page"] = queries.page(conn, filters, args["limit"], args["before"], args["after"])
+            context["chart"] = _chart(conn, filters)
+    except BadQuery as exc:
+        return _list_page("history.html", "history.events", HISTORY_FILTERS, context, exc.problems), 400
+    except queries.UnknownCursor as exc:
+        cursor = "before" if request.args.get("before") else "after"
+        problems = {cursor: f"There is no event {exc.args[0]} to page from."}
+        return _list_page("history.html", "history.events", HISTORY_FILTERS, context, problems), 400
+    return _list_page("history.html", "history.events", HISTORY_FILTERS, context)
+
+
+def _list_page(template, endpoint, names, context, problems=None):
+    """A list page: its form filled in as sent, the active filters (each
+    with a link that drops it), and what is wrong with any of them."""
+    kept = _query_string(names)
+    active = [
+        {"name": name, "label": label, "value": kept[name],
+         "remove": url_for(endpoint, **{k: v for k, v in kept.items() if k != name})}
+        for name, label in names.items() if name in kept
+    ]
     return render_template(
-        "history.html",
-        integrity=_integrity(conn),
-        page=result,
-        total=total,
-        chart=_chart(conn, filters) if total else None,
-        filters={name: request.args.get(name, "") for name in FILTER_NAMES},
-        limit=args["limit"],
-        query_string=_query_string(),
+        template, form={name: request.args.get(name, "") for name in (*names, "limit")}, active=active,
+        problems=problems or {}, query_string=kept,
+        clear=url_for(endpoint, **{k: v for k, v in kept.items() if k == "limit"}), **context,
     )
 
 
@@ -173,35 +219,38 @@ def _integrity(conn):
             "last": last, "running": verifier.running, "newer": head_id - covered}
 
 
-def _query_string():
+def _query_string(names):
     """This URL's filters and limit, without its cursor, for links."""
-    return {k: v for k, v in request.args.items() if k in FILTER_NAMES + ("limit",) and v}
+    return {k: v for k, v in request.args.items() if (k in names or k == "limit") and v}
 
 
 def _chart(conn, filters):
     """Events per day (in DISPLAY_TIMEZONE) over the last CHART_DAYS days
-    that the filter reaches, ending at ``until`` or the newest match."""
+    that the filter reaches, ending at ``until`` or the newest match.
+
+    Only EventTimes the schema accepts are charted: their days exist in
+    every zone. None when no match lies in that range.
+    """
     zone = _zone()
-    # An until in the future would chart empty days.
-    newest = queries.newest(conn, filters if filters.until is None else queries.Filters())
-    if newest is None:
-        return None  # what matches is tampered rows whose EventTime is no integer
-    end = newest if filters.until is None else min(filters.until, newest)
-    last_day = datetime.datetime.fromtimestamp(end / 1000, zone).date()
-    first_day = last_day - datetime.timedelta(days=CHART_DAYS - 1)
-    if filters.since is not None:
-        first_day = max(first_day, datetime.datetime.fromtimestamp(filters.since / 1000, zone).date())
+    since = MIN_EVENT_TIME if filters.since is None else max(filters.since, MIN_EVENT_TIME)
+    until = MAX_EVENT_TIME if filters.until is None else min(filters.until, MAX_EVENT_TIME)
+    if since > until:
+        return None
+    charted = dataclasses.replace(filters, since=since, until=until)
+    end = queries.newest(conn, charted)
+    if end is None:
+        return None
+    if filters.until is not None:  # an until in the future would chart empty days
+        end = min(until, queries.newest(conn, queries.Filters(until=MAX_EVENT_TIME)))
+    last_day = _instant(end).astimezone(zone).date()
+    first_day = max(last_day - datetime.timedelta(days=CHART_DAYS - 1), _instant(since).astimezone(zone).date())
     days = []
     day = first_day
     while day <= last_day:
         following = day + datetime.timedelta(days=1)
-        start = _ms(datetime.datetime.combine(day, datetime.time(), zone))
-        stop = _ms(datetime.datetime.combine(following, datetime.time(), zone))
         # Clipped to since/until here, so each day is one index range.
-        if filters.since is not None:
-            start = max(start, filters.since)
-        if filters.until is not None:
-            stop = min(stop, filters.until + 1)
+        start = max(_ms(datetime.datetime.combine(day, datetime.time(), zone)), since)
+        stop = min(_ms(datetime.datetime.combine(following, datetime.time(), zone)), until + 1)
         days.append((day, start, stop))
         day = following
     unbounded = dataclasses.replace(filters, since=None, until=None)
@@ -238,6 +287,8 @@ def event(event_id):
         previous=queries.previous_hash(conn, event_id),
         broken=broken,
         same_group=queries.same_group(conn, row["group_id"], event_id),
+        repeats=queries.quarantined(conn, queries.QuarantineFilters(repeat_of=event_id), 20)[0],
+        repeat_count=queries.quarantine_count(conn, queries.QuarantineFilters(repeat_of=event_id)),
     )
 
 
@@ -265,19 +316,43 @@ def _user_data(stored):
 
 @bp.get("/history.csv")
 def export_csv():
-    return _export("csv", exports.csv_chunks, "text/csv")
+    return _export("events", "csv", HistoryArgs, _history_filters, HISTORY_FILTERS)
 
 
 @bp.get("/history.json")
 def export_json():
-    return _export("json", exports.json_chunks, "application/json")
+    return _export("events", "json", HistoryArgs, _history_filters, HISTORY_FILTERS)
 
 
-def _export(extension, chunks, mimetype):
-    _, filters = _arguments()
+@bp.get("/quarantine.csv")
+def export_quarantine_csv():
+    return _export("quarantine", "csv", QuarantineArgs, _quarantine_filters, QUARANTINE_FILTERS)
+
+
+@bp.get("/quarantine.json")
+def export_quarantine_json():
+    return _export("quarantine", "json", QuarantineArgs, _quarantine_filters, QUARANTINE_FILTERS)
+
+
+_EXPORTS = {
+    ("events", "csv"): (exports.csv_chunks, "text/csv", "history.events"),
+    ("events", "json"): (exports.json_chunks, "application/json", "history.events"),
+    ("quarantine", "csv"): (exports.quarantine_csv_chunks, "text/csv", "history.quarantine"),
+    ("quarantine", "json"): (exports.quarantine_json_chunks, "application/json", "history.quarantine"),
+}
+
+
+def _export(what, extension, schema, make_filters, names):
+    """The whole matching set, streamed; bad filters get their list page,
+    marked, as a 400."""
+    chunks, mimetype, endpoint = _EXPORTS[what, extension]
+    try:
+        filters = make_filters(_load(schema))
+    except BadQuery:
+        return current_app.view_functions[endpoint]()
     slot = _export_slot()
     counter = {"rows": 0}
-    reviewer, asked = g.reviewer, _query_string()
+    reviewer, asked = g.reviewer, _query_string(names)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
     def stream():
@@ -286,16 +361,16 @@ def _export(extension, chunks, mimetype):
         finally:
             slot()
             current_app.logger.info(
-                "export reviewer=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
-                extension, counter["rows"], json.dumps(asked, ensure_ascii=False),
-                extra={"fields": {"event": "export", "reviewer": reviewer, "format": extension,
-                                  "rows": counter["rows"], "filters": asked}},
+                "export reviewer=%s what=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
+                what, extension, counter["rows"], json.dumps(asked, ensure_ascii=False),
+                extra={"fields": {"event": "export", "reviewer": reviewer, "what": what,
+                                  "format": extension, "rows": counter["rows"], "filters": asked}},
             )
 
     response = Response(
         stream_with_context(stream()),
         mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="tim-audit-events-{stamp}.{extension}"'},
+        headers={"Content-Disposition": f'attachment; filename="tim-audit-{what}-{stamp}.{extension}"'},
     )
     # Also when the server closes a response it never started to send.
     response.call_on_close(slot)
@@ -326,12 +401,17 @@ def verify():
 
 @bp.get("/quarantine")
 def quarantine():
-    args = _load(PageArgs)
     conn = get_db()
-    rows, older = queries.quarantined(conn, args["limit"], args["before"])
-    return render_template(
-        "quarantine.html", integrity=_integrity(conn), rows=rows, older=older, limit=args["limit"]
-    )
+    context = {"integrity": _integrity(conn), "total": None, "rows": [], "older": None,
+               "kinds": QUARANTINE_KINDS}
+    try:
+        args = _load(QuarantineArgs)
+        filters = _quarantine_filters(args)
+        context["total"] = queries.quarantine_count(conn, filters)
+        context["rows"], context["older"] = queries.quarantined(conn, filters, args["limit"], args["before"])
+    except BadQuery as exc:
+        return _list_page("quarantine.html", "history.quarantine", QUARANTINE_FILTERS, context, exc.problems), 400
+    return _list_page("quarantine.html", "history.quarantine", QUARANTINE_FILTERS, context)
 
 
 @bp.get("/quarantine/<int:row_id>.raw")
@@ -345,22 +425,44 @@ def quarantined_body(row_id):
     )
 
 
+def _instant(ms):
+    """``ms`` as an aware UTC datetime, or None for a value no datetime can
+    hold: received_at is whatever the writer stored, and a tampered row can
+    hold anything."""
+    try:
+        return _EPOCH + datetime.timedelta(milliseconds=ms)
+    except (OverflowError, TypeError):
+        return None
+
+
 @bp.app_template_filter("utc")
 def utc(ms):
     """UTC ISO 8601 with milliseconds, as exported."""
     if not isinstance(ms, int):
         return _as_text(ms)  # a tampered row's value, as stored
-    when = datetime.datetime.fromtimestamp(ms // 1000, datetime.timezone.utc)
-    return f"{when:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    when = _instant(ms)
+    if when is None:
+        return f"{ms} ms"
+    return when.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 @bp.app_template_filter("local")
 def local(ms):
-    """The same instant in DISPLAY_TIMEZONE."""
-    if not isinstance(ms, int):
-        return _as_text(ms)
-    when = datetime.datetime.fromtimestamp(ms // 1000, _zone())
-    return f"{when:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}"
+    """The same instant in DISPLAY_TIMEZONE (in UTC where that zone's
+    calendar ends, at the edges of years 1 and 9999)."""
+    when = _instant(ms) if isinstance(ms, int) else None
+    try:
+        return when.astimezone(_zone()).replace(tzinfo=None).isoformat(" ", timespec="milliseconds")
+    except (AttributeError, OverflowError):
+        return utc(ms)
+
+
+@bp.app_template_filter("repeat_of")
+def repeat_of(reason):
+    """(event id, the rest of the reason) when ``reason`` is a conflicting
+    repeat's, else None. It is stored data, so anything else is shown as is."""
+    found = _REPEAT_OF.match(reason) if isinstance(reason, str) else None
+    return (int(found.group(1)), reason[found.end(1):]) if found else None
 
 
 @bp.app_context_processor

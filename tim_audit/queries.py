@@ -197,13 +197,49 @@ def head(conn):
     return (0, None) if row is None else (row[0], row[1])
 
 
-def quarantined(conn, limit, before=None):
-    """Quarantined deliveries, newest first, keyset by id."""
+@dataclasses.dataclass(frozen=True)
+class QuarantineFilters:
+    """What a reviewer asked of the quarantine; None means "any".
+    ``since`` and ``until`` are inclusive bounds on received_at, in ms."""
+
+    error_code: int | None = None
+    command: str | None = None
+    repeat_of: int | None = None  # an event id: its conflicting repeats
+    since: int | None = None
+    until: int | None = None
+
+    def where(self):
+        """WHERE and its parameters. The quarantine is small and has no
+        index but its id, so each filter is a scan of it."""
+        clauses, params = [], []
+        for clause, value in (
+            ("error_code = ?", self.error_code), ("command = ?", self.command),
+            ("received_at >= ?", self.since), ("received_at <= ?", self.until),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if self.repeat_of is not None:
+            # The reason callback.py writes; the digits end at the space.
+            clauses.append("error_code = 0 AND substr(reason, 1, length(?)) = ?")
+            params += [f"repeat of event {self.repeat_of} ("] * 2
+        return " AND ".join(clauses) or "1", params
+
+
+def quarantined(conn, filters, limit, before=None):
+    """Quarantined deliveries, newest first, keyset by id; and the cursor
+    for older rows, if there are any."""
+    where, params = filters.where()
     rows = conn.execute(
-        "SELECT * FROM quarantine WHERE id < ? ORDER BY id DESC LIMIT ?",
-        (before if before is not None else 2**63 - 1, limit + 1),
+        f"SELECT * FROM quarantine WHERE {where} AND id < ? ORDER BY id DESC LIMIT ?",
+        params + [before if before is not None else 2**63 - 1, limit + 1],
     ).fetchall()
     return rows[:limit], rows[limit - 1]["id"] if len(rows) > limit else None
+
+
+def quarantine_count(conn, filters):
+    where, params = filters.where()
+    return conn.execute(f"SELECT count(*) FROM quarantine WHERE {where}", params).fetchone()[0]
 
 
 def quarantined_row(conn, row_id):

@@ -10,8 +10,13 @@ import re
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-# 9999-12-31T23:59:59.999Z: any EventTime we accept can be shown as a date.
-MAX_EVENT_TIME = 253402300799999
+# EventTime is the time of a real event on Tencent's servers, in ms: from
+# 2000-01-01T00:00:00.000Z up to 2100-01-01 (exclusive). Tencent IM did not
+# exist before 2000, and a time past 2100 can only be a broken clock; either
+# is quarantined (ErrorCode 60024) rather than written into the history,
+# which shows every time in this range as a date in every time zone.
+MIN_EVENT_TIME = 946684800000
+MAX_EVENT_TIME = 4102444799999
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
@@ -74,7 +79,11 @@ class AfterCreateGroup(Body):
         fields.Nested(UserDefinedData), load_default=None, allow_none=True
     )
     EventTime = Milliseconds(
-        required=True, validate=validate.Range(min=0, max=MAX_EVENT_TIME)
+        required=True,
+        validate=validate.Range(
+            min=MIN_EVENT_TIME, max=MAX_EVENT_TIME,
+            error="Not a time from 2000-01-01 to 2099-12-31 (UTC) in ms since the epoch.",
+        ),
     )
 
 
