@@ -26,6 +26,7 @@ sys.path.insert(0, str(BENCH))
 import dataset  # noqa: E402
 import history  # noqa: E402
 import ingest  # noqa: E402
+import loadgen  # noqa: E402
 
 
 def main():
@@ -38,7 +39,7 @@ def main():
     dataset.build(database, args.events)
     env = {
         **os.environ, "TIM_AUDIT_INSTANCE_PATH": str(work), "TIM_AUDIT_DATABASE": str(database),
-        "TIM_AUDIT_SDKAPPID": ingest.SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(ingest.TOKEN),
+        "TIM_AUDIT_SDKAPPID": loadgen.SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(loadgen.TOKEN),
     }
     port = history.free_port()
     server = subprocess.Popen(
@@ -51,12 +52,12 @@ def main():
     def keep_posting():
         first = 50_000_000
         while not stop.is_set():
-            rounds.append((time.monotonic(), ingest.measure(port, ingest.callbacks(first, 200, rng), 8, True)))
+            rounds.append((time.monotonic(), loadgen.measure(port, loadgen.callbacks(first, 200, rng), 8, True)))
             first += 200
 
     try:
         history.wait_for(port, server)
-        quiet = ingest.measure(port, ingest.callbacks(40_000_000, 2000, rng), 8, True)
+        quiet = loadgen.measure(port, loadgen.callbacks(40_000_000, 2000, rng), 8, True)
         posting = threading.Thread(target=keep_posting)
         posting.start()
         time.sleep(1)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import dataset  # noqa: E402
 import ingest  # noqa: E402
+import loadgen  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
 from tim_audit import create_app  # noqa: E402
@@ -164,7 +165,7 @@ def main():
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="tim-audit-history-"))
     config = {
-        "DATABASE": str(database), "SDKAPPID": ingest.SDKAPPID, "CALLBACK_TOKEN": ingest.TOKEN,
+        "DATABASE": str(database), "SDKAPPID": loadgen.SDKAPPID, "CALLBACK_TOKEN": loadgen.TOKEN,
         "DASHBOARD_USERS": {USER: generate_password_hash(PASSWORD)}, "VERIFY_INTERVAL": 0,
     }
 
@@ -188,7 +189,7 @@ def main():
     # 2. Through HTTP, tim-audit and Datasette side by side.
     env = {
         **os.environ, "TIM_AUDIT_INSTANCE_PATH": str(work), "TIM_AUDIT_DATABASE": str(database),
-        "TIM_AUDIT_SDKAPPID": ingest.SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(ingest.TOKEN),
+        "TIM_AUDIT_SDKAPPID": loadgen.SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(loadgen.TOKEN),
         "TIM_AUDIT_DASHBOARD_USERS": json.dumps(config["DASHBOARD_USERS"]),
         "TIM_AUDIT_VERIFY_INTERVAL": "0",
     }
@@ -261,14 +262,14 @@ def main():
         # 4. Callbacks while two exports run.
         rng = random.Random(11)
         first = 10_000_000
-        quiet = ingest.measure(port, ingest.callbacks(first, 2000, rng), 8, True)
+        quiet = loadgen.measure(port, loadgen.callbacks(first, 2000, rng), 8, True)
         exports = [threading.Thread(target=get, args=(port, "/history.csv", AUTH)) for _ in range(2)]
         for thread in exports:
             thread.start()
         time.sleep(0.5)
         results = []
         while any(thread.is_alive() for thread in exports):
-            results.append(ingest.measure(port, ingest.callbacks(first + 2000 + len(results) * 500, 500, rng), 8, True))
+            results.append(loadgen.measure(port, loadgen.callbacks(first + 2000 + len(results) * 500, 500, rng), 8, True))
         for thread in exports:
             thread.join()
         latencies_p50 = statistics.median(r["p50"] for r in results)

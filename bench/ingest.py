@@ -45,10 +45,10 @@ BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
 NAIVE = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT))
+from loadgen import SDKAPPID, TOKEN  # noqa: E402
+
 from tim_audit.signature import sign  # noqa: E402
 
-SDKAPPID = "1400000001"
-TOKEN = "bench-token"
 THREADS = 8
 WAITRESS = [f"--threads={THREADS}", "--outbuf-high-watermark=1048576"]
 CONNECTIONS = 8

@@ -6,7 +6,17 @@ on each, recording every answer's status, body and latency.
 """
 
 import asyncio
+import json
 import time
+from urllib.parse import urlencode
+
+from tim_audit.signature import sign
+
+SDKAPPID = "1400000001"
+TOKEN = "bench-token"
+COMMAND = "Group.CallbackAfterCreateGroup"
+OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
+NAMES = ["周末羽毛球 🏸", "사내 공지", "Project Atlas", "家族", "Ops on-call", "Ωμάδα", "設計レビュー"]
 
 
 def post_request(path, body, host="127.0.0.1"):
@@ -76,3 +86,43 @@ def run(host, port, requests, connections=8):
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def callbacks(first, count, rng):
+    """Distinct create-group callbacks, signed now (the window is 60 s)."""
+    now = str(int(time.time()))
+    query = urlencode({
+        "SdkAppid": SDKAPPID, "CallbackCommand": COMMAND, "contenttype": "json",
+        "ClientIP": "203.0.113.7", "OptPlatform": "Android",
+        "RequestTime": now, "Sign": sign(TOKEN, now),
+    })
+    requests = []
+    for number in range(first, first + count):
+        members = [{"Member_Account": f"user{rng.randrange(50000)}"} for _ in range(rng.randint(0, 6))]
+        body = {
+            "CallbackCommand": COMMAND,
+            "GroupId": f"@TGS#bench{number:09d}",
+            "Operator_Account": "administrator",
+            "Owner_Account": members[0]["Member_Account"] if members else "",
+            "Type": rng.choice(["Public", "Private", "ChatRoom", "AVChatRoom", "Community"]),
+            "Name": f"{rng.choice(NAMES)} {number}",
+            "MemberList": members,
+            "EventTime": 1700000000000 + number,
+        }
+        requests.append(post_request(
+            f"/callback?{query}", json.dumps(body, ensure_ascii=False).encode("utf-8")
+        ))
+    return requests
+
+
+def measure(port, requests, connections, expect_ok):
+    results, wall = run("127.0.0.1", port, requests, connections)
+    latencies = [seconds for _, _, seconds in results]
+    good = [r for r in results if r[0] == 200 and (not expect_ok or json.loads(r[1]) == OK)]
+    return {
+        "rate": len(results) / wall,
+        "p50": percentile(latencies, 0.50) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "errors": len(results) - len(good),
+        "acknowledged": len(good),
+    }
