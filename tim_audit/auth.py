@@ -45,9 +45,11 @@ class Reviewers:
         known = self._checked.get(name)
         if known is not None and hmac.compare_digest(known, digest):
             return True
-        self._count_recent(address)
         stored = self.users.get(name)
         with self._hashing:
+            # Counted here, one check at a time, so that a burst of guesses
+            # cannot all pass the count before the first is recorded.
+            self._count_recent(address)
             # As slow as a wrong password when the name is unknown, so that
             # names cannot be probed.
             correct = check_password_hash(stored or self._decoy_hash(), password) and stored is not None

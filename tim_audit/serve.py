@@ -3,7 +3,9 @@
 Each server has its own listener and thread pool, and by default the review
 server runs in a process of its own: an export, a password check or a
 verification then spends another process's CPU time and GIL, and cannot
-delay a callback (bench/isolation.py measures what that buys). Both
+delay a callback (bench/isolation.py measures what that buys), and it runs
+at a lower CPU priority, so that even on a machine with every core busy a
+reviewer's work waits for callbacks rather than the other way round. Both
 listening sockets are bound here, before anything is served, so a port in
 use stops the start with one line; the review process inherits its socket,
 and is started again if it dies.
@@ -27,6 +29,9 @@ from .config import StartupError, warn_about_config
 # The review server's largest request: its forms are GETs and one bodiless POST.
 REVIEW_BODY_LIMIT = 64 * 1024
 RESTART_DELAY = 1.0  # seconds before a review process that died is started again
+# On a busy machine the kernel gives callbacks the CPU first: exports,
+# verifications and password checks wait, callbacks do not.
+REVIEW_NICENESS = 10
 
 
 @click.command("serve")
@@ -40,7 +45,11 @@ def serve_command(only, review_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
     config = current_app.config
     if only == "review":
-        sock = socket.socket(fileno=review_fd) if review_fd is not None else listen(config, "REVIEW_LISTEN")
+        if review_fd is None:
+            sock = listen(config, "REVIEW_LISTEN")
+        else:  # the child of a serve that runs both
+            sock = socket.socket(fileno=review_fd)
+            os.nice(REVIEW_NICENESS)
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT)
         return
     ingest_socket = listen(config, "INGEST_LISTEN")
