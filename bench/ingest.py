@@ -93,18 +93,28 @@ def signed_url(port, request_time):
     return f"http://127.0.0.1:{port}/callback?{query}"
 
 
-def wrk(port, seconds, prefix):
-    """One wrk run; returns its figures."""
+def cpu_seconds(pid):
+    """User and system CPU time the process has used so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port, seconds, prefix, pid):
+    """One wrk run; returns its figures, with the server's CPU time per
+    answered callback."""
     now = str(int(time.time()))
+    cpu_before = cpu_seconds(pid)
     output = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
          "-s", str(BENCH / "callbacks.lua"), signed_url(port, now), "--", prefix],
         capture_output=True, text=True, check=True,
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     fields = dict(item.split("=") for item in RESULT.search(output).group(1).split())
     requests = int(fields["requests"])
     failed = int(fields["non2xx"]) + int(fields["errors"])
     return {
+        "cpu_us": cpu / max(1, requests) * 1e6,
         "rate": requests / float(fields["seconds"]),
         "p50": int(fields["p50_us"]) / 1000,
         "p99": int(fields["p99_us"]) / 1000,
@@ -173,23 +183,23 @@ def main():
     acknowledged = 0
     try:
         for name in processes:  # warm up
-            figures = wrk(ports[name], 2, f"warm{name[:3]}")
+            figures = wrk(ports[name], 2, f"warm{name[:3]}", processes[name].pid)
             if name == "tim-audit":
                 acknowledged += figures["acknowledged"]
         print(f"{args.rounds} rounds of {args.seconds} s per server; wrk, {CONNECTIONS} keep-alive"
               f" connections; waitress {' '.join(WAITRESS)}\n")
-        print(f"{'round':>5}  {'server':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"{'round':>5}  {'server':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>7}")
         for round_number in range(1, args.rounds + 1):
             for name in processes:
-                figures = wrk(ports[name], args.seconds, f"r{round_number}{name[:3]}")
+                figures = wrk(ports[name], args.seconds, f"r{round_number}{name[:3]}", processes[name].pid)
                 if name == "tim-audit":
                     acknowledged += figures["acknowledged"]
                 results[name].append(figures)
                 print(f"{round_number:>5}  {name:<10} {figures['rate']:>8.0f} {figures['p50']:>8.2f}"
-                      f" {figures['p99']:>8.2f} {figures['errors']:>7}")
+                      f" {figures['p99']:>8.2f} {figures['cpu_us']:>8.0f} {figures['errors']:>7}")
         soak = None
         if args.soak:
-            soak = wrk(ports["tim-audit"], args.soak, "soak")
+            soak = wrk(ports["tim-audit"], args.soak, "soak", processes["tim-audit"].pid)
             acknowledged += soak["acknowledged"]
     finally:
         watch.stop()
@@ -203,7 +213,7 @@ def main():
     print("\nmedians")
     for name in processes:
         print(f"  {name:<10} {median(name, 'rate'):>8.0f} req/s  p50 {median(name, 'p50'):.2f} ms"
-              f"  p99 {median(name, 'p99'):.2f} ms")
+              f"  p99 {median(name, 'p99'):.2f} ms  CPU {median(name, 'cpu_us'):.0f} µs/callback")
     to_naive = median("tim-audit", "rate") / median("naive", "rate")
     to_hello = median("tim-audit", "rate") / median("hello", "rate")
     print(f"  tim-audit/naive: {to_naive:.2f}   tim-audit/hello: {to_hello:.2f}")

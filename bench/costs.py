@@ -1,0 +1,134 @@
+"""What each requirement of the ingest path costs, in CPU time per callback.
+
+Each part is timed on its own, in this process, with time.process_time
+(CPU, not waiting for the disk), over the same events bench/dataset.py
+makes, written in batches of 8 as under load:
+
+- the chain: canonical bytes and the link hash of each event;
+- the Merkle tree: its leaf hash and the stored hashes of each event;
+- the log line each callback writes (to a file);
+- dedupe: the query that finds stored events a batch repeats;
+- the append-only triggers and the dashboard's indexes: the writer's
+  inserts with and without them, on otherwise identical databases;
+- the whole write of a batch, as the writer does it (inserts, chain, tree,
+  dedupe; synchronous=OFF so that fsync stays out of the figure).
+
+    python bench/costs.py [--events 20000]
+"""
+
+import argparse
+import logging
+import pathlib
+import re
+import sqlite3
+import sys
+import tempfile
+import time
+
+BENCH = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import dataset  # noqa: E402
+
+from tim_audit import callback, chain, create_ingest_app, tlog  # noqa: E402
+from tim_audit.auditlog import AuditLog  # noqa: E402
+
+BATCH = 8
+
+
+def per_event(function, count):
+    started = time.process_time()
+    function()
+    return (time.process_time() - started) / count * 1e6
+
+
+def write_all(path, events, schema_filter=None):
+    """CPU µs per event to write ``events`` in batches through _write, on a
+    new log whose schema has ``schema_filter`` applied."""
+    log = AuditLog(str(path))
+    log.open()
+    log.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA synchronous = OFF")
+    if schema_filter is not None:
+        for sql in schema_filter(conn):
+            conn.execute(sql)
+
+    def write():
+        for start in range(0, len(events), BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            log._write(conn, events[start:start + BATCH])
+            conn.execute("COMMIT")
+
+    try:
+        return per_event(write, len(events))
+    finally:
+        conn.close()
+
+
+def drop(kind, pattern):
+    def statements(conn):
+        names = conn.execute("SELECT name FROM sqlite_master WHERE type = ?", (kind,)).fetchall()
+        return [f"DROP {kind.upper()} {name}" for (name,) in names if re.fullmatch(pattern, name)]
+    return statements
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tim-audit-costs-"))
+    events = list(dataset.events(args.events, 730))
+    count = len(events)
+
+    rows = []
+    previous = chain.GENESIS
+
+    def chain_all():
+        nonlocal previous
+        for number, event in enumerate(events, 1):
+            row = vars(event) | {"id": number, "name_folded": event.name.casefold(),
+                                 "member_count": len(event.members)}
+            previous = chain.link(None, previous, chain.canonical(chain.event_values(row, event.members)))
+            rows.append(row)
+
+    costs = {"chain (canonical bytes + link)": per_event(chain_all, count)}
+    leaves = [chain.canonical(chain.event_values(row, event.members)) for row, event in zip(rows, events, strict=True)]
+    stored = []
+
+    def tree_all():
+        for number, data in enumerate(leaves):
+            stored.extend(tlog.stored_hashes_for(number, data, lambda indexes: [stored[i] for i in indexes]))
+
+    costs["Merkle tree (leaf + stored hashes)"] = per_event(tree_all, count)
+
+    app = create_ingest_app({"DATABASE": str(work / "unused.sqlite3"), "SDKAPPID": "1400000001"})
+    handler = logging.FileHandler(work / "callbacks.log")
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().handlers[:] = [handler]
+    outcome = callback.Outcome("stored", 200, callback.ErrorCode.OK, "", "@TGS#2J4SZEAEL")
+    with app.test_request_context("/callback?CallbackCommand=Group.CallbackAfterCreateGroup"):
+        costs["log line"] = per_event(lambda: [callback._log(outcome, 0.001) for _ in range(count)], count)
+
+    full = write_all(work / "full.sqlite3", events)
+    no_triggers = write_all(work / "no-triggers.sqlite3", events, drop("trigger", r".*_no_.*"))
+    no_indexes = write_all(work / "no-indexes.sqlite3", events, drop("index", r"event_by_.*|event_member_by_.*"))
+    log = AuditLog(str(work / "full.sqlite3"))
+    conn = sqlite3.connect(work / "full.sqlite3", isolation_level=None)
+    costs["dedupe query"] = per_event(
+        lambda: [log._stored_with_keys(conn, events[s:s + BATCH]) for s in range(0, count, BATCH)], count,
+    )
+    conn.close()
+    costs["append-only triggers"] = full - no_triggers
+    costs["dashboard indexes"] = full - no_indexes
+    costs["the whole write of a batch (all of the above but the log line)"] = full
+
+    print(f"{count:,} events from bench/dataset.py, batches of {BATCH}; CPU µs per callback\n")
+    for label, micros in costs.items():
+        print(f"  {label:<66} {micros:>7.1f}")
+    print(f"\n(work files in {work})")
+
+
+if __name__ == "__main__":
+    main()
