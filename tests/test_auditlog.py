@@ -171,3 +171,16 @@ def test_append_raises_the_entrys_own_error(log):
     with pytest.raises(OverflowError):
         log.append(event(1, event_time=2**64))
     assert log.append(event(2)).outcome == "stored"
+
+
+def test_the_writer_survives_a_failure_of_its_own(log, monkeypatch, caplog):
+    """A bug in the writer is logged and does not stop it: the callbacks
+    after it are still written."""
+    def broken():
+        monkeypatch.undo()
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(log, "_bound_wal", broken)
+    assert log.append(event(1)).outcome == "stored"
+    assert log.append(event(2)).outcome == "stored"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["the writer failed on a batch"]

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -128,12 +129,34 @@ def test_reused_group_id_with_new_event_time_is_a_new_event(post, rows):
     assert rows("SELECT id, event_time FROM event") == [(1, 1670574414123), (2, 1770574414123)]
 
 
+def auditor_encoding(values):
+    """The canonical bytes as the README spells them out, written here
+    again as an auditor would, without tim-audit's code."""
+    out = b""
+    for value in values:
+        if value is None:
+            out += b"N"
+            continue
+        tag, data = (b"I", str(value).encode()) if isinstance(value, int) else (
+            (b"S", value.encode()) if isinstance(value, str) else (b"B", bytes(value)))
+        out += tag + len(data).to_bytes(8, "big") + data
+    return out
+
+
 def test_events_are_chained_in_order(post, rows):
     for number in range(3):
         post(group_body(GroupId=f"@TGS#{number}"))
-    hashes = rows("SELECT hash FROM event ORDER BY id")
-    assert len({h for (h,) in hashes}) == 3
-    assert all(len(h) == 64 and h == h.lower() for (h,) in hashes)
+    columns = (
+        "id, received_at, command, group_id, type, name, name_folded, operator, owner, event_time,"
+        " member_count, user_data, sdkappid, client_ip, opt_platform, peer, raw"
+    )
+    previous = bytes(32)
+    for row in rows(f"SELECT {columns}, hash FROM event ORDER BY id"):
+        members = [m for (m,) in rows("SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],))]
+        expected = hashlib.sha256(previous + auditor_encoding([*row[:-1], *members])).hexdigest()
+        assert row[-1] == expected
+        previous = bytes.fromhex(expected)
+    assert [group_id for (group_id,) in rows("SELECT group_id FROM event ORDER BY id")] == ["@TGS#0", "@TGS#1", "@TGS#2"]
 
 
 # --- refusals before the body is read: answered, logged, never stored -----

@@ -6,6 +6,7 @@ transaction they are written.
 
 import dataclasses
 import json
+import logging
 import os
 import queue
 import threading
@@ -22,6 +23,8 @@ from .chain import (
     EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, canonical, chain_kind,
     event_values, link, member_rows,
 )
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 1.0  # seconds
 
@@ -251,9 +254,16 @@ class AuditLog:
                 except queue.Empty:
                     break
             jobs = [job for job in batch if job is not None]
-            if jobs:
-                self._commit(jobs)
-                self._bound_wal()
+            try:
+                if jobs:
+                    self._commit(jobs)
+                    self._bound_wal()
+            except Exception as exc:  # a bug here must not stop the writer for good
+                logger.exception("the writer failed on a batch")
+                self._abandon()
+                for job in jobs:
+                    if not job.done.is_set():
+                        job.finish(error=exc)
             if len(jobs) < len(batch):
                 return  # close() queued None
 
