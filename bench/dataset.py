@@ -94,6 +94,7 @@ def events(count, days, seed=1):
 def build(path, count, days=730, batch=2000, seed=1, progress=False):
     """Append ``count`` events to the log at ``path`` in batches."""
     log = AuditLog(str(path))
+    log.open()
     started = time.monotonic()
     pending = []
     written = 0
@@ -101,18 +102,26 @@ def build(path, count, days=730, batch=2000, seed=1, progress=False):
         for event in events(count, days, seed):
             pending.append(event)
             if len(pending) == batch:
-                log._write(log._connection(), pending)
+                _write(log, pending)
                 written += len(pending)
                 pending = []
                 if progress and written % 100_000 == 0:
                     print(f"  {written:,} events, {time.monotonic() - started:.0f} s", file=sys.stderr)
         if pending:
-            log._write(log._connection(), pending)
+            _write(log, pending)
         log._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log._connection().execute("ANALYZE")
     finally:
         log.close()
     return time.monotonic() - started
+
+
+def _write(log, events):
+    """One batch in one transaction, as the writer thread commits it."""
+    conn = log._connection()
+    conn.execute("BEGIN IMMEDIATE")
+    log._write(conn, events)
+    conn.execute("COMMIT")
 
 
 def main():
