@@ -289,6 +289,27 @@ def test_all_stored_hashes_equals_appending_one_leaf_at_a_time():
     assert list(tlog.all_stored_hashes(leaves)) == store(leaves)
 
 
+def test_frontier_indexes_are_the_largest_complete_subtrees():
+    assert tlog.frontier_indexes(0) == []
+    assert tlog.frontier_indexes(13) == [tlog.stored_hash_index(3, 0), tlog.stored_hash_index(2, 2),
+                                         tlog.stored_hash_index(0, 12)]
+
+
+def test_appended_hashes_of_any_batch_equal_appending_one_leaf_at_a_time():
+    leaves = [f"leaf {i}".encode() for i in range(70)]
+    hashes = store(leaves)
+    for size in range(len(leaves)):
+        for end in (size + 1, size + 2, size + 17, len(leaves)):
+            frontier = [hashes[index] for index in tlog.frontier_indexes(size)]
+            appended = list(tlog.appended_hashes(size, frontier, leaves[size:end]))
+            assert appended == hashes[tlog.stored_hash_count(size):tlog.stored_hash_count(min(end, 70))]
+
+
+def test_appended_hashes_refuse_a_frontier_of_another_size():
+    with pytest.raises(ValueError, match="a tree of 13 leaves has 3 frontier hashes, not 2"):
+        list(tlog.appended_hashes(13, [bytes(32)] * 2, [b"leaf"]))
+
+
 @pytest.fixture(scope="module")
 def sweep():
     """70 leaves, their stored hashes and the RFC's functions over them."""

@@ -131,8 +131,29 @@ def all_stored_hashes(leaves):
     """Every stored hash of the tree over the ``leaves`` data, in stored
     order, keeping only O(log n) hashes in memory: to build the stored
     hashes of an existing log, or to check them against its rows."""
-    complete = []  # the hashes of the complete subtrees so far, largest first
-    for n, data in enumerate(leaves):
+    return appended_hashes(0, [], leaves)
+
+
+def frontier_indexes(size):
+    """Where the hashes of the largest complete subtrees of the first
+    ``size`` leaves are stored, largest first: one per 1 bit of size, and
+    all that appending more leaves reads."""
+    indexes, start = [], 0
+    for level in reversed(range(size.bit_length())):
+        if size >> level & 1:
+            indexes.append(stored_hash_index(level, start >> level))
+            start += 1 << level
+    return indexes
+
+
+def appended_hashes(size, frontier, leaves):
+    """The stored hashes, in stored order, of the ``leaves`` data appended
+    to a tree of ``size`` leaves whose frontier (the hashes stored at
+    frontier_indexes(size)) is ``frontier``: a batch's hashes from one read."""
+    complete = list(frontier)  # the hashes of the complete subtrees so far, largest first
+    if len(complete) != size.bit_count():
+        raise ValueError(f"a tree of {size} leaves has {size.bit_count()} frontier hashes, not {len(complete)}")
+    for n, data in enumerate(leaves, size):
         digest = leaf_hash(data)
         yield digest
         for _ in range(_completed(n)):
