@@ -122,6 +122,7 @@ def _write(log, events):
     conn.execute("BEGIN IMMEDIATE")
     log._write(conn, events)
     conn.execute("COMMIT")
+    log._bound_wal()
 
 
 def main():
