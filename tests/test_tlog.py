@@ -295,19 +295,23 @@ def test_frontier_indexes_are_the_largest_complete_subtrees():
                                          tlog.stored_hash_index(0, 12)]
 
 
-def test_appended_hashes_of_any_batch_equal_appending_one_leaf_at_a_time():
+def test_appending_to_a_tree_from_its_frontier_stores_what_appending_from_the_start_does():
     leaves = [f"leaf {i}".encode() for i in range(70)]
     hashes = store(leaves)
     for size in range(len(leaves)):
-        for end in (size + 1, size + 2, size + 17, len(leaves)):
-            frontier = [hashes[index] for index in tlog.frontier_indexes(size)]
-            appended = list(tlog.appended_hashes(size, frontier, leaves[size:end]))
-            assert appended == hashes[tlog.stored_hash_count(size):tlog.stored_hash_count(min(end, 70))]
+        tree = tlog.Appender(size, [hashes[index] for index in tlog.frontier_indexes(size)])
+        for n in range(size, len(leaves)):
+            assert tree.append(leaves[n]) == hashes[tlog.stored_hash_count(n):tlog.stored_hash_count(n + 1)]
+            assert tree.root() == tlog.tree_hash(n + 1, reader(hashes))
 
 
-def test_appended_hashes_refuse_a_frontier_of_another_size():
+def test_an_empty_tree_has_the_rfc_root_of_nothing():
+    assert tlog.Appender().root() == hashlib.sha256().digest()
+
+
+def test_a_frontier_of_another_size_is_refused():
     with pytest.raises(ValueError, match="a tree of 13 leaves has 3 frontier hashes, not 2"):
-        list(tlog.appended_hashes(13, [bytes(32)] * 2, [b"leaf"]))
+        tlog.Appender(13, [bytes(32)] * 2)
 
 
 @pytest.fixture(scope="module")

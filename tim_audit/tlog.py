@@ -131,7 +131,9 @@ def all_stored_hashes(leaves):
     """Every stored hash of the tree over the ``leaves`` data, in stored
     order, keeping only O(log n) hashes in memory: to build the stored
     hashes of an existing log, or to check them against its rows."""
-    return appended_hashes(0, [], leaves)
+    tree = Appender()
+    for data in leaves:
+        yield from tree.append(data)
 
 
 def frontier_indexes(size):
@@ -146,20 +148,39 @@ def frontier_indexes(size):
     return indexes
 
 
-def appended_hashes(size, frontier, leaves):
-    """The stored hashes, in stored order, of the ``leaves`` data appended
-    to a tree of ``size`` leaves whose frontier (the hashes stored at
-    frontier_indexes(size)) is ``frontier``: a batch's hashes from one read."""
-    complete = list(frontier)  # the hashes of the complete subtrees so far, largest first
-    if len(complete) != size.bit_count():
-        raise ValueError(f"a tree of {size} leaves has {size.bit_count()} frontier hashes, not {len(complete)}")
-    for n, data in enumerate(leaves, size):
+class Appender:
+    """A tree of ``size`` leaves that grows one leaf at a time, from its
+    frontier (the hashes stored at frontier_indexes(size)) alone: so a
+    batch of leaves reads the stored hashes once, and a whole log is hashed
+    in O(log n) memory."""
+
+    def __init__(self, size=0, frontier=()):
+        if len(frontier) != size.bit_count():
+            raise ValueError(
+                f"a tree of {size} leaves has {size.bit_count()} frontier hashes, not {len(frontier)}"
+            )
+        self.size = size
+        self._complete = list(frontier)  # largest first
+
+    def append(self, data):
+        """Add leaf ``data``; returns the hashes to store for it, in order."""
         digest = leaf_hash(data)
-        yield digest
-        for _ in range(_completed(n)):
-            digest = node_hash(complete.pop(), digest)
-            yield digest
-        complete.append(digest)
+        hashes = [digest]
+        for _ in range(_completed(self.size)):
+            digest = node_hash(self._complete.pop(), digest)
+            hashes.append(digest)
+        self._complete.append(digest)
+        self.size += 1
+        return hashes
+
+    def root(self):
+        """The tree's root hash: RFC 6962 joins its complete subtrees from the right."""
+        if not self._complete:
+            return hashlib.sha256().digest()
+        digest = self._complete[-1]
+        for left in reversed(self._complete[:-1]):
+            digest = node_hash(left, digest)
+        return digest
 
 
 def _completed(n):
