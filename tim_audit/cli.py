@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, db, signature
+from . import auditlog, chain, db, merkle, signature
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -54,7 +54,7 @@ def verify_command(anchor, database):
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
     conn = _read_only(database or current_app.config["DATABASE"])
     try:
-        heads = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
+        heads, _ = merkle.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
     except chain.ChainBroken as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
@@ -87,7 +87,7 @@ def backup_command(destination):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         copy.row_factory = sqlite3.Row
-        heads = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
+        heads, _ = merkle.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
     except (sqlite3.Error, chain.ChainBroken) as exc:
         if copy is not None:
             copy.close()
