@@ -129,10 +129,11 @@ class AuditLog:
     append calls otherwise. So an operator's command never creates the log.
     """
 
-    def __init__(self, path, *, key=None, timeout=1.0):
+    def __init__(self, path, *, key=None, timeout=1.0, notary=None):
         self.path = path
         self.key = key
         self.timeout = timeout
+        self.notary = notary  # signs checkpoints of the trees (checkpoints.py)
         self.failure = None
         self._lock = threading.Lock()  # guards opening and every job's state
         self._queue = queue.SimpleQueue()
@@ -152,6 +153,8 @@ class AuditLog:
                 self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
                 self._check_chain_kind()
                 merkle.build(self._conn, self.key)
+                if self.notary is not None:
+                    self.notary.open(self._conn)
             except BaseException:
                 self._conn.close()
                 self._conn = None
@@ -162,6 +165,8 @@ class AuditLog:
                 target=self._checkpoint, name="tim-audit checkpoint", daemon=True
             )
             self._checkpointer.start()
+            if self.notary is not None:
+                self.notary.start()
 
     def _connect(self):
         """The writer's connection. It never checkpoints on commit: the
@@ -451,6 +456,8 @@ class AuditLog:
         writer.join()
         self._closing.set()
         self._checkpointer.join()
+        if self.notary is not None:
+            self.notary.close()
         self._conn.close()
         self._conn = None
 

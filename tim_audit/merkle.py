@@ -72,6 +72,17 @@ def root(conn, table, leaves):
     return tlog.tree_hash(leaves, reader(conn, table))
 
 
+def leaf(conn, event_id):
+    """Event ``event_id``'s leaf data: its canonical bytes, as stored;
+    ChainBroken if a value is not of its column's type."""
+    with chain.tolerant_text(conn):
+        row = conn.execute("SELECT * FROM event WHERE id = ?", (event_id,)).fetchone()
+        members = [member[0] for member in conn.execute(
+            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
+        )]
+    return chain.canonical(chain.event_values(row, members))
+
+
 def build(conn, key):
     """Build the trees of a log that has rows but no trees yet (made by a
     version before them), verifying both chains as they are hashed, in one
