@@ -825,3 +825,8 @@ def test_no_hashes_is_an_empty_text():
 def test_malformed_hashes_say_what_is_wrong(data, message):
     with pytest.raises(tlog.Malformed, match=message):
         tlog.parse_hashes(data)
+
+
+def test_two_trees_of_one_size_with_other_roots_are_not_consistent():
+    with pytest.raises(tlog.ProofError, match="two trees of 5 leaves have different root hashes"):
+        tlog.verify_consistency(5, bytes(32), 5, bytes([1]) * 32, [])

@@ -11,7 +11,6 @@ quarantine tree under LOG_ORIGIN + "/quarantine", both signed by the key
 named LOG_ORIGIN.
 """
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -138,17 +137,15 @@ class Notary:
 
     def _run(self):
         conn = None
-        while True:
+        while not self._stopping.wait(self.interval):
             try:
                 conn = conn or db.connect(self.path, timeout=SIGN_TIMEOUT)
                 self.sign(conn)
             except sqlite3.Error as exc:
                 logger.error("no checkpoint signed this round: %s", exc)
-                with contextlib.suppress(sqlite3.Error):
+                if conn is not None:
                     conn.close()
                 conn = None
-            if self._stopping.wait(self.interval):
-                break
         if conn is not None:
             conn.close()
 

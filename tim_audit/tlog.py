@@ -304,6 +304,11 @@ def verify_consistency(m, m_root, n, n_root, proof):
         raise ProofError(f"consistency proofs start from a tree of at least one leaf, not {m}")
     path = _consistency_path(m, 0, n)
     _expect_hashes(proof, len(path), f"a consistency proof from {m} to {n} leaves")
+    if m == n and m_root != n_root:
+        raise ProofError(
+            f"two trees of {m} leaves have different root hashes: the log was rewritten,"
+            f" or a root hash altered"
+        )
     if path and path[0][1] == m:
         # The proof starts with the hash of a subtree ending at leaf m that
         # both trees share; otherwise the older tree is such a subtree.
