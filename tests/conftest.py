@@ -10,7 +10,7 @@ from waitress import create_server
 
 from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, signed_query
-from tim_audit import chain, create_app, db, open_log
+from tim_audit import chain, create_app, db, merkle, open_log
 from tim_audit.auditlog import Event, Rejection
 
 
@@ -172,11 +172,36 @@ def old_schema(config):
     conn.close()
 
 
+def rewrite(conn, key=None):
+    """Recompute every event hash from the stored bytes, and both Merkle
+    trees, as an attacker who knows the formats (and, without
+    AUDIT_HMAC_KEY, needs nothing else) can."""
+    previous = chain.GENESIS
+    for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall():
+        members = [m for (m,) in conn.execute(
+            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
+        )]
+        values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row, strict=True))
+        previous = chain.link(key, previous, chain.canonical(chain.event_values(values, members)))
+        conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
+    rebuild_trees(conn, key)
+
+
+def rebuild_trees(conn, key=None):
+    """Both Merkle trees built afresh over the rows as they are now."""
+    conn.executescript("DELETE FROM event_tree; DELETE FROM quarantine_tree")
+    conn.row_factory = sqlite3.Row
+    try:
+        merkle.build(conn, key)
+    finally:
+        conn.row_factory = None
+
+
 def check(log, anchor=None, key=None):
-    """verify() on the log's file, as the verify command runs it."""
+    """verify() of the chains and trees on the log's file, as the verify command runs it."""
     conn = db.connect(log.path, readonly=True)
     try:
-        return chain.verify(conn, key if key is not None else log.key, anchor)
+        return merkle.verify(conn, key if key is not None else log.key, anchor)[0]
     finally:
         conn.close()
 

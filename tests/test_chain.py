@@ -5,23 +5,9 @@ import sqlite3
 
 import pytest
 
-from conftest import check, event, rejection
-from tim_audit import chain, db
+from conftest import check, event, rebuild_trees, rejection, rewrite
+from tim_audit import chain, db, tlog
 from tim_audit.chain import GENESIS, ChainBroken, Heads, canonical, link
-
-
-def rehash(conn, key=None):
-    """Recompute every event hash from the stored bytes, as an attacker who
-    knows the format (and, without AUDIT_HMAC_KEY, needs nothing else) can."""
-    previous = chain.GENESIS
-    for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall():
-        members = [m for (m,) in conn.execute(
-            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
-        )]
-        values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row, strict=True))
-        previous = link(key, previous, canonical(chain.event_values(values, members)))
-        conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
-
 
 
 def strict_tables(path):
@@ -150,6 +136,7 @@ def test_truncation_passes_alone_but_fails_against_an_anchor(filled, attacker, r
     anchor = check(filled)
     attacker.execute("DELETE FROM event WHERE id > 3")
     attacker.execute("DELETE FROM event_member WHERE event_id > 3")
+    attacker.execute("DELETE FROM event_tree WHERE id >= ?", (tlog.stored_hash_count(3),))
     assert check(filled).events == 3
     with pytest.raises(ChainBroken) as caught:
         check(filled, anchor=anchor)
@@ -161,7 +148,7 @@ def test_truncation_passes_alone_but_fails_against_an_anchor(filled, attacker, r
 def test_rechained_log_passes_alone_but_fails_against_an_anchor(filled, attacker):
     anchor = check(filled)
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 3")
-    rehash(attacker)
+    rewrite(attacker)
     assert check(filled).events == 5
     with pytest.raises(ChainBroken, match="event row 5: its hash differs from the anchor"):
         check(filled, anchor=anchor)
@@ -196,9 +183,10 @@ def test_keyed_chain_cannot_be_recomputed_without_the_key(make_app):
     for number in range(1, 4):
         log.append(event(number))
     conn = sqlite3.connect(log.path, isolation_level=None)
-    conn.execute("DROP TRIGGER event_no_update")
+    for trigger in ("event_no_update", "event_tree_no_delete", "quarantine_tree_no_delete"):
+        conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
-    rehash(conn)  # with plain SHA-256: the attacker has no key
+    rewrite(conn)  # with plain SHA-256: the attacker has no key
     conn.close()
     with pytest.raises(ChainBroken) as caught:
         check(log, key=KEY)
@@ -246,7 +234,8 @@ def test_chained_values_of_another_type_are_refused():
 # --- STRICT tables, and logs made before them -------------------------------
 
 def test_new_logs_have_strict_tables(log):
-    assert strict_tables(log.path) == {"meta": 1, "event": 1, "event_member": 1, "quarantine": 1}
+    assert strict_tables(log.path) == {"meta": 1, "event": 1, "event_member": 1, "quarantine": 1,
+                                       "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1}
 
 
 @pytest.mark.parametrize("statement, message", [
@@ -262,7 +251,8 @@ def test_strict_tables_refuse_a_value_of_another_type(attacker, statement, messa
 
 
 def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, log, rows):
-    assert strict_tables(log.path) == {"meta": 0, "event": 0, "event_member": 0, "quarantine": 0}
+    assert strict_tables(log.path) == {"meta": 0, "event": 0, "event_member": 0, "quarantine": 0,
+                                       "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1}
     for number in range(1, 4):
         log.append(event(number))
     log.append(rejection(1))
@@ -342,6 +332,7 @@ def test_the_anchor_line_round_trips(filled):
 def test_a_deleted_newest_quarantine_row_fails_against_an_anchor(filled, attacker):
     anchor = check(filled)
     attacker.execute("DELETE FROM quarantine WHERE id = 2")
+    attacker.execute("DELETE FROM quarantine_tree WHERE id >= 1")
     assert check(filled).quarantined == 1
     with pytest.raises(ChainBroken) as caught:
         check(filled, anchor=anchor)
@@ -358,6 +349,7 @@ def test_a_rechained_quarantine_row_fails_against_an_anchor(filled, attacker):
     row = attacker.execute("SELECT * FROM quarantine WHERE id = 2").fetchone()
     attacker.execute("UPDATE quarantine SET hash = ? WHERE id = 2",
                      (link(None, first[0], canonical(chain.quarantine_values(row))),))
+    rebuild_trees(attacker)
     assert check(filled).quarantined == 2
     with pytest.raises(ChainBroken, match="quarantine row 2: its hash differs from the anchor"):
         check(filled, anchor=anchor)
@@ -366,4 +358,5 @@ def test_a_rechained_quarantine_row_fails_against_an_anchor(filled, attacker):
 def test_an_anchor_from_before_quarantine_was_anchored_checks_events_alone(filled, attacker, rows):
     [(head,)] = rows("SELECT hash FROM event WHERE id = 5")
     attacker.execute("DELETE FROM quarantine WHERE id = 2")
+    attacker.execute("DELETE FROM quarantine_tree WHERE id >= 1")
     assert check(filled, anchor=Heads(5, head)) == Heads(5, head, 1, rows("SELECT hash FROM quarantine")[0][0])

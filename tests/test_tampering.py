@@ -136,7 +136,7 @@ def test_a_failure_replaces_an_earlier_green(old_schema, filled, app, attacker, 
 
 
 def test_any_error_in_a_verification_is_recorded_as_a_failure(filled, app, get, monkeypatch, caplog):
-    def broken(conn, key=None, anchor=None):
+    def broken(conn, key=None, anchor=None, trees=None):
         raise RuntimeError("disk controller on fire")
 
     monkeypatch.setattr(chain, "verify", broken)

@@ -289,6 +289,31 @@ def test_all_stored_hashes_equals_appending_one_leaf_at_a_time():
     assert list(tlog.all_stored_hashes(leaves)) == store(leaves)
 
 
+def test_frontier_indexes_are_the_largest_complete_subtrees():
+    assert tlog.frontier_indexes(0) == []
+    assert tlog.frontier_indexes(13) == [tlog.stored_hash_index(3, 0), tlog.stored_hash_index(2, 2),
+                                         tlog.stored_hash_index(0, 12)]
+
+
+def test_appending_to_a_tree_from_its_frontier_stores_what_appending_from_the_start_does():
+    leaves = [f"leaf {i}".encode() for i in range(70)]
+    hashes = store(leaves)
+    for size in range(len(leaves)):
+        tree = tlog.Appender(size, [hashes[index] for index in tlog.frontier_indexes(size)])
+        for n in range(size, len(leaves)):
+            assert tree.append(leaves[n]) == hashes[tlog.stored_hash_count(n):tlog.stored_hash_count(n + 1)]
+            assert tree.root() == tlog.tree_hash(n + 1, reader(hashes))
+
+
+def test_an_empty_tree_has_the_rfc_root_of_nothing():
+    assert tlog.Appender().root() == hashlib.sha256().digest()
+
+
+def test_a_frontier_of_another_size_is_refused():
+    with pytest.raises(ValueError, match="a tree of 13 leaves has 3 frontier hashes, not 2"):
+        tlog.Appender(13, [bytes(32)] * 2)
+
+
 @pytest.fixture(scope="module")
 def sweep():
     """70 leaves, their stored hashes and the RFC's functions over them."""
@@ -800,3 +825,8 @@ def test_no_hashes_is_an_empty_text():
 def test_malformed_hashes_say_what_is_wrong(data, message):
     with pytest.raises(tlog.Malformed, match=message):
         tlog.parse_hashes(data)
+
+
+def test_two_trees_of_one_size_with_other_roots_are_not_consistent():
+    with pytest.raises(tlog.ProofError, match="two trees of 5 leaves have different root hashes"):
+        tlog.verify_consistency(5, bytes(32), 5, bytes([1]) * 32, [])

@@ -198,3 +198,72 @@ def test_stored_hashes_are_laid_out_as_gos(go):
     result = go("tree", len(leaves))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [base64.b64encode(h).decode() for h in tlog.all_stored_hashes(leaves)]
+
+
+# --- what the service itself serves ------------------------------------------
+
+@pytest.fixture
+def served(go, make_app, instance_path, tmp_path):
+    """Files as tim-audit's endpoints serve them, after two checkpoints (of
+    5 and then 12 events): the verifier key keygen printed, event 4's
+    .tlog-proof, the first checkpoint and /checkpoint/consistency from it."""
+    from conftest import event
+    from dashboard import CREDENTIALS
+    from tim_audit import db
+
+    app = make_app(LOG_ORIGIN=ORIGIN)
+    verifier_key = app.test_cli_runner().invoke(args=["keygen"]).output.splitlines()[-1]
+    app.extensions["tim_audit"].close()
+    app = make_app(LOG_ORIGIN=ORIGIN)
+    log, client = app.extensions["tim_audit"], app.test_client()
+
+    def sign():
+        conn = db.connect(log.path)
+        try:
+            log.notary.sign(conn)
+        finally:
+            conn.close()
+
+    for number in range(1, 13):
+        log.append(event(number))
+        if number in (5, 12):
+            sign()
+    first_proof = client.get("/history/1.tlog-proof", headers=CREDENTIALS).data
+    files = {
+        "key.vkey": f"{verifier_key}\n".encode(),
+        "event.tlog-proof": client.get("/history/4.tlog-proof", headers=CREDENTIALS).data,
+        "old.checkpoint": client.get("/checkpoints/1.checkpoint", headers=CREDENTIALS).data,
+        "consistency.txt": client.get("/checkpoint/consistency?from=5").data,
+    }
+    assert client.get("/checkpoint").data == files["event.tlog-proof"].partition(b"\n\n")[2]
+    assert first_proof.endswith(client.get("/checkpoint").data)  # proofs are against the latest
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return files
+
+
+def test_go_accepts_what_the_service_serves(go, served, tmp_path):
+    result = go("verify", *(tmp_path / name for name in served))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok\n", "")
+
+
+@pytest.mark.parametrize("name", ["event.tlog-proof", "old.checkpoint", "consistency.txt"])
+def test_go_refuses_what_the_service_serves_with_any_byte_flipped(go, served, tmp_path, name):
+    """Go decodes base64 leniently: a flip in the unused low bits of a last
+    base64 digit before '=' leaves the bytes as they were, and Go accepts
+    them. tim-audit's own parser refuses those too (canonical base64 only)."""
+    data = served[name]
+    key = served["key.vkey"].decode().strip()
+    check = {"event.tlog-proof": lambda data: tlog.check_proof(data, key),
+             "old.checkpoint": lambda data: tlog.open_checkpoint(data, [tlog.Verifier(key)]),
+             "consistency.txt": tlog.parse_hashes}[name]
+    for position in range(len(data)):
+        flipped = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1:]
+        (tmp_path / name).write_bytes(flipped)
+        result = go("verify", *(tmp_path / n for n in served))
+        if result.returncode == 0:
+            assert flipped[position + 1:position + 2] == b"=", (name, position)
+            with pytest.raises(tlog.Malformed, match="not base64 in its canonical form"):
+                check(flipped)
+        else:
+            assert result.returncode == 1, (name, position, result.stderr)

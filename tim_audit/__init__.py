@@ -8,7 +8,10 @@ import threading
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auditlog, auth, callback, cli, config, db, health, history, integrity, logs, metrics
+from . import (
+    auditlog, auth, callback, checkpoints, cli, config, db, evidence, health, history, integrity, logs,
+    metrics,
+)
 from .auditlog import open_log
 from .config import StartupError
 
@@ -32,8 +35,9 @@ def create_app(test_config=None):
 
 
 def create_ingest_app(test_config=None):
-    """``POST /callback``, ``GET /healthz`` and ``/metrics``: the server
-    Tencent reaches. It owns the single writer."""
+    """``POST /callback``, ``GET /healthz``, ``/metrics`` and the public
+    ``/checkpoint``: the server Tencent reaches. It owns the single writer
+    and the notary that signs checkpoints."""
     return _create(test_config, ingest=True, review=False)
 
 
@@ -70,8 +74,10 @@ def _create(test_config, *, ingest, review):
         app.extensions["tim_audit"] = auditlog.AuditLog(
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"], timeout=app.config["STORAGE_TIMEOUT"],
+            notary=checkpoints.notary(app.config),
         )
         app.register_blueprint(callback.bp)
+        app.register_blueprint(checkpoints.bp)
         if app.config["METRICS"]:
             app.extensions["tim_audit.metrics"] = metrics.Metrics(app.config["DATABASE"])
             app.register_blueprint(metrics.bp)
@@ -84,6 +90,7 @@ def _create(test_config, *, ingest, review):
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.register_blueprint(history.bp)
+        app.register_blueprint(evidence.bp)
     if app.config["PROXY_FIX"]:
         hops = app.config["PROXY_FIX"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)

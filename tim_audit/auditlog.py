@@ -17,10 +17,10 @@ import sqlite3
 
 from flask import current_app
 
-from . import db
+from . import db, merkle
 from .config import StartupError
 from .chain import (
-    EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, canonical, chain_kind,
+    EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, ChainBroken, canonical, chain_kind,
     event_values, link, member_rows,
 )
 
@@ -133,10 +133,11 @@ class AuditLog:
     append calls otherwise. So an operator's command never creates the log.
     """
 
-    def __init__(self, path, *, key=None, timeout=1.0):
+    def __init__(self, path, *, key=None, timeout=1.0, notary=None):
         self.path = path
         self.key = key
         self.timeout = timeout
+        self.notary = notary  # signs checkpoints of the trees (checkpoints.py)
         self.failure = None
         self._lock = threading.Lock()  # guards opening and every job's state
         self._queue = queue.SimpleQueue()
@@ -156,6 +157,9 @@ class AuditLog:
             try:
                 self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
                 self._check_chain_kind()
+                merkle.build(self._conn, self.key)
+                if self.notary is not None:
+                    self.notary.open(self._conn)
             except BaseException:
                 self._conn.close()
                 self._conn = None
@@ -166,6 +170,8 @@ class AuditLog:
                 target=self._checkpoint, name="tim-audit checkpoint", daemon=True
             )
             self._checkpointer.start()
+            if self.notary is not None:
+                self.notary.start()
 
     def _connect(self):
         """The writer's connection. It never checkpoints on commit: the
@@ -229,7 +235,7 @@ class AuditLog:
         if self._writer is None:
             try:
                 self.open()
-            except (sqlite3.Error, OSError, ChainMismatch) as exc:
+            except (sqlite3.Error, OSError, ChainMismatch, ChainBroken) as exc:
                 self.failure = str(exc)
                 raise StorageUnavailable(f"cannot open the log: {exc}") from None
         job = _Job(entry, started + self.timeout)
@@ -406,11 +412,14 @@ class AuditLog:
         ).fetchone()
         known = self._stored_with_keys(conn, [e for e in entries if isinstance(e, Event)])
         receipts, events, members, rejections = [], [], [], []
+        trees = {"event": (event_id, []), "quarantine": (quarantine_id, [])}
         for entry in entries:
             if isinstance(entry, Rejection):
                 quarantine_id += 1
                 row = vars(entry) | {"id": quarantine_id}
-                quarantine_hash = link(self.key, quarantine_hash, canonical(row[c] for c in QUARANTINE_COLUMNS))
+                data = canonical(row[c] for c in QUARANTINE_COLUMNS)
+                quarantine_hash = link(self.key, quarantine_hash, data)
+                trees["quarantine"][1].append(data)
                 rejections.append([row[c] for c in QUARANTINE_COLUMNS] + [quarantine_hash])
                 receipts.append(Receipt("quarantined", quarantine_id, quarantine_hash))
                 continue
@@ -424,7 +433,9 @@ class AuditLog:
             row = vars(entry) | {
                 "id": event_id, "name_folded": entry.name.casefold(), "member_count": len(entry.members),
             }
-            event_hash = link(self.key, event_hash, canonical(event_values(row, entry.members)))
+            data = canonical(event_values(row, entry.members))
+            event_hash = link(self.key, event_hash, data)
+            trees["event"][1].append(data)
             events.append([row[c] for c in EVENT_COLUMNS] + [event_hash])
             members.extend(member_rows(event_id, entry.members, entry.event_time))
             known[key] = (event_id, event_hash, entry.raw)
@@ -432,6 +443,8 @@ class AuditLog:
         _insert(conn, "event", EVENT_COLUMNS + ("hash",), events)
         _insert(conn, "event_member", MEMBER_COLUMNS, members)
         _insert(conn, "quarantine", QUARANTINE_COLUMNS + ("hash",), rejections)
+        for table, (size, leaves) in trees.items():
+            merkle.append(conn, table, size, leaves)
         return receipts
 
     @staticmethod
@@ -459,6 +472,8 @@ class AuditLog:
         writer.join()
         self._closing.set()
         self._checkpointer.join()
+        if self.notary is not None:
+            self.notary.close()
         self._conn.close()
         self._conn = None
 
@@ -496,6 +511,10 @@ def open_log(app):
         app.extensions["tim_audit"].open()
     except ChainMismatch as exc:
         raise StartupError(str(exc)) from None
+    except ChainBroken as exc:
+        raise StartupError(
+            f"the log does not verify, so its Merkle trees cannot be built over it: {exc}"
+        ) from None
     except sqlite3.Error as exc:
         raise StartupError(f"cannot open the database {path}: {exc}") from None
     return app

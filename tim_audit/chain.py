@@ -222,24 +222,27 @@ def parse_anchor(text):
     return Heads(int(counts[0]), hashes[0], int(counts[1]), hashes[1])
 
 
-def verify(conn, key=None, anchor=None):
+def verify(conn, key=None, anchor=None, trees=None):
     """Recompute both chains from the stored bytes alone (and ``key``).
 
     Returns the :class:`Heads` of both chains, or raises ChainBroken at the
     first row that does not verify. With ``anchor`` (Heads from an earlier
     run), also fails unless the log still extends it, which catches
     truncation and wholesale rewrites that re-chain every row.
+
+    ``trees`` maps "event" and "quarantine" to what each row's canonical
+    bytes are given to once the row verifies: an object whose ``add(data)``
+    takes them in id order, and whose ``finish()`` is called after the last
+    (merkle.py checks or builds the Merkle trees so, in the same walk). It
+    all happens in one snapshot: the caller's transaction, if it has one.
     """
     anchor = anchor or Heads(None, None)
-    with tolerant_text(conn):
-        conn.execute("BEGIN")  # one snapshot for every table
-        try:
-            events, event_head, at_event_anchor = _verify_events(conn, key, anchor.events)
-            quarantined, quarantine_head, at_quarantine_anchor = _verify_quarantine(
-                conn, key, anchor.quarantined
-            )
-        finally:
-            conn.execute("ROLLBACK")
+    trees = trees or {}
+    with tolerant_text(conn), _snapshot(conn):
+        events, event_head, at_event_anchor = _verify_events(conn, key, anchor.events, trees.get("event"))
+        quarantined, quarantine_head, at_quarantine_anchor = _verify_quarantine(
+            conn, key, anchor.quarantined, trees.get("quarantine")
+        )
     if anchor.events is not None:
         _check_anchor("event", events, at_event_anchor, anchor.events, anchor.event_head)
     if anchor.quarantined is not None:
@@ -247,6 +250,18 @@ def verify(conn, key=None, anchor=None):
             "quarantine", quarantined, at_quarantine_anchor, anchor.quarantined, anchor.quarantine_head
         )
     return Heads(events, event_head, quarantined, quarantine_head)
+
+
+@contextlib.contextmanager
+def _snapshot(conn):
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
 
 
 def verify_event(conn, event_id, key=None):
@@ -276,12 +291,12 @@ def verify_event(conn, event_id, key=None):
     _check_event(row, [tuple(m) for m in members], previous, key)
 
 
-def _check_event(row, stored, previous, key):
+def _check_event(row, stored, previous, key, tree=None):
     """The event's hash, checked to follow ``previous`` and to cover the
     event and its ``stored`` member rows, which must be what its member
     list implies."""
     accounts = [m[2] for m in stored]
-    digest = _next_link("event", row, previous, event_values(row, accounts), key)
+    digest = _next_link("event", row, previous, event_values(row, accounts), key, tree)
     if stored != list(member_rows(row["id"], accounts, row["event_time"])):
         raise ChainBroken(
             "event_member", row["id"],
@@ -290,7 +305,7 @@ def _check_event(row, stored, previous, key):
     return digest
 
 
-def _verify_events(conn, key, anchor_count):
+def _verify_events(conn, key, anchor_count, tree):
     members = conn.execute(
         f"SELECT {', '.join(MEMBER_COLUMNS)} FROM event_member ORDER BY event_id, position"
     )
@@ -315,24 +330,28 @@ def _verify_events(conn, key, anchor_count):
                 )
             stored.append(tuple(member))
             member = next_member()
-        previous = _check_event(row, stored, previous, key)
+        previous = _check_event(row, stored, previous, key, tree)
         count += 1
         if count == anchor_count:
             at_anchor = previous
     if member is not None:
         raise ChainBroken("event_member", member["event_id"], "member rows belong to no event")
+    if tree is not None:
+        tree.finish()
     return count, previous, at_anchor
 
 
-def _verify_quarantine(conn, key, anchor_count):
+def _verify_quarantine(conn, key, anchor_count, tree):
     previous = at_anchor = GENESIS
     count = 0
     for row in conn.execute("SELECT * FROM quarantine ORDER BY id"):
         _expect_next("quarantine", row, count)
-        previous = _next_link("quarantine", row, previous, quarantine_values(row), key)
+        previous = _next_link("quarantine", row, previous, quarantine_values(row), key, tree)
         count += 1
         if count == anchor_count:
             at_anchor = previous
+    if tree is not None:
+        tree.finish()
     return count, previous, at_anchor
 
 
@@ -359,11 +378,14 @@ def _expect_next(table, row, count):
         raise ChainBroken(table, row["id"], f"expected row {count + 1} here: rows are missing")
 
 
-def _next_link(table, row, previous, values, key):
+def _next_link(table, row, previous, values, key, tree=None):
     """The row's hash, checked to cover ``values`` after ``previous``."""
-    digest = link(key, previous, canonical(values))
+    data = canonical(values)
+    digest = link(key, previous, data)
     if digest != row["hash"]:
         raise ChainBroken(
             table, row["id"], "hash does not match the row's contents and the row before it"
         )
+    if tree is not None:
+        tree.add(data)
     return digest

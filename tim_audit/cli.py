@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, db, signature
+from . import auditlog, chain, checkpoints, db, merkle, signature, tlog
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -43,10 +43,18 @@ def init_db_command():
     "--database", type=click.Path(exists=True, dir_okay=False),
     help="Verify this file (a backup, say), read-only, instead of DATABASE.",
 )
-def verify_command(anchor, database):
-    """Walk both hash chains. Prints 'OK <events> <event-head> quarantine
-    <count> <quarantine-head>' and exits 0 when intact; otherwise names the
-    first bad row and exits 1."""
+@click.option(
+    "--checkpoint", "checkpoint_file", type=click.File("rb"),
+    help="A checkpoint kept off the box: also fail unless it is signed by a key of this"
+    " log and the trees still extend it (a consistency proof to their current size).",
+)
+@click.option("--key", metavar="VERIFIER_KEY",
+              help="Check --checkpoint's signature with this verifier key only, not with"
+              " the keys that signed this log's checkpoints.")
+def verify_command(anchor, database, checkpoint_file, key):
+    """Walk both hash chains and recompute both Merkle trees. Prints 'OK
+    <events> <event-head> quarantine <count> <quarantine-head>' and exits 0
+    when intact; otherwise names the first bad row and exits 1."""
     if anchor is not None:
         try:
             anchor = chain.parse_anchor(anchor)
@@ -54,8 +62,10 @@ def verify_command(anchor, database):
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
     conn = _read_only(database or current_app.config["DATABASE"])
     try:
-        heads = chain.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
-    except chain.ChainBroken as exc:
+        heads, trees = merkle.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
+        if checkpoint_file is not None:
+            click.echo(_check_kept(conn, trees, checkpoint_file.read(), key))
+    except (chain.ChainBroken, tlog.TlogError) as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
     except sqlite3.Error as exc:
@@ -63,6 +73,149 @@ def verify_command(anchor, database):
     finally:
         conn.close()
     click.echo(heads.line())
+
+
+def _check_kept(conn, trees, note, key):
+    """Check a checkpoint kept off the box against the trees just
+    recomputed from the rows; what it proved, or TlogError."""
+    log_origin = current_app.config["LOG_ORIGIN"]
+    if log_origin is None:
+        raise click.UsageError("--checkpoint needs LOG_ORIGIN, the origin this log's checkpoints name")
+    if key is not None:
+        keys = [key]
+    else:
+        keys = [row[0] for row in conn.execute("SELECT DISTINCT key FROM checkpoint")]
+    try:
+        verifiers = [tlog.Verifier(text) for text in keys]
+    except tlog.Malformed as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from None
+    checkpoint, signer = _open_any(note, verifiers, log_origin)
+    table = "event" if checkpoint.origin == log_origin else "quarantine"
+    if not trees:
+        raise tlog.ProofError("the log has no Merkle trees yet: the ingest server builds them when it starts")
+    tree = trees[table]
+    if checkpoint.size > tree.size:
+        raise tlog.ProofError(
+            f"the {table} tree has {tree.size} leaves but the checkpoint records"
+            f" {checkpoint.size}: the log was truncated"
+        )
+    if checkpoint.size:
+        proof = tlog.consistency_proof(checkpoint.size, tree.size, merkle.reader(conn, table))
+        tlog.verify_consistency(checkpoint.size, checkpoint.root, tree.size, tree.root, proof)
+    return (f"checkpoint {checkpoint.origin} {checkpoint.size} signed by {signer.key_id}:"
+            f" the {table} tree of {tree.size} leaves extends it")
+
+
+def _open_any(note, verifiers, log_origin):
+    """The checkpoint, for either tree's origin, signed by one of ``verifiers``."""
+    if not verifiers:
+        raise tlog.UnknownKey("this log has no checkpoint and no --key was given to check the file with")
+    for origin in (log_origin, checkpoints.origin(log_origin, "quarantine")):
+        try:
+            return tlog.open_checkpoint(note, verifiers, origin)
+        except tlog.WrongOrigin:
+            continue
+    checkpoint = tlog.parse_checkpoint(tlog.open_note(note, verifiers).text)
+    raise tlog.WrongOrigin(
+        f"the checkpoint is of the log {checkpoint.origin!r}, not {log_origin!r} or its quarantine"
+    )
+
+
+@click.command("keygen")
+@with_appcontext
+def keygen_command():
+    """Make the Ed25519 key that signs checkpoints, in CHECKPOINT_KEY (mode
+    0600), and print its verifier key for auditors. Never overwrites a key."""
+    config = current_app.config
+    if config["LOG_ORIGIN"] is None:
+        raise click.UsageError(
+            "set LOG_ORIGIN first, the log's name, such as im-audit.example.com/1400000001:"
+            " the key is named after it"
+        )
+    verifier = _new_key(config["CHECKPOINT_KEY"], config["LOG_ORIGIN"])
+    click.echo(f"Wrote the checkpoint signing key to {config['CHECKPOINT_KEY']}. Its verifier key,"
+               " for auditors:")
+    click.echo(verifier)
+
+
+@click.command("rotate-key")
+@with_appcontext
+def rotate_key_command():
+    """Replace the checkpoint key on purpose: the old key file is kept as
+    CHECKPOINT_KEY.retired-<keyid>, a new key is made, and the next start
+    signs with it. Checkpoints signed with the old key stay valid."""
+    config = current_app.config
+    path = config["CHECKPOINT_KEY"]
+    if not os.path.exists(path):
+        raise click.UsageError(f"there is no key at {path} to rotate: make one with keygen")
+    try:
+        old = checkpoints.read_signer(path, config["LOG_ORIGIN"])
+    except checkpoints.KeyRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    retired = f"{path}.retired-{old.key_id}"
+    os.replace(path, retired)
+    verifier = _new_key(path, config["LOG_ORIGIN"])
+    with open(checkpoints.rotation_path(path), "w", encoding="ascii") as file:
+        file.write(f"{old.verifier}\n{verifier}\n")
+    click.echo(f"Moved the old key to {retired}: keep it offline or destroy it.")
+    click.echo(f"Wrote a new key to {path}; restart the ingest server to sign with it. Its verifier key:")
+    click.echo(verifier)
+
+
+def _new_key(path, log_origin):
+    signer, verifier = tlog.generate_key(log_origin)
+    try:
+        checkpoints.write_key(path, signer)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; a key is never overwritten (see rotate-key)") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+    return verifier
+
+
+@click.command("consistency-proof")
+@with_appcontext
+@click.argument("first", metavar="M", type=click.IntRange(min=1))
+@click.argument("last", metavar="[N]", type=click.IntRange(min=1), required=False)
+def consistency_proof_command(first, last):
+    """Print the RFC 6962 proof that the event tree of M leaves is a prefix
+    of the tree of N (by default the latest checkpoint's size), one base64
+    hash per line."""
+    conn = _read_only(current_app.config["DATABASE"])
+    try:
+        size = merkle.size(conn, "event")
+        if last is None:
+            latest = checkpoints.latest(conn)
+            last = size if latest is None else latest["size"]
+        if not first <= last <= size:
+            raise click.UsageError(f"M and N must be M <= N <= {size}, the event tree's size")
+        click.echo(tlog.format_hashes(checkpoints.consistency_proof(conn, first, last)), nl=False)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the log: {exc}") from None
+    finally:
+        conn.close()
+
+
+@click.command("check-proof")
+@click.argument("proof_file", metavar="FILE", type=click.File("rb"))
+@click.option("--key", "verifier_key", required=True, metavar="VERIFIER_KEY",
+              help="The log's verifier key, name+keyid+base64.")
+@click.option("--origin", help="The log's origin; by default the key's name.")
+def check_proof_command(proof_file, verifier_key, origin):
+    """Check a .tlog-proof file: its checkpoint's signature and origin, and
+    that the event in it is in the signed tree. Needs no database and no
+    configuration."""
+    try:
+        proved = tlog.check_proof(proof_file.read(), verifier_key, origin)
+    except tlog.TlogError as exc:
+        click.echo(f"FAIL {exc}")
+        sys.exit(1)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from None
+    click.echo(
+        f"OK event {proved.index + 1} (leaf {proved.index}, {len(proved.leaf)} bytes of canonical"
+        f" data) is in the tree of {proved.size} leaves of {proved.origin}, signed by key {proved.key_id}"
+    )
 
 
 @click.command("backup")
@@ -87,7 +240,7 @@ def backup_command(destination):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         copy.row_factory = sqlite3.Row
-        heads = chain.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
+        heads, _ = merkle.verify(copy, current_app.config["AUDIT_HMAC_KEY"])
     except (sqlite3.Error, chain.ChainBroken) as exc:
         if copy is not None:
             copy.close()
@@ -205,5 +358,6 @@ def _sample_body(now):
 
 def init_app(app):
     for command in (init_db_command, verify_command, backup_command, send_sample_command,
-                    hash_password_command):
+                    hash_password_command, keygen_command, rotate_key_command,
+                    consistency_proof_command, check_proof_command):
         app.cli.add_command(command)

@@ -29,6 +29,10 @@ DEFAULTS = {
     "REVIEW_THREADS": 8,
     "MAX_EXPORTS": 2,
     "LOGIN_FAILURES": 10,
+    "LOG_ORIGIN": None,
+    "CHECKPOINT_KEY": "checkpoint.key",
+    "CHECKPOINT_INTERVAL": 60,
+    "CHECKPOINT_DIR": None,
 }
 
 # What instance/config.example.py says until the operator pastes the real one.
@@ -144,6 +148,11 @@ def _is_password_hash(value):
     return len(match["hex"]) == 2 * size
 
 
+def _origin(value):
+    if not value or "+" in value or any(c.isspace() for c in value):
+        raise ValidationError("")
+
+
 def _zone(name):
     try:
         zoneinfo.ZoneInfo(name)
@@ -202,6 +211,13 @@ class Settings(Schema):
     REVIEW_THREADS = _whole(1, "a whole number of at least 1")
     MAX_EXPORTS = _whole(1, "a whole number of at least 1")
     LOGIN_FAILURES = _whole(1, "a whole number of at least 1")
+    LOG_ORIGIN = fields.String(
+        allow_none=True, validate=_origin,
+        **_must("the log's name, without spaces or '+', such as im-audit.example.com/1400000001"),
+    )
+    CHECKPOINT_KEY = fields.String(**_must("the path of the checkpoint signing key file"))
+    CHECKPOINT_INTERVAL = _whole(1, "whole seconds of at least 1")
+    CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
 
 
 _SETTINGS = Settings()
@@ -210,15 +226,18 @@ _SETTINGS = Settings()
 def check(config):
     """Normalize what environment variables and config files give us, and
     refuse what cannot be meant (from_prefixed_env turns ``123`` into an int
-    and ``true`` into a bool). A relative DATABASE is in the instance
-    folder, like Flask's other instance files."""
+    and ``true`` into a bool). A relative DATABASE, CHECKPOINT_KEY or
+    CHECKPOINT_DIR is in the instance folder, like Flask's other instance
+    files."""
     try:
         values = _SETTINGS.load({key: config[key] for key in _SETTINGS.fields})
     except ValidationError as exc:
         key, messages = next(iter(exc.messages.items()))
         raise StartupError(_refusal(key, messages[0], config[key])) from None
     config.update(values)
-    config["DATABASE"] = os.path.join(config.root_path, config["DATABASE"])
+    for key in ("DATABASE", "CHECKPOINT_KEY", "CHECKPOINT_DIR"):
+        if config[key] is not None:
+            config[key] = os.path.join(config.root_path, config[key])
 
 
 def _refusal(key, message, value):

@@ -146,17 +146,24 @@ def csv_chunks(conn, filters, counter):
 
 def json_chunks(conn, filters, counter):
     """A JSON array with one object per event."""
-    cursor = _select(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters)
     separator = "[\n"
-    while rows := cursor.fetchmany(CHUNK_ROWS):
-        members = _members(conn, rows, "json_quote(account)", '},{"Member_Account":')
-        counter["rows"] += len(rows)
-        yield (separator + ",\n".join(
-            f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}'
-            for event_id, head, tail in rows
-        )).encode("utf-8")
+    for objects in json_objects(conn, filters):
+        counter["rows"] += len(objects)
+        yield (separator + ",\n".join(document for _, document in objects)).encode("utf-8")
         separator = ",\n"
     yield b"[]\n" if separator == "[\n" else b"\n]\n"
+
+
+def json_objects(conn, filters):
+    """The matching events as (id, JSON object), a chunk at a time, in
+    export order: for the JSON export and the evidence archive."""
+    cursor = _select(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters)
+    while rows := cursor.fetchmany(CHUNK_ROWS):
+        members = _members(conn, rows, "json_quote(account)", '},{"Member_Account":')
+        yield [
+            (event_id, f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}')
+            for event_id, head, tail in rows
+        ]
 
 
 def _member_list(joined):

@@ -140,7 +140,7 @@ def _load(schema):
     except ValidationError as exc:
         raise BadQuery({field: " ".join(problems) for field, problems in exc.messages.items()}) from None
     for name, end in (("since", False), ("until", True)):
-        if args[name] is not None:
+        if args.get(name) is not None:
             args[name] = _milliseconds(name, *args[name], end=end)
     return args
 
@@ -316,36 +316,35 @@ def _user_data(stored):
 
 @bp.get("/history.csv")
 def export_csv():
-    return _export("events", "csv", HistoryArgs, _history_filters, HISTORY_FILTERS)
+    return _export("events", "csv", exports.csv_chunks, "text/csv")
 
 
 @bp.get("/history.json")
 def export_json():
-    return _export("events", "json", HistoryArgs, _history_filters, HISTORY_FILTERS)
+    return _export("events", "json", exports.json_chunks, "application/json")
 
 
 @bp.get("/quarantine.csv")
 def export_quarantine_csv():
-    return _export("quarantine", "csv", QuarantineArgs, _quarantine_filters, QUARANTINE_FILTERS)
+    return _export("quarantine", "csv", exports.quarantine_csv_chunks, "text/csv")
 
 
 @bp.get("/quarantine.json")
 def export_quarantine_json():
-    return _export("quarantine", "json", QuarantineArgs, _quarantine_filters, QUARANTINE_FILTERS)
+    return _export("quarantine", "json", exports.quarantine_json_chunks, "application/json")
 
 
-_EXPORTS = {
-    ("events", "csv"): (exports.csv_chunks, "text/csv", "history.events"),
-    ("events", "json"): (exports.json_chunks, "application/json", "history.events"),
-    ("quarantine", "csv"): (exports.quarantine_csv_chunks, "text/csv", "history.quarantine"),
-    ("quarantine", "json"): (exports.quarantine_json_chunks, "application/json", "history.quarantine"),
+# What is exported: its query string, filters, filter names and list page.
+_EXPORTED = {
+    "events": (HistoryArgs, _history_filters, HISTORY_FILTERS, "history.events"),
+    "quarantine": (QuarantineArgs, _quarantine_filters, QUARANTINE_FILTERS, "history.quarantine"),
 }
 
 
-def _export(what, extension, schema, make_filters, names):
-    """The whole matching set, streamed; bad filters get their list page,
-    marked, as a 400."""
-    chunks, mimetype, endpoint = _EXPORTS[what, extension]
+def _export(what, extension, chunks, mimetype):
+    """The whole matching set of ``what``, as ``chunks`` yields it, streamed;
+    bad filters get their list page, marked, as a 400."""
+    schema, make_filters, names, endpoint = _EXPORTED[what]
     try:
         filters = make_filters(_load(schema))
     except BadQuery:

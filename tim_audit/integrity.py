@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, db
+from . import chain, db, merkle
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Verifier:
         try:
             conn = db.connect(self.path, readonly=True)
             try:
-                heads = chain.verify(conn, self.key)
+                heads, _ = merkle.verify(conn, self.key)
             finally:
                 conn.close()
         except chain.ChainBroken as exc:

@@ -115,3 +115,57 @@ BEGIN SELECT RAISE(ABORT, 'quarantine is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS quarantine_no_replace BEFORE INSERT ON quarantine
 WHEN EXISTS (SELECT 1 FROM quarantine WHERE id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'quarantine is append-only'); END;
+
+-- The Merkle trees over event and quarantine rows (merkle.py): leaf N - 1
+-- is row N's canonical bytes. Each table holds its tree's stored hashes, in
+-- the layout of Go's sumdb/tlog (tlog.py): id is the stored-hash index,
+-- hashes come in id order without gaps, and are written in the same
+-- transaction as their rows.
+CREATE TABLE IF NOT EXISTS event_tree (
+    id   INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS quarantine_tree (
+    id   INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+) STRICT;
+
+-- Every signed checkpoint (checkpoints.py), as served: ``note`` holds its
+-- exact bytes. A tree's checkpoints never shrink.
+CREATE TABLE IF NOT EXISTS checkpoint (
+    id        INTEGER PRIMARY KEY,
+    tree      TEXT NOT NULL,     -- 'event' or 'quarantine'
+    size      INTEGER NOT NULL,  -- leaves
+    root      BLOB NOT NULL,
+    signed_at INTEGER NOT NULL,  -- ms since the epoch, UTC
+    key       TEXT NOT NULL,     -- the verifier key that signed it, name+keyid+base64
+    note      BLOB NOT NULL
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS checkpoint_by_tree ON checkpoint (tree, id);
+
+CREATE TRIGGER IF NOT EXISTS event_tree_no_update BEFORE UPDATE ON event_tree
+BEGIN SELECT RAISE(ABORT, 'event_tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_tree_no_delete BEFORE DELETE ON event_tree
+BEGIN SELECT RAISE(ABORT, 'event_tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS event_tree_no_replace BEFORE INSERT ON event_tree
+WHEN NEW.id IS NOT coalesce((SELECT max(id) FROM event_tree) + 1, 0) OR length(NEW.hash) != 32
+BEGIN SELECT RAISE(ABORT, 'event_tree is append-only'); END;
+
+CREATE TRIGGER IF NOT EXISTS quarantine_tree_no_update BEFORE UPDATE ON quarantine_tree
+BEGIN SELECT RAISE(ABORT, 'quarantine_tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS quarantine_tree_no_delete BEFORE DELETE ON quarantine_tree
+BEGIN SELECT RAISE(ABORT, 'quarantine_tree is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS quarantine_tree_no_replace BEFORE INSERT ON quarantine_tree
+WHEN NEW.id IS NOT coalesce((SELECT max(id) FROM quarantine_tree) + 1, 0) OR length(NEW.hash) != 32
+BEGIN SELECT RAISE(ABORT, 'quarantine_tree is append-only'); END;
+
+CREATE TRIGGER IF NOT EXISTS checkpoint_no_update BEFORE UPDATE ON checkpoint
+BEGIN SELECT RAISE(ABORT, 'checkpoint is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoint_no_delete BEFORE DELETE ON checkpoint
+BEGIN SELECT RAISE(ABORT, 'checkpoint is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoint_no_replace BEFORE INSERT ON checkpoint
+WHEN EXISTS (SELECT 1 FROM checkpoint WHERE id = NEW.id)
+  OR NEW.size < (SELECT max(size) FROM checkpoint WHERE tree = NEW.tree)
+BEGIN SELECT RAISE(ABORT, 'checkpoint is append-only'); END;

@@ -131,14 +131,56 @@ def all_stored_hashes(leaves):
     """Every stored hash of the tree over the ``leaves`` data, in stored
     order, keeping only O(log n) hashes in memory: to build the stored
     hashes of an existing log, or to check them against its rows."""
-    complete = []  # the hashes of the complete subtrees so far, largest first
-    for n, data in enumerate(leaves):
+    tree = Appender()
+    for data in leaves:
+        yield from tree.append(data)
+
+
+def frontier_indexes(size):
+    """Where the hashes of the largest complete subtrees of the first
+    ``size`` leaves are stored, largest first: one per 1 bit of size, and
+    all that appending more leaves reads."""
+    indexes, start = [], 0
+    for level in reversed(range(size.bit_length())):
+        if size >> level & 1:
+            indexes.append(stored_hash_index(level, start >> level))
+            start += 1 << level
+    return indexes
+
+
+class Appender:
+    """A tree of ``size`` leaves that grows one leaf at a time, from its
+    frontier (the hashes stored at frontier_indexes(size)) alone: so a
+    batch of leaves reads the stored hashes once, and a whole log is hashed
+    in O(log n) memory."""
+
+    def __init__(self, size=0, frontier=()):
+        if len(frontier) != size.bit_count():
+            raise ValueError(
+                f"a tree of {size} leaves has {size.bit_count()} frontier hashes, not {len(frontier)}"
+            )
+        self.size = size
+        self._complete = list(frontier)  # largest first
+
+    def append(self, data):
+        """Add leaf ``data``; returns the hashes to store for it, in order."""
         digest = leaf_hash(data)
-        yield digest
-        for _ in range(_completed(n)):
-            digest = node_hash(complete.pop(), digest)
-            yield digest
-        complete.append(digest)
+        hashes = [digest]
+        for _ in range(_completed(self.size)):
+            digest = node_hash(self._complete.pop(), digest)
+            hashes.append(digest)
+        self._complete.append(digest)
+        self.size += 1
+        return hashes
+
+    def root(self):
+        """The tree's root hash: RFC 6962 joins its complete subtrees from the right."""
+        if not self._complete:
+            return hashlib.sha256().digest()
+        digest = self._complete[-1]
+        for left in reversed(self._complete[:-1]):
+            digest = node_hash(left, digest)
+        return digest
 
 
 def _completed(n):
@@ -262,6 +304,11 @@ def verify_consistency(m, m_root, n, n_root, proof):
         raise ProofError(f"consistency proofs start from a tree of at least one leaf, not {m}")
     path = _consistency_path(m, 0, n)
     _expect_hashes(proof, len(path), f"a consistency proof from {m} to {n} leaves")
+    if m == n and m_root != n_root:
+        raise ProofError(
+            f"two trees of {m} leaves have different root hashes: the log was rewritten,"
+            f" or a root hash altered"
+        )
     if path and path[0][1] == m:
         # The proof starts with the hash of a subtree ending at leaf m that
         # both trees share; otherwise the older tree is such a subtree.

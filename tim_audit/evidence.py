@@ -1,0 +1,207 @@
+"""Evidence for reviewers to hand over: each event's tlog-proof against the
+latest checkpoint, an archive of the filtered events with their proofs,
+and the list of checkpoints. Behind the same sign-in as the dashboard."""
+
+import contextlib
+import io
+import json
+import sqlite3
+import zipfile
+
+from flask import Blueprint, Response, abort, render_template, request
+
+from . import chain, checkpoints, exports, history, merkle, queries, tlog
+from .auth import require_reviewer
+from .db import get_db
+
+bp = Blueprint("evidence", __name__)
+bp.before_request(require_reviewer)
+
+CHECKPOINT_PAGE = 100
+
+README = """\
+Evidence from the tim-audit log {origin}
+{rule}
+
+{count} events, the ones matching {filters},
+each proved to be in the log's Merkle tree of {size} events, whose
+checkpoint was signed at {signed_at} by the key {key_id}.{newer}
+
+Files
+  checkpoint                  the signed checkpoint (c2sp.org/tlog-checkpoint)
+  verifier.key                the public key that signed it (c2sp.org/signed-note)
+  events/<id>.json            each event as the service shows it
+  events/<id>.tlog-proof      each event's proof (c2sp.org/tlog-proof): its
+                              canonical bytes (the "extra" line, base64), its
+                              index (id - 1) and the hashes to the root
+
+Check one proof with tim-audit, which needs neither the log nor its settings:
+
+  tim-audit check-proof events/<id>.tlog-proof --key "$(cat verifier.key)"
+
+Or by hand, with any RFC 6962 implementation (Go's golang.org/x/mod/sumdb/tlog
+CheckRecord, for one):
+  1. Check the checkpoint's signature with verifier.key: its last line is
+     "— <key name> <base64>"; the base64 is the 4-byte key ID then an Ed25519
+     signature over every line before the blank line, newlines included.
+  2. Its first line must be the log's origin, {origin};
+     then the tree size and the base64 root hash.
+  3. Decode the proof's "extra" line: the leaf data. The leaf hash is
+     SHA-256(0x00 || data); hash it with each proof hash in turn
+     (SHA-256(0x01 || left || right)) as RFC 6962 section 2.1.1 says, for
+     leaf "index" in a tree of the checkpoint's size. The result must be the
+     checkpoint's root hash.
+  4. The leaf data is the event's canonical bytes, as the tim-audit README
+     defines them ("How a row is chained"): its columns, then its members.
+     They carry the raw body as received; compare them with events/<id>.json.
+
+Keep the checkpoint: a later checkpoint of the log must extend it. Ask the
+service's operator for a consistency proof (GET /checkpoint/consistency?from=
+{size}) and check it against both checkpoints' roots (RFC 6962 section 2.1.2).
+"""
+
+
+@bp.app_context_processor
+def _page_globals():
+    return {"latest_checkpoint": _latest_checkpoint, "checkpoint_covering": _covering}
+
+
+@bp.app_template_filter("key_id")
+def key_id(verifier_key):
+    """The key ID of a verifier key name+keyid+base64."""
+    return verifier_key.split("+")[1]
+
+
+def _latest_checkpoint():
+    with contextlib.suppress(sqlite3.OperationalError):  # no checkpoint table yet
+        return checkpoints.latest(get_db())
+    return None
+
+
+def _covering(event_id):
+    with contextlib.suppress(sqlite3.OperationalError):
+        return checkpoints.covering(get_db(), event_id)
+    return None
+
+
+@bp.get("/checkpoints")
+def listing():
+    try:
+        args = history._load(history.PageArgs)
+    except history.BadQuery as exc:
+        abort(400, description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()))
+    rows = _checkpoints(get_db(), args["limit"], args["before"])
+    older = rows[-1]["id"] if len(rows) == args["limit"] else None
+    return render_template("checkpoints.html", integrity=history._integrity(get_db()),
+                           rows=rows, older=older, limit=args["limit"])
+
+
+def _checkpoints(conn, limit, before):
+    try:
+        return conn.execute(
+            "SELECT id, tree, size, root, signed_at, key FROM checkpoint WHERE id < ?"
+            " ORDER BY id DESC LIMIT ?", (before or 2**63 - 1, limit),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+@bp.get("/checkpoints/<int:checkpoint_id>.checkpoint")
+def checkpoint_note(checkpoint_id):
+    row = get_db().execute(
+        "SELECT tree, size, note FROM checkpoint WHERE id = ?", (min(checkpoint_id, 2**63 - 1),)
+    ).fetchone()
+    if row is None:
+        abort(404, description=f"There is no checkpoint {checkpoint_id}.")
+    return Response(bytes(row["note"]), mimetype="text/plain", headers={
+        "Content-Disposition": f'attachment; filename="{row["tree"]}-{row["size"]}.checkpoint"'})
+
+
+@bp.get("/history/<int:event_id>.tlog-proof")
+def proof(event_id):
+    conn = get_db()
+    latest = checkpoints.latest(conn)
+    if queries.event(conn, min(event_id, 2**63 - 1)) is None:
+        abort(404, description=f"There is no event {event_id}.")
+    if latest is None or event_id > latest["size"]:
+        abort(404, description=(
+            f"Event {event_id} is not in a signed checkpoint yet; the next one is signed"
+            " within CHECKPOINT_INTERVAL seconds of its arrival."
+        ))
+    try:
+        data = proof_file(conn, latest, event_id)
+    except chain.ChainBroken as exc:
+        abort(409, description=f"No proof: the log does not verify here: {exc}")
+    return Response(data, mimetype="text/plain", headers={
+        "Content-Disposition": f'attachment; filename="tim-audit-event-{event_id}.tlog-proof"'})
+
+
+def proof_file(conn, checkpoint, event_id):
+    """The tlog-proof of event ``event_id`` in the tree of ``checkpoint``,
+    with the event's canonical bytes as its extra data."""
+    hashes = tlog.inclusion_proof(checkpoint["size"], event_id - 1, merkle.reader(conn, "event"))
+    leaf = merkle.leaf(conn, event_id)
+    return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), bytes(checkpoint["note"]), leaf))
+
+
+@bp.get("/history.evidence")
+def export_evidence():
+    if _latest_checkpoint() is None:
+        abort(404, description="No checkpoint has been signed yet: there is nothing to prove against.")
+    return history._export("events", "zip", archive_chunks, "application/zip")
+
+
+def archive_chunks(conn, filters, counter):
+    """The evidence archive of ``filters``, streamed: the zip is written to
+    a buffer that is emptied after every event, so memory stays flat."""
+    latest = checkpoints.latest(conn)
+    out = _Chunks()
+    archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
+    archive.writestr("checkpoint", bytes(latest["note"]))
+    archive.writestr("verifier.key", f"{latest['key']}\n")
+    newer = 0
+    for objects in exports.json_objects(conn, filters):
+        for event_id, document in objects:
+            if event_id > latest["size"]:
+                newer += 1
+                continue
+            archive.writestr(f"events/{event_id}.json", document + "\n")
+            archive.writestr(f"events/{event_id}.tlog-proof", proof_file(conn, latest, event_id))
+            counter["rows"] += 1
+        yield out.take()
+    archive.writestr("README.txt", _readme(latest, counter["rows"], newer))
+    archive.close()
+    yield out.take()
+
+
+def _readme(latest, count, newer):
+    checkpoint = tlog.parse_checkpoint(bytes(latest["note"]).decode().partition("\n\n")[0] + "\n")
+    asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
+    return README.format(
+        origin=checkpoint.origin, rule="=" * (30 + len(checkpoint.origin)), count=count,
+        filters=json.dumps(asked, ensure_ascii=False) if asked else "no filter (all events)",
+        size=latest["size"], signed_at=history.utc(latest["signed_at"]), key_id=key_id(latest["key"]),
+        newer=(f"\n{newer} newer matching events are not in this checkpoint yet and are"
+               " left out: export again after the next checkpoint.") if newer else "",
+    )
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only stream that hands over what was written to it; zipfile
+    writes to such an unseekable stream with data descriptors."""
+
+    def __init__(self):
+        super().__init__()
+        self._parts = []
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self):
+        data = b"".join(self._parts)
+        self._parts = []
+        return data
