@@ -184,3 +184,37 @@ def test_the_writer_survives_a_failure_of_its_own(log, monkeypatch, caplog):
     assert log.append(event(1)).outcome == "stored"
     assert log.append(event(2)).outcome == "stored"
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["the writer failed on a batch"]
+
+
+class FailingCommit:
+    """The writer's connection, but COMMIT fails as a failing disk makes it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_is_uncertain_and_the_writer_goes_on(log):
+    """A COMMIT that fails other than for a full disk may have landed: the
+    answer says so, and the writer reconnects and keeps writing, even when
+    the WAL is due for a checkpoint right after."""
+    log.append(event(1))
+    log._conn = FailingCommit(log._conn)
+    log._wal_frames = auditlog.WAL_CHECKPOINT_FRAMES + 1
+    with pytest.raises(auditlog.StorageUncertain, match="disk I/O error"):
+        log.append(event(2))
+    assert log.append(event(3)).outcome == "stored"
+
+
+def test_a_closed_log_opens_again_at_the_next_append(log):
+    log.append(event(1))
+    log.close()
+    assert log.append(event(2)).outcome == "stored"
+    assert check(log)[0] == 2

@@ -404,7 +404,7 @@ def test_a_request_werkzeug_refuses_is_a_json_4xx_not_an_internal_error(client, 
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, monkeypatch):
-    def broken(entry):
+    def broken(entry, started):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(app.extensions["tim_audit"], "append", broken)

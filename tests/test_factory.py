@@ -101,7 +101,7 @@ def test_configured_app_warns_about_nothing(made, caplog):
 
 
 STORAGE_TIMEOUT_MUST = (
-    "STORAGE_TIMEOUT must be seconds between 0.25 and 1.2 (every callback is answered within 1.5 s;"
+    "STORAGE_TIMEOUT must be seconds between 0.5 and 1.2 (every callback is answered within 1.5 s;"
     " Tencent waits 2 s)"
 )
 SDKAPPID_MUST = "SDKAPPID must be your app's SDKAppID, a positive whole number of at most 10 digits"
@@ -133,6 +133,7 @@ NOT_A_HASH = (
     ("MAX_CONTENT_LENGTH", 0, "MAX_CONTENT_LENGTH must be a whole number of at least 1, not 0"),
     ("STORAGE_TIMEOUT", 5, f"{STORAGE_TIMEOUT_MUST}, not 5"),
     ("STORAGE_TIMEOUT", 0.1, f"{STORAGE_TIMEOUT_MUST}, not 0.1"),
+    ("STORAGE_TIMEOUT", 0.25, f"{STORAGE_TIMEOUT_MUST}, not 0.25"),
     ("STORAGE_TIMEOUT", True, f"{STORAGE_TIMEOUT_MUST}, not True"),
     ("INGEST_LISTEN", "8080", "INGEST_LISTEN must be HOST:PORT, such as 127.0.0.1:8080, not '8080'"),
     ("REVIEW_LISTEN", "127.0.0.1:99999", "REVIEW_LISTEN must be HOST:PORT, such as 127.0.0.1:8081, not '127.0.0.1:99999'"),

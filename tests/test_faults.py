@@ -377,20 +377,109 @@ def test_callbacks_answered_503_under_a_lock_are_never_stored_and_a_retry_is_sto
     ]
 
 
+def hang_first_commit(log, seconds):
+    """Make the writer's next COMMIT take ``seconds`` (a disk stalled
+    mid-write), and only that one. The hook stays on the connection: taking
+    it off while the COMMIT sleeps would wait for SQLite's lock."""
+    hung = []
+
+    def trace(sql):
+        if sql == "COMMIT" and not hung:
+            hung.append(sql)
+            time.sleep(seconds)
+
+    log._conn.set_trace_callback(trace)
+
+
 def test_a_commit_that_hangs_is_answered_within_the_bound_and_never_503(live_server, rows):
     """A COMMIT that takes 2 s (a disk stalled mid-write): the callback is
     answered at 1.5 s that the write may have been stored, not that it was
     not; it is, and a retry is recognised as a repeat."""
-    log = live_server.app.extensions["tim_audit"]
-    log._conn.set_trace_callback(lambda sql: time.sleep(2) if sql == "COMMIT" else None)
+    hang_first_commit(live_server.app.extensions["tim_audit"], 2)
     started = time.monotonic()
     status, answer = post(live_server.port, group_body(GroupId="@TGS#hung"))
     seconds = time.monotonic() - started
     assert (status, answer["ErrorCode"], answer["ActionStatus"]) == (500, 60032, "FAIL")
     assert "may have been recorded" in answer["ErrorInfo"]
-    assert 1.4 < seconds < 1.7
+    assert 1.4 < seconds < 1.5
     time.sleep(1)
-    log._conn.set_trace_callback(None)
     assert rows("SELECT group_id FROM event") == [("@TGS#hung",)]
     assert post(live_server.port, group_body(GroupId="@TGS#hung")) == (200, OK)
     assert rows("SELECT count(*) FROM event") == [(1,)]
+
+
+def test_the_shortest_storage_timeout_still_stores_callbacks(make_app):
+    client = make_app(STORAGE_TIMEOUT=0.5).test_client()
+    answers = [
+        client.post("/callback", query_string=signed_query(), data=group_body(GroupId=f"@TGS#short{n}"))
+        for n in range(20)
+    ]
+    assert [(a.status_code, a.get_json()) for a in answers] == [(200, OK)] * 20
+
+
+def test_a_lock_let_go_between_deadlines_stores_the_later_callbacks_and_refuses_the_earlier(
+    live_server, rows
+):
+    """Callbacks arrive 50 ms apart while another process holds the lock,
+    which it lets go when the first ones have less than SEAL_MARGIN left:
+    the writer gets the lock with both kinds queued, refuses the first
+    (503, never stored) and commits the rest (200)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "locked\n"
+    answers = {}
+
+    def one(n):
+        answers[f"@TGS#staggered{n}"] = post(live_server.port, group_body(GroupId=f"@TGS#staggered{n}"))
+
+    threads = []
+    started = time.monotonic()
+    for n in range(8):
+        time.sleep(max(0.0, started + n * 0.05 - time.monotonic()))
+        threads.append(threading.Thread(target=one, args=(n,)))
+        threads[-1].start()
+    time.sleep(max(0.0, started + 0.9 - time.monotonic()))
+    holder.communicate("done\n", timeout=10)
+    for thread in threads:
+        thread.join()
+    time.sleep(0.5)
+    stored = {group_id for (group_id,) in rows("SELECT group_id FROM event")}
+    statuses = {group_id: status for group_id, (status, _) in answers.items()}
+    assert {group_id for group_id, status in statuses.items() if status == 200} == stored
+    assert set(statuses.values()) == {200, 503}
+    assert statuses["@TGS#staggered0"] == 503 and statuses["@TGS#staggered7"] == 200
+
+
+def test_while_a_commit_hangs_every_callback_is_answered_within_the_bound(live_server, rows):
+    """More callbacks than threads while a COMMIT hangs for 3 s: the ones
+    in the hung transaction are answered 60032, the others 503 at once
+    rather than queued behind it, each within 1.5 s of being sent, and
+    /healthz says why."""
+    hang_first_commit(live_server.app.extensions["tim_audit"], 3)
+    answers = []
+
+    def one(n):
+        sent = time.monotonic()
+        status, answer = post(live_server.port, group_body(GroupId=f"@TGS#wave{n}"))
+        answers.append((f"@TGS#wave{n}", status, answer["ErrorCode"], time.monotonic() - sent))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    time.sleep(1.2)
+    health = http.client.HTTPConnection(live_server.host, live_server.port, timeout=5)
+    health.request("GET", "/healthz")
+    response = health.getresponse()
+    assert response.status == 503
+    assert "has not finished a write" in json.loads(response.read())["error"]
+    health.close()
+    for thread in threads:
+        thread.join()
+    time.sleep(2)
+    assert max(seconds for *_, seconds in answers) < 1.5
+    assert {(status, code) for _, status, code, _ in answers} == {(500, 60032), (503, 60030)}
+    stored = {group_id for (group_id,) in rows("SELECT group_id FROM event")}
+    assert stored == {group_id for group_id, status, _, _ in answers if status == 500}

@@ -26,7 +26,7 @@ from .chain import (
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_EVERY = 1.0  # seconds
+CHECKPOINT_EVERY = 0.25  # seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ChainMismatch(Exception):
 
 # No append waits longer than this for its answer, even when a commit hangs:
 # Tencent gives up at 2 s, and an after-event callback it gives up on is lost.
-ANSWER_BOUND = 1.5  # seconds
+ANSWER_BOUND = 1.45  # seconds from the request's start: the rest of it fits in 1.5 s
 # A job joins a transaction only with at least this much of its time left,
 # so that a commit that goes as usual is answered before its deadline.
 SEAL_MARGIN = 0.25  # seconds
@@ -146,11 +146,15 @@ class AuditLog:
         self._checkpointer = None
         self._closing = threading.Event()
         self._wal_frames = 0
+        self._busy_since = None  # when the writer started on the batch it is on
 
     def open(self):
         """Create the log if it does not exist yet, check that its chain is
-        keyed as configured, and start the writer. Idempotent."""
+        keyed as configured, and start the writer. Idempotent; refused
+        while close() is still draining the writer."""
         with self._lock:
+            if self._closing.is_set():
+                raise StorageUnavailable("the log is closing")
             if self._writer is not None:
                 return
             self._conn = self._connect()
@@ -189,7 +193,9 @@ class AuditLog:
         while not self._closing.wait(CHECKPOINT_EVERY):
             try:
                 conn = conn or db.connect(self.path, timeout=self.timeout)
-                _, self._wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy:
+                    self._wal_frames = frames
             except sqlite3.Error:
                 pass  # the next round retries; a failing disk also fails appends, which say so
         if conn is not None:
@@ -222,34 +228,50 @@ class AuditLog:
             f"AUDIT_HMAC_KEY is not the key the log at {self.path} was started with"
         )
 
-    def append(self, entry):
+    def append(self, entry, started=None):
         """Write ``entry`` durably and return its :class:`Receipt`.
 
-        A receipt means committed with synchronous=FULL.
-        :class:`StorageUnavailable` within ``timeout`` means the entry was
-        never part of a transaction and never will be. A job already sealed
-        into a transaction waits for its commit, until ANSWER_BOUND; then
-        :class:`StorageUncertain`.
+        ``started`` (time.monotonic()) is when the request began, so that
+        every append it makes shares one budget. A receipt means committed
+        with synchronous=FULL. :class:`StorageUnavailable` within ``timeout``
+        means the entry was never part of a transaction and never will be.
+        A job already sealed into a transaction waits for its commit, until
+        ANSWER_BOUND; then :class:`StorageUncertain`.
         """
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
         if self._writer is None:
             try:
                 self.open()
             except (sqlite3.Error, OSError, ChainMismatch, ChainBroken) as exc:
                 self.failure = str(exc)
                 raise StorageUnavailable(f"cannot open the log: {exc}") from None
+        stalled = self.stalled()
+        if stalled:
+            # Refused at once rather than queued behind a stuck batch, so
+            # that callbacks do not hold every thread while the disk hangs.
+            self.failure = stalled
+            raise StorageUnavailable(stalled)
         job = _Job(entry, started + self.timeout)
         self._queue.put(job)
-        if not job.done.wait(self.timeout):
+        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
             with self._lock:
                 if job.state == _PENDING:
                     job.state = _CANCELLED
-                    raise StorageUnavailable("timed out waiting for the database")
+                    self.failure = "timed out waiting for the database"
+                    raise StorageUnavailable(self.failure)
             if not job.done.wait(max(0.0, started + ANSWER_BOUND - time.monotonic())):
                 raise StorageUncertain("the database did not confirm the commit in time")
         if job.error is not None:
             raise job.error
         return job.receipt
+
+    def stalled(self):
+        """Why the writer is stuck, if it has been on one batch for longer
+        than ``timeout`` (a lock held elsewhere, a hung disk); else None."""
+        since = self._busy_since
+        if since is not None and time.monotonic() - since > self.timeout:
+            return f"the database has not finished a write in {time.monotonic() - since:.1f} s"
+        return None
 
     def _run(self):
         while True:
@@ -260,6 +282,7 @@ class AuditLog:
                 except queue.Empty:
                     break
             jobs = [job for job in batch if job is not None]
+            self._busy_since = time.monotonic()
             try:
                 if jobs:
                     self._commit(jobs)
@@ -270,6 +293,7 @@ class AuditLog:
                 for job in jobs:
                     if not job.done.is_set():
                         job.finish(error=exc)
+            self._busy_since = None
             if len(jobs) < len(batch):
                 return  # close() queued None
 
@@ -370,10 +394,10 @@ class AuditLog:
         if self._wal_frames < WAL_CHECKPOINT_FRAMES:
             return
         try:
-            _, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, frames, copied = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:
             return  # tried again after the next batch
-        if frames == copied:
+        if not busy and frames == copied:
             self._wal_frames = 0
 
     def _connection(self):
@@ -463,19 +487,22 @@ class AuditLog:
         return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
 
     def close(self):
-        """Stop the writer once the queue is written; for tests and shutdown."""
+        """Stop the writer once the queue is written; for tests, init-db
+        and shutdown."""
         with self._lock:
             writer, self._writer = self._writer, None
-        if writer is None:
-            return
+            if writer is None:
+                return
+            self._closing.set()
         self._queue.put(None)
         writer.join()
-        self._closing.set()
         self._checkpointer.join()
         if self.notary is not None:
             self.notary.close()
-        self._conn.close()
-        self._conn = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._closing.clear()
 
 
 def _insert(conn, table, columns, rows):

@@ -69,9 +69,9 @@ class Refusal(Exception):
 
 @bp.post("/callback")
 def receive():
-    started = time.perf_counter()
-    outcome = _process(int(time.time() * 1000))
-    seconds = time.perf_counter() - started
+    started = time.monotonic()
+    outcome = _process(int(time.time() * 1000), started)
+    seconds = time.monotonic() - started
     _log(outcome, seconds)
     metrics = current_app.extensions.get("tim_audit.metrics")
     if metrics is not None:
@@ -79,7 +79,7 @@ def receive():
     return _answer(outcome.status, outcome.code, outcome.info)
 
 
-def _process(received_at):
+def _process(received_at, started):
     command = request.args.get("CallbackCommand")
     if command is not None and ".CallbackBefore" in command:
         # A non-zero ErrorCode would block the user's action; we only audit.
@@ -102,19 +102,19 @@ def _process(received_at):
         event = _deserialize(command, raw, received_at)
     except Refusal as refusal:
         try:
-            _quarantine(refusal.code, refusal.info, raw, received_at)
+            _quarantine(refusal.code, refusal.info, raw, received_at, started)
         except (StorageUnavailable, StorageUncertain) as exc:
             return _unavailable(exc)
         return refusal.outcome()
 
     try:
-        receipt = current_log().append(event)
+        receipt = current_log().append(event, started)
         if receipt.outcome == "conflict":
             _quarantine(
                 ErrorCode.OK,
                 f"repeat of event {receipt.id} (same CallbackCommand, GroupId and"
                 " EventTime) with a different body",
-                raw, received_at,
+                raw, received_at, started,
             )
     except (StorageUnavailable, StorageUncertain) as exc:
         return _unavailable(exc, event.group_id)
@@ -242,7 +242,7 @@ def _describe(messages):
     return f"invalid fields: {text}"
 
 
-def _quarantine(code, reason, raw, received_at):
+def _quarantine(code, reason, raw, received_at, started):
     current_log().append(Rejection(
         received_at=received_at,
         error_code=int(code),
@@ -252,7 +252,7 @@ def _quarantine(code, reason, raw, received_at):
         peer=request.remote_addr,
         content_length=request.content_length,
         raw=raw,
-    ))
+    ), started)
 
 
 def _unavailable(exc, group_id=None):

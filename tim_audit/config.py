@@ -191,8 +191,8 @@ class Settings(Schema):
     SIGN_MAX_AGE = _whole(0, "a whole number of at least 0")
     MAX_CONTENT_LENGTH = _whole(1, "a whole number of at least 1")
     STORAGE_TIMEOUT = fields.Float(
-        validate=validate.Range(min=0.25, max=1.2),
-        **_must("seconds between 0.25 and 1.2 (every callback is answered within 1.5 s; Tencent waits 2 s)"),
+        validate=validate.Range(min=0.5, max=1.2),
+        **_must("seconds between 0.5 and 1.2 (every callback is answered within 1.5 s; Tencent waits 2 s)"),
     )
     AUDIT_HMAC_KEY = _Key(allow_none=True, **_must("a string of at least 16 bytes", secret=True))
     DASHBOARD_USERS = _Reviewers()

@@ -5,7 +5,8 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 
 from . import queries
-from .auditlog import ChainMismatch
+from .auditlog import ChainMismatch, StorageUnavailable
+from .chain import ChainBroken
 from .db import get_db
 
 bp = Blueprint("health", __name__)
@@ -22,13 +23,10 @@ def healthz():
         if log is not None:
             log.open()
         events, _ = queries.head(get_db())
-    except (sqlite3.Error, OSError, ChainMismatch) as exc:
+    except (sqlite3.Error, OSError, ChainMismatch, ChainBroken, StorageUnavailable) as exc:
         return jsonify(status="unavailable", error=str(exc)), 503
     configured = bool(current_app.config["SDKAPPID"])
-    failure = log and log.failure
-    if failure:
-        return jsonify(
-            status="unavailable", events=events, configured=configured,
-            error=f"the last write failed: {failure}",
-        ), 503
+    problem = log and (log.stalled() or log.failure and f"the last write failed: {log.failure}")
+    if problem:
+        return jsonify(status="unavailable", events=events, configured=configured, error=problem), 503
     return jsonify(status="ok", events=events, configured=configured)

@@ -40,8 +40,9 @@ REVIEW_NICENESS = 10
     help="Run just one server, for example as one of two systemd units.",
 )
 @click.option("--review-fd", type=int, hidden=True)
+@click.option("--parent-fd", type=int, hidden=True)
 @with_appcontext
-def serve_command(only, review_fd):
+def serve_command(only, review_fd, parent_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
     config = current_app.config
     if only == "review":
@@ -50,6 +51,7 @@ def serve_command(only, review_fd):
         else:  # the child of a serve that runs both
             sock = socket.socket(fileno=review_fd)
             os.nice(REVIEW_NICENESS)
+            _stop_with_parent(parent_fd)
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT)
         return
     ingest_socket = listen(config, "INGEST_LISTEN")
@@ -67,10 +69,17 @@ def serve_command(only, review_fd):
 
 
 def listen(config, key):
-    """A listening socket on the configured HOST:PORT."""
+    """A listening socket on the configured HOST:PORT (an IPv6 address in
+    brackets, or a host name)."""
     host, _, port = config[key].rpartition(":")
     try:
-        return socket.create_server((host.strip("[]"), int(port)), backlog=1024)
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
+        )[0]
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {key} {config[key]}: {exc.strerror}") from None
+    try:
+        return socket.create_server(address, family=family, backlog=1024)
     except OSError as exc:
         raise StartupError(f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}") from None
 
@@ -91,21 +100,39 @@ def _exit(signum, frame):
     raise SystemExit(0)
 
 
+def _stop_with_parent(fd):
+    """Stop when the parent is gone, however it went: the end of a pipe
+    only the parent holds open reads empty then. An orphaned review server
+    would keep REVIEW_LISTEN, and the next serve could not start."""
+    def wait():
+        os.read(fd, 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="tim-audit parent watch", daemon=True).start()
+
+
 class ReviewProcess:
     """The review server in a child process, on a socket bound by the parent."""
 
     def __init__(self, sock, logger):
         self.sock = sock
         self.logger = logger
+        # The child watches the read end; the write end is never written
+        # and, not inheritable, closes only when this process ends.
+        self._parent_watch, self._alive = os.pipe()
+        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._process = self._start()
         threading.Thread(target=self._watch, name="tim-audit review watcher", daemon=True).start()
 
     def _start(self):
-        fd = self.sock.fileno()
+        fds = (self.sock.fileno(), self._parent_watch)
+        # -P: the working directory is not put on sys.path, so the child
+        # runs the same installed tim_audit as this process.
         return subprocess.Popen(  # noqa: S603 (this interpreter, fixed arguments)
-            [sys.executable, "-m", "tim_audit", "serve", "--only", "review", "--review-fd", str(fd)],
-            pass_fds=(fd,),
+            [sys.executable, "-P", "-m", "tim_audit", "serve", "--only", "review",
+             "--review-fd", str(fds[0]), "--parent-fd", str(fds[1])],
+            pass_fds=fds,
         )
 
     def _watch(self):
@@ -113,13 +140,18 @@ class ReviewProcess:
             code = self._process.wait()
             if self._stopping.wait(RESTART_DELAY):
                 return
-            self.logger.error("the review server exited with %s; starting it again", code)
-            self._process = self._start()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.logger.error("the review server exited with %s; starting it again", code)
+                self._process = self._start()
 
     def stop(self):
-        self._stopping.set()
-        self._process.terminate()
+        with self._lock:
+            self._stopping.set()
+            process = self._process
+        process.terminate()
         try:
-            self._process.wait(10)
+            process.wait(10)
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            process.kill()
