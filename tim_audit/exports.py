@@ -1,7 +1,13 @@
 """The matching events, or quarantined deliveries, as CSV or JSON, for evidence.
 
-Each is streamed in chunks of rows from one SELECT (one read snapshot), so
-memory stays flat however large the log is. Events are built mostly in SQL:
+Each is streamed in chunks, so memory stays flat however large the log is.
+A chunk is a statement of its own, read to its end before it is handed
+over: a download that stalls then holds no read snapshot, which would keep
+every checkpoint from resetting the WAL for as long as it stalls. Chunks
+follow one another with a keyset cursor, as the list pages do, over the rows
+that were there when the export began (the log only grows, with ids in
+order), so rows that arrive meanwhile are left out and none is sent twice.
+Events are built mostly in SQL:
 timestamps, formula guards and JSON objects come out of SQLite ready to
 write. Member lists are read per chunk with an ORDER BY of their own, the
 one order SQLite promises (an ORDER BY in a subquery feeding group_concat or
@@ -10,10 +16,13 @@ json_group_array is not; ``group_concat(... ORDER BY)`` needs SQLite 3.44).
 
 import base64
 import csv
+import dataclasses
 import io
 import itertools
 import json
 import operator
+
+from . import queries
 
 CHUNK_ROWS = 250
 
@@ -87,24 +96,33 @@ _JSON_TAIL = (
 )
 
 
-def _select(conn, columns, filters):
-    """The matching events, each row led by its id; plain tuples, which
-    cost a third less time than sqlite3.Row."""
+def _chunks(conn, columns, filters):
+    """The matching events, CHUNK_ROWS at a time, each row led by its id and
+    ended by its sort time; plain tuples, which cost a third less time than
+    sqlite3.Row. The unary + keeps SQLite from reading the id range
+    instead of the index that gives the order."""
+    head, _ = queries.head(conn)
     selection = filters.select()
+    selection = dataclasses.replace(
+        selection, where=f"{selection.where} AND +{selection.id} <= ?", params=[*selection.params, head]
+    )
     cursor = conn.cursor()
     cursor.row_factory = None
-    return cursor.execute(
-        f"SELECT e.id, {columns} FROM {selection.source} WHERE {selection.where}"
-        f" ORDER BY {selection.time} DESC, {selection.id} DESC",
-        selection.params,
-    )
+    chunk = selection
+    while rows := cursor.execute(
+        f"SELECT e.id, {columns}, {selection.time} FROM {selection.source} WHERE {chunk.where}"
+        f" ORDER BY {selection.time} DESC, {selection.id} DESC LIMIT {CHUNK_ROWS}",
+        chunk.params,
+    ).fetchall():
+        yield rows
+        chunk = selection.past(rows[-1][-1], rows[-1][0])
 
 
 def _members(conn, rows, member, separator):
     """Event id -> the initial members of the events in ``rows``, each as
     the SQL ``member`` (of ``account``), joined with ``separator`` in
     MemberList order; events without members are left out. One query per
-    chunk, read on the export's own snapshot."""
+    chunk."""
     cursor = conn.cursor()
     cursor.row_factory = None
     found = cursor.execute(
@@ -124,14 +142,13 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 def csv_chunks(conn, filters, counter):
     """UTF-8 CSV (with a BOM, so spreadsheets read CJK names right), a
     header row, then the rows; ``counter["rows"]`` counts what was sent."""
-    cursor = _select(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     buffer.write("\ufeff")
     writer.writerow(name for name, _ in CSV_COLUMNS)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _chunks(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters):
         members = _members(conn, rows, "account", ";")
-        for event_id, *cells in rows:
+        for event_id, *cells, _ in rows:
             joined = members.get(event_id, "")
             if joined.startswith(FORMULA_STARTS):
                 joined = "'" + joined
@@ -157,12 +174,11 @@ def json_chunks(conn, filters, counter):
 def json_objects(conn, filters):
     """The matching events as (id, JSON object), a chunk at a time, in
     export order: for the JSON export and the evidence archive."""
-    cursor = _select(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _chunks(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters):
         members = _members(conn, rows, "json_quote(account)", '},{"Member_Account":')
         yield [
             (event_id, f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}')
-            for event_id, head, tail in rows
+            for event_id, head, tail, _ in rows
         ]
 
 
@@ -180,14 +196,20 @@ QUARANTINE_CSV_HEADER = (
 
 
 def _quarantined(conn, filters):
+    """The matching quarantined deliveries, newest first, CHUNK_ROWS at a
+    time, of those there when the export began; like _chunks."""
     where, params = filters.where()
     cursor = conn.cursor()
     cursor.row_factory = None
-    return cursor.execute(
+    below = cursor.execute("SELECT ifnull(max(id), 0) + 1 FROM quarantine").fetchone()[0]
+    while rows := cursor.execute(
         f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
-        f" content_length, raw, hash FROM quarantine WHERE {where} ORDER BY id DESC",
-        params,
-    )
+        f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ?"
+        f" ORDER BY id DESC LIMIT {CHUNK_ROWS}",
+        [*params, below],
+    ).fetchall():
+        yield rows
+        below = rows[-1][0]
 
 
 def _bodies(raw):
@@ -204,12 +226,11 @@ def _cell(value):
 
 def quarantine_csv_chunks(conn, filters, counter):
     """The quarantined deliveries as CSV, newest first, like csv_chunks."""
-    cursor = _quarantined(conn, filters)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     buffer.write("\ufeff")
     writer.writerow(QUARANTINE_CSV_HEADER)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _quarantined(conn, filters):
         for *fields, raw, digest in rows:
             writer.writerow([_cell(value) for value in (*fields, *_bodies(raw))] + [digest])
         counter["rows"] += len(rows)
@@ -221,9 +242,8 @@ def quarantine_csv_chunks(conn, filters, counter):
 
 def quarantine_json_chunks(conn, filters, counter):
     """The quarantined deliveries as a JSON array, newest first."""
-    cursor = _quarantined(conn, filters)
     separator = "[\n"
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _quarantined(conn, filters):
         counter["rows"] += len(rows)
         yield (separator + ",\n".join(_quarantine_object(row) for row in rows)).encode("utf-8")
         separator = ",\n"
