@@ -31,10 +31,27 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_STARTS_SQL = "(" + ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS) + ")"
 
 
-def _guard(expression):
-    """SQL: ``expression`` with a ' in front when it would start a formula."""
+# Only a tampered row of a log made before STRICT tables holds a BLOB where
+# text or a number belongs. JSON cannot hold one, so both formats write it as
+# stored, as the SQL literal X'...' that verify names it by.
+def _blob_literal(expression):
+    return f"'X''' || hex({expression}) || ''''"
+
+
+def _stored(expression):
+    """SQL: ``expression``, a BLOB as X'...'."""
     return (
-        f"CASE WHEN substr({expression}, 1, 1) IN {_FORMULA_STARTS_SQL}"
+        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
+        f" ELSE {expression} END"
+    )
+
+
+def _guard(expression):
+    """SQL: ``expression`` with a ' in front when it would start a formula,
+    a BLOB as X'...'."""
+    return (
+        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
+        f" WHEN substr({expression}, 1, 1) IN {_FORMULA_STARTS_SQL}"
         f" THEN '''' || {expression} ELSE {expression} END"
     )
 
@@ -53,20 +70,20 @@ def _iso(expression):
         f"CASE WHEN {expression} BETWEEN {FIRST_ISO_MS} AND {LAST_ISO_MS}"
         f" THEN strftime('%Y-%m-%dT%H:%M:%S', (({expression}) - {millis}) / 1000, 'unixepoch')"
         f" || '.' || printf('%03d', {millis}) || 'Z'"
-        f" ELSE CAST({expression} AS TEXT) END"
+        f" ELSE CAST({_stored(expression)} AS TEXT) END"
     )
 
 
 CSV_COLUMNS = (
     ("id", "e.id"),
     ("event_time", _iso("e.event_time")),
-    ("event_time_ms", "e.event_time"),
+    ("event_time_ms", _stored("e.event_time")),
     ("group_id", _guard("e.group_id")),
     ("type", _guard("e.type")),
     ("name", _guard("e.name")),
     ("owner", _guard("e.owner")),
     ("operator", _guard("e.operator")),
-    ("member_count", "e.member_count"),
+    ("member_count", _stored("e.member_count")),
     ("members", None),  # filled in per chunk
     ("user_data", _guard("e.user_data")),
     ("received_at", _iso("e.received_at")),
@@ -74,7 +91,7 @@ CSV_COLUMNS = (
     ("client_ip", _guard("e.client_ip")),
     ("opt_platform", _guard("e.opt_platform")),
     ("peer", _guard("e.peer")),
-    ("hash", "e.hash"),
+    ("hash", _stored("e.hash")),
 )
 _MEMBERS_AT = [name for name, _ in CSV_COLUMNS].index("members")
 
@@ -82,17 +99,21 @@ _MEMBERS_AT = [name for name, _ in CSV_COLUMNS].index("members")
 # goes between the two halves.
 _JSON_HEAD = (
     "json_object("
-    "'id', e.id, 'CallbackCommand', e.command, 'GroupId', e.group_id,"
-    " 'Type', e.type, 'Name', e.name, 'Operator_Account', e.operator,"
-    " 'Owner_Account', e.owner)"
+    f"'id', e.id, 'CallbackCommand', {_stored('e.command')}, 'GroupId', {_stored('e.group_id')},"
+    f" 'Type', {_stored('e.type')}, 'Name', {_stored('e.name')},"
+    f" 'Operator_Account', {_stored('e.operator')}, 'Owner_Account', {_stored('e.owner')})"
 )
+# UserDefinedDataList is stored as JSON text; anything else (tampering) is
+# written as a value of its own.
 _JSON_TAIL = (
     "json_object("
-    "'UserDefinedDataList', json(e.user_data),"
-    " 'EventTime', e.event_time,"
+    "'UserDefinedDataList', CASE WHEN typeof(e.user_data) = 'text' AND json_valid(e.user_data)"
+    f" THEN json(e.user_data) ELSE {_stored('e.user_data')} END,"
+    f" 'EventTime', {_stored('e.event_time')},"
     f" 'ReceivedAt', {_iso('e.received_at')},"
-    " 'SdkAppid', e.sdkappid, 'ClientIP', e.client_ip, 'OptPlatform', e.opt_platform,"
-    " 'Peer', e.peer, 'Hash', e.hash, 'RawBody', CAST(e.raw AS TEXT))"
+    f" 'SdkAppid', {_stored('e.sdkappid')}, 'ClientIP', {_stored('e.client_ip')},"
+    f" 'OptPlatform', {_stored('e.opt_platform')}, 'Peer', {_stored('e.peer')},"
+    f" 'Hash', {_stored('e.hash')}, 'RawBody', CAST(e.raw AS TEXT))"
 )
 
 
@@ -147,7 +168,7 @@ def csv_chunks(conn, filters, counter):
     buffer.write("\ufeff")
     writer.writerow(name for name, _ in CSV_COLUMNS)
     for rows in _chunks(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters):
-        members = _members(conn, rows, "account", ";")
+        members = _members(conn, rows, _stored("account"), ";")
         for event_id, *cells, _ in rows:
             joined = members.get(event_id, "")
             if joined.startswith(FORMULA_STARTS):
@@ -175,7 +196,7 @@ def json_objects(conn, filters):
     """The matching events as (id, JSON object), a chunk at a time, in
     export order: for the JSON export and the evidence archive."""
     for rows in _chunks(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters):
-        members = _members(conn, rows, "json_quote(account)", '},{"Member_Account":')
+        members = _members(conn, rows, f"json_quote({_stored('account')})", '},{"Member_Account":')
         yield [
             (event_id, f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}')
             for event_id, head, tail, _ in rows
@@ -212,13 +233,29 @@ def _quarantined(conn, filters):
         below = rows[-1][0]
 
 
+def as_bytes(raw):
+    """A stored body as bytes; a tampered row of a log made before STRICT
+    tables can hold it as TEXT or a number, taken here as stored."""
+    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+
+
 def _bodies(raw):
     if raw is None:
         return None, None
-    return bytes(raw).decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+    raw = as_bytes(raw)
+    return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def _blob(value):
+    """A BLOB where text or a number belongs, as _stored writes it."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{type(value).__name__} is not a stored value")
+    return f"X'{value.hex().upper()}'"
 
 
 def _cell(value):
+    if isinstance(value, bytes):
+        return _blob(value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
@@ -257,4 +294,4 @@ def _quarantine_object(row):
         "id": row_id, "ReceivedAt": received_at, "ErrorCode": error_code, "Reason": reason,
         "CallbackCommand": command, "Query": query, "Peer": peer, "ContentLength": length,
         "Body": body, "BodyBase64": body_base64, "Hash": digest,
-    }, ensure_ascii=False)
+    }, ensure_ascii=False, default=_blob)

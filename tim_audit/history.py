@@ -419,7 +419,7 @@ def quarantined_body(row_id):
     if row is None or row["raw"] is None:
         abort(404, description=f"No body is kept for quarantined delivery {row_id}.")
     return Response(
-        bytes(row["raw"]), mimetype="application/octet-stream",
+        exports.as_bytes(row["raw"]), mimetype="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'},
     )
 
@@ -432,6 +432,9 @@ def _instant(ms):
         return _EPOCH + datetime.timedelta(milliseconds=ms)
     except (OverflowError, TypeError):
         return None
+
+
+bp.add_app_template_filter(exports.as_bytes)
 
 
 @bp.app_template_filter("utc")
