@@ -1,11 +1,14 @@
 import base64
+import threading
+import time
 
 import pytest
 from freezegun import freeze_time
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 import tim_audit.auth
-from dashboard import CREDENTIALS, PASSWORD, REVIEWER
+from dashboard import CREDENTIALS, PASSWORD, REVIEWER, REVIEWERS
+from tim_audit.auth import Busy, Reviewers, TooManyFailures
 from tencent import group_body
 
 PAGES = [
@@ -151,3 +154,119 @@ def test_the_limit_lifts_a_minute_after_the_failures(client):
 def test_login_failures_is_configurable(make_app):
     client = make_app(LOGIN_FAILURES=2).test_client()
     assert [sign_in(client, f"guess {n}") for n in range(3)] == [401, 401, 429]
+
+
+# --- a spray costs bounded memory and holds no thread for long ---------------
+
+def test_failures_are_kept_for_at_most_max_addresses(monkeypatch):
+    monkeypatch.setattr(tim_audit.auth, "MAX_ADDRESSES", 100)
+    reviewers = Reviewers(REVIEWERS, 10)
+    for n in range(250):
+        assert not reviewers.check(REVIEWER, "wrong", f"2001:db8::{n:x}")
+    assert list(reviewers._failures) == [f"2001:db8::{n:x}" for n in range(150, 250)]
+
+
+def test_failures_too_old_to_count_are_forgotten():
+    reviewers = Reviewers(REVIEWERS, 10)
+    with freeze_time("2026-11-30 12:00:00") as frozen:
+        for n in range(50):
+            assert not reviewers.check(REVIEWER, "wrong", f"2001:db8::{n:x}")
+        frozen.tick(30)
+        assert not reviewers.check(REVIEWER, "wrong", "2001:db8::a:0")
+        frozen.tick(31)
+        assert not reviewers.check(REVIEWER, "wrong", "2001:db8::b:0")
+    assert list(reviewers._failures) == ["2001:db8::a:0", "2001:db8::b:0"]
+
+
+# werkzeug's default method, scrypt: about 0.1 s a check on the CI machine.
+SLOW = {REVIEWER: generate_password_hash(PASSWORD)}
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The password checks made, as (password, seconds taken)."""
+    checks = []
+    real = tim_audit.auth.check_password_hash
+
+    def check(stored, password):
+        started = time.monotonic()
+        try:
+            return real(stored, password)
+        finally:
+            checks.append((password, time.monotonic() - started))
+
+    monkeypatch.setattr(tim_audit.auth, "check_password_hash", check)
+    return checks
+
+
+def concurrently(reviewers, guesses):
+    """check() of each (password, address) in ``guesses`` on a thread of its
+    own, all at once: each one's outcome (True, False, or the exception's
+    class) and seconds taken."""
+    outcomes = [None] * len(guesses)
+
+    def guess(index, password, address):
+        started = time.monotonic()
+        try:
+            outcome = reviewers.check(REVIEWER, password, address)
+        except (Busy, TooManyFailures) as exc:
+            outcome = type(exc)
+        outcomes[index] = (outcome, time.monotonic() - started)
+
+    threads = [threading.Thread(target=guess, args=(i, *g)) for i, g in enumerate(guesses)]
+    for thread in threads:
+        thread.start()
+    return threads, outcomes
+
+
+def test_a_spray_waits_its_turn_at_most_hashing_wait_and_a_signed_in_reviewer_not_at_all(
+        counted, monkeypatch):
+    monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.5)
+    reviewers = Reviewers(SLOW, 10)
+    assert reviewers.check(REVIEWER, PASSWORD, "198.51.100.1")
+    threads, outcomes = concurrently(reviewers, [(f"guess {n}", f"203.0.113.{n}") for n in range(24)])
+    waits = []
+    while any(thread.is_alive() for thread in threads):
+        started = time.monotonic()
+        assert reviewers.check(REVIEWER, PASSWORD, "198.51.100.1")
+        waits.append(time.monotonic() - started)
+        time.sleep(0.01)
+    assert max(waits) < 0.05
+    slowest = max(seconds for _, seconds in counted)
+    checked = [seconds for outcome, seconds in outcomes if outcome is False]
+    busy = [seconds for outcome, seconds in outcomes if outcome is Busy]
+    assert len(checked) + len(busy) == 24 and busy
+    assert len(counted) == 1 + len(checked)  # the busy ones were not checked
+    assert max(busy) < 0.5 + slowest + 0.2
+
+
+def test_concurrent_guesses_from_one_address_never_pass_the_limit(counted):
+    reviewers = Reviewers(SLOW, 3)
+    threads, outcomes = concurrently(reviewers, [(f"guess {n}", "203.0.113.9") for n in range(8)])
+    for thread in threads:
+        thread.join()
+    assert sorted(outcome is False for outcome, _ in outcomes) == [False] * 5 + [True] * 3
+    assert [outcome for outcome, _ in outcomes if outcome is not False] == [TooManyFailures] * 5
+    assert len(counted) == 3
+
+
+def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(app, client, monkeypatch):
+    monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.05)
+    checking, finish = threading.Event(), threading.Event()
+    real = tim_audit.auth.check_password_hash
+
+    def held(stored, password):
+        checking.set()
+        finish.wait(5)
+        return real(stored, password)
+
+    monkeypatch.setattr(tim_audit.auth, "check_password_hash", held)
+    other = threading.Thread(target=sign_in, args=(app.test_client(), "guess", "203.0.113.9"))
+    other.start()
+    assert checking.wait(5)
+    response = client.get("/history", headers=CREDENTIALS, environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    finish.set()
+    other.join()
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "2")
+    assert "Your password was not checked: try again in a few seconds." in response.get_data(as_text=True)
+    assert sign_in(client, PASSWORD) == 200

@@ -16,7 +16,8 @@ import zipfile
 import pytest
 
 from conftest import event, rewrite
-from tim_audit import StartupError, create_app, db, tlog
+from test_exports import started, truncate_wal
+from tim_audit import StartupError, create_app, db, exports, tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -310,6 +311,17 @@ def test_events_newer_than_the_checkpoint_are_left_out_and_the_readme_says_so(si
     archive = zipfile.ZipFile(io.BytesIO(get("/history.evidence").data))
     assert "events/6.json" not in archive.namelist()
     assert "1 newer matching events are not in this checkpoint yet" in archive.read("README.txt").decode()
+
+
+def test_a_stalled_evidence_archive_holds_no_read_snapshot(signed, client, filled, app, monkeypatch):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    first, rest = started(client, "/history.evidence")
+    filled.append(event(6))
+    reset = truncate_wal(app.config["DATABASE"])
+    archive = zipfile.ZipFile(io.BytesIO(first + b"".join(rest)))
+    assert sorted(name for name in archive.namelist() if name.endswith(".json")) == [
+        f"events/{n}.json" for n in range(1, 6)]
+    assert reset == ((0, 0, 0), 0)
 
 
 def test_no_evidence_before_any_checkpoint(filled, get):

@@ -1,12 +1,17 @@
 import base64
 import csv
 import io
+import json
+import os
+import sqlite3
 
 import pytest
 
-from dashboard import CREDENTIALS, START, expected_ids, sample_events
+from conftest import event, rejection
+from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
 from tencent import group_body, signed_query
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
+from tim_audit import exports
 
 CSV_HEADER = [
     "id", "event_time", "event_time_ms", "group_id", "type", "name", "owner", "operator",
@@ -150,8 +155,6 @@ def test_export_refuses_bad_filters(client, events):
     assert response.status_code == 400
 
 
-
-
 def test_a_finished_export_gives_its_place_back(client, events):
     for _ in range(5):
         assert client.get("/history.json", headers=CREDENTIALS).status_code == 200
@@ -235,3 +238,73 @@ def export_quarantine(client):
         assert response.status_code == 200
         return response
     return export
+
+
+# --- an export reads a chunk at a time, of the log as it was when it began ----
+
+def started(client, url):
+    """The first chunk of the export at ``url``, and an iterator of the rest."""
+    response = client.get(url, headers=CREDENTIALS)
+    assert response.status_code == 200
+    chunks = iter(response.response)
+    return next(chunks), chunks
+
+
+def parsed(kind, body):
+    if kind == "csv":
+        return [int(row[0]) for row in list(csv.reader(io.StringIO(body.decode("utf-8")[1:])))[1:]]
+    return [record["id"] for record in json.loads(body)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_events_that_arrive_during_an_export_are_left_out(client, log, events, monkeypatch, kind):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 7)
+    first, rest = started(client, f"/history.{kind}")
+    for number in range(41, 61):  # EventTimes among the exported ones, and newer
+        log.append(event(number, event_time=START + (number - 41) * DAY // 2 + 1))
+    assert parsed(kind, first + b"".join(rest)) == expected_ids(events)
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_a_member_export_pages_on_the_members_rows(client, log, events, monkeypatch, kind):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    first, rest = started(client, f"/history.{kind}?member=m0")
+    log.append(event(41, members=("m0",), event_time=START + DAY))
+    assert parsed(kind, first + b"".join(rest)) == expected_ids(events, member="m0")
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(client, log, monkeypatch, kind):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 3)
+    for number in range(1, 11):
+        log.append(rejection(number))
+    first, rest = started(client, f"/quarantine.{kind}")
+    for number in range(11, 16):
+        log.append(rejection(number))
+    assert parsed(kind, first + b"".join(rest)) == list(range(10, 0, -1))
+
+
+def truncate_wal(path):
+    """A checkpoint that resets the WAL, as the writer's bound does, from a
+    connection of its own: (busy, frames in the WAL, frames copied), and
+    the WAL's size after it. Any reader still on an older snapshot keeps it
+    busy."""
+    conn = sqlite3.connect(path, timeout=0.2)
+    try:
+        result = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+    return result, os.path.getsize(path + "-wal")
+
+
+@pytest.mark.parametrize("url", ["/history.csv", "/history.json", "/history.json?member=m0",
+                                 "/quarantine.csv", "/quarantine.json"])
+def test_a_stalled_export_holds_no_read_snapshot(client, log, events, app, monkeypatch, url):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    for number in range(1, 6):
+        log.append(rejection(number))
+    first, rest = started(client, url)
+    log.append(event(41))
+    reset = truncate_wal(app.config["DATABASE"])
+    assert b"".join(rest)
+    assert reset == ((0, 0, 0), 0)

@@ -8,7 +8,7 @@ from werkzeug.security import generate_password_hash
 
 from tim_audit import StartupError, create_app, create_ingest_app, create_review_app, open_log
 
-from dashboard import REVIEWERS
+from dashboard import CREDENTIALS, REVIEWERS
 from tencent import SDKAPPID
 from test_faults import ROOT
 
@@ -263,3 +263,36 @@ def test_keyed_log_refuses_to_start_without_its_key(made, tmp_path):
     with pytest.raises(StartupError, match="AUDIT_HMAC_KEY is not the key the log at"):
         made({"DATABASE": database, "AUDIT_HMAC_KEY": "x" * 32})
     assert made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32}).config["AUDIT_HMAC_KEY"] == b"k" * 32
+
+
+# --- a review server started before the log exists --------------------------
+
+NO_LOG = "the log does not exist yet: the ingest server creates it when it first starts"
+
+
+@pytest.mark.parametrize("method, url", [
+    ("GET", "/history"), ("GET", "/history/1"), ("GET", "/history.csv"), ("GET", "/history.json"),
+    ("GET", "/quarantine"), ("GET", "/quarantine/1.raw"), ("GET", "/quarantine.csv"),
+    ("GET", "/quarantine.json"), ("GET", "/checkpoints"), ("GET", "/checkpoints/1.checkpoint"),
+    ("GET", "/history/1.tlog-proof"), ("GET", "/history.evidence"), ("POST", "/history/verify"),
+])
+def test_review_pages_before_the_log_exists_say_so_with_a_503(config, method, url):
+    response = create_review_app(config).test_client().open(url, method=method, headers=CREDENTIALS)
+    assert (response.status_code, response.mimetype) == (503, "text/html")
+    assert f"<p>{NO_LOG}.</p>" in response.get_data(as_text=True)
+    assert response.headers["Retry-After"] == "10"
+    assert not os.path.exists(config["DATABASE"])
+
+
+def test_review_healthz_before_the_log_exists_says_so_with_a_503(config):
+    response = create_review_app(config).test_client().get("/healthz")
+    assert (response.status_code, response.get_json()) == (503, {"status": "unavailable", "error": NO_LOG})
+    assert not os.path.exists(config["DATABASE"])
+
+
+def test_review_pages_answer_once_the_ingest_server_created_the_log(config, make_app):
+    client = create_review_app(config).test_client()
+    assert client.get("/history", headers=CREDENTIALS).status_code == 503
+    make_app()
+    assert client.get("/history", headers=CREDENTIALS).status_code == 200
+    assert client.get("/healthz").get_json() == {"status": "ok", "events": 0, "configured": True}

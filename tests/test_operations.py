@@ -14,6 +14,7 @@ import pytest
 from dashboard import CREDENTIALS
 from tencent import group_body, signed_query
 from test_faults import ROOT, free_port, post, server_env, start_server
+from tim_audit import create_ingest_app, create_review_app, open_log
 
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
 
@@ -100,7 +101,7 @@ def test_metrics_count_callbacks_by_outcome_and_the_log(make_app):
     assert metric(text, "tim_audit_quarantined") == 1
 
 
-def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app):
+def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app, config):
     client = make_app(METRICS=True).test_client()
     response = client.get("/metrics")
     assert (response.status_code, response.mimetype) == (200, "text/plain")
@@ -109,6 +110,14 @@ def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app):
     page = client.get("/history", headers=CREDENTIALS)
     assert page.status_code == 200
     assert "metrics" not in page.get_data(as_text=True).lower()
+    ingest = open_log(create_ingest_app({**config, "METRICS": True}))
+    try:
+        assert ingest.test_client().get("/metrics").status_code == 200
+    finally:
+        ingest.extensions["tim_audit"].close()
+    review = create_review_app({**config, "METRICS": True}).test_client()
+    assert review.get("/metrics").status_code == 404
+    assert review.get("/metrics", headers=CREDENTIALS).status_code == 404
 
 
 # --- logs -----------------------------------------------------------------------

@@ -2,7 +2,11 @@
 the integrity strip turns red, and every page still renders (the row's
 values as stored, flagged) rather than answering 500."""
 
+import base64
+import csv
 import dataclasses
+import io
+import json
 import logging
 import os
 import subprocess
@@ -13,7 +17,7 @@ import pytest
 
 from conftest import event
 from tencent import SDKAPPID, TOKEN
-from tim_audit import chain
+from tim_audit import chain, exports
 
 
 @dataclasses.dataclass
@@ -209,3 +213,103 @@ def test_a_broken_hash_before_a_row_is_named_on_its_page(filled, attacker, get):
     attacker.execute("UPDATE event SET hash = 'zz' WHERE id = 2")
     text = get("/history/3").get_data(as_text=True)
     assert "This row does NOT verify: event row 2: its hash is not 64 lowercase hex digits." in text
+
+
+# --- exports write a tampered value as stored, whole -------------------------
+
+@dataclasses.dataclass
+class Exported:
+    sql: str
+    column: str  # event 2's CSV column ...
+    field: str  # ... and JSON field
+    csv: str
+    json: object
+    old_schema: bool = False
+
+
+EXPORTED = {
+    "user_data not JSON": Exported(
+        "UPDATE event SET user_data = 'not json' WHERE id = 2",
+        "user_data", "UserDefinedDataList", "not json", "not json"),
+    "user_data BLOB": Exported(
+        "UPDATE event SET user_data = X'5B5D' WHERE id = 2",
+        "user_data", "UserDefinedDataList", "X'5B5D'", "X'5B5D'", old_schema=True),
+    "name BLOB": Exported(
+        "UPDATE event SET name = X'FF' WHERE id = 2", "name", "Name", "X'FF'", "X'FF'", old_schema=True),
+    "owner BLOB of a formula": Exported(
+        "UPDATE event SET owner = X'3D31' WHERE id = 2", "owner", "Owner_Account", "X'3D31'", "X'3D31'",
+        old_schema=True),
+    "event_time BLOB": Exported(
+        "UPDATE event SET event_time = X'01' WHERE id = 2", "event_time_ms", "EventTime", "X'01'", "X'01'",
+        old_schema=True),
+    "event_time TEXT": Exported(
+        "UPDATE event SET event_time = 'soon' WHERE id = 2", "event_time", "EventTime", "soon", "soon",
+        old_schema=True),
+    "received_at BLOB": Exported(
+        "UPDATE event SET received_at = X'FF' WHERE id = 2", "received_at", "ReceivedAt", "X'FF'", "X'FF'",
+        old_schema=True),
+    "member BLOB": Exported(
+        "UPDATE event_member SET account = X'626F62' WHERE event_id = 2 AND position = 0",
+        "members", "MemberList", "X'626F62';peter",
+        [{"Member_Account": "X'626F62'"}, {"Member_Account": "peter"}], old_schema=True),
+}
+
+
+@pytest.fixture(params=EXPORTED.values(), ids=EXPORTED.keys())
+def exported(request, monkeypatch):
+    """The five-event log with event 2 tampered with one way, exported two
+    events a chunk, so that a failure at event 2 would cut the export short."""
+    tampering = request.param
+    if tampering.old_schema:
+        request.getfixturevalue("old_schema")
+    request.getfixturevalue("attacker").executescript(tampering.sql)
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    return tampering
+
+
+def download(get, url):
+    response = get(url)
+    assert response.status_code == 200
+    return response.get_data()  # the whole stream
+
+
+def test_csv_export_writes_a_tampered_value_as_stored(exported, get):
+    header, *records = csv.reader(io.StringIO(download(get, "/history.csv").decode("utf-8")[1:]))
+    by_id = {record[0]: dict(zip(header, record, strict=True)) for record in records}
+    assert sorted(by_id) == ["1", "2", "3", "4", "5"]
+    assert by_id["2"][exported.column] == exported.csv
+
+
+def test_json_export_writes_a_tampered_value_as_stored(exported, get):
+    by_id = {record["id"]: record for record in json.loads(download(get, "/history.json"))}
+    assert sorted(by_id) == [1, 2, 3, 4, 5]
+    assert by_id[2][exported.field] == exported.json
+
+
+@pytest.mark.parametrize("statement, body", [
+    ("UPDATE quarantine SET raw = 'abc' WHERE id = 1", b"abc"),
+    ("UPDATE quarantine SET raw = 12 WHERE id = 1", b"12"),
+])
+def test_a_quarantined_body_of_another_type_is_shown_and_exported_as_stored(
+        old_schema, filled, attacker, get, statement, body):
+    attacker.execute(statement)
+    page = get("/quarantine")
+    assert page.status_code == 200
+    assert f'<summary>{len(body)} bytes</summary>\n          <pre class="raw">{body.decode()}</pre>' in page.get_data(
+        as_text=True)
+    assert download(get, "/quarantine/1.raw") == body
+    header, *records = csv.reader(io.StringIO(download(get, "/quarantine.csv").decode("utf-8")[1:]))
+    record = dict(zip(header, records[-1], strict=True))
+    assert (record["id"], record["body"], record["body_base64"]) == ("1", body.decode(), base64.b64encode(body).decode())
+    [_, record] = json.loads(download(get, "/quarantine.json"))
+    assert (record["id"], record["Body"], record["BodyBase64"]) == (1, body.decode(), base64.b64encode(body).decode())
+
+
+def test_a_quarantine_blob_is_exported_as_stored(old_schema, filled, attacker, get):
+    attacker.execute("UPDATE quarantine SET reason = X'FF', query = X'3D31' WHERE id = 1")
+    assert get("/quarantine").status_code == 200
+    header, *records = csv.reader(io.StringIO(download(get, "/quarantine.csv").decode("utf-8")[1:]))
+    record = dict(zip(header, records[-1], strict=True))
+    assert (record["reason"], record["query"]) == ("X'FF'", "X'3D31'")
+    [_, record] = json.loads(download(get, "/quarantine.json"))
+    assert (record["Reason"], record["Query"]) == ("X'FF'", "X'3D31'")

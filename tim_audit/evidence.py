@@ -12,10 +12,11 @@ from flask import Blueprint, Response, abort, render_template, request
 
 from . import chain, checkpoints, exports, history, merkle, queries, tlog
 from .auth import require_reviewer
-from .db import get_db
+from .db import get_db, require_log
 
 bp = Blueprint("evidence", __name__)
 bp.before_request(require_reviewer)
+bp.before_request(require_log)
 
 CHECKPOINT_PAGE = 100
 

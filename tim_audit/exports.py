@@ -1,7 +1,13 @@
 """The matching events, or quarantined deliveries, as CSV or JSON, for evidence.
 
-Each is streamed in chunks of rows from one SELECT (one read snapshot), so
-memory stays flat however large the log is. Events are built mostly in SQL:
+Each is streamed in chunks, so memory stays flat however large the log is.
+A chunk is a statement of its own, read to its end before it is handed
+over: a download that stalls then holds no read snapshot, which would keep
+every checkpoint from resetting the WAL for as long as it stalls. Chunks
+follow one another with a keyset cursor, as the list pages do, over the rows
+that were there when the export began (the log only grows, with ids in
+order), so rows that arrive meanwhile are left out and none is sent twice.
+Events are built mostly in SQL:
 timestamps, formula guards and JSON objects come out of SQLite ready to
 write. Member lists are read per chunk with an ORDER BY of their own, the
 one order SQLite promises (an ORDER BY in a subquery feeding group_concat or
@@ -10,10 +16,13 @@ json_group_array is not; ``group_concat(... ORDER BY)`` needs SQLite 3.44).
 
 import base64
 import csv
+import dataclasses
 import io
 import itertools
 import json
 import operator
+
+from . import queries
 
 CHUNK_ROWS = 250
 
@@ -22,10 +31,27 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_STARTS_SQL = "(" + ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS) + ")"
 
 
-def _guard(expression):
-    """SQL: ``expression`` with a ' in front when it would start a formula."""
+# Only a tampered row of a log made before STRICT tables holds a BLOB where
+# text or a number belongs. JSON cannot hold one, so both formats write it as
+# stored, as the SQL literal X'...' that verify names it by.
+def _blob_literal(expression):
+    return f"'X''' || hex({expression}) || ''''"
+
+
+def _stored(expression):
+    """SQL: ``expression``, a BLOB as X'...'."""
     return (
-        f"CASE WHEN substr({expression}, 1, 1) IN {_FORMULA_STARTS_SQL}"
+        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
+        f" ELSE {expression} END"
+    )
+
+
+def _guard(expression):
+    """SQL: ``expression`` with a ' in front when it would start a formula,
+    a BLOB as X'...'."""
+    return (
+        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
+        f" WHEN substr({expression}, 1, 1) IN {_FORMULA_STARTS_SQL}"
         f" THEN '''' || {expression} ELSE {expression} END"
     )
 
@@ -44,20 +70,20 @@ def _iso(expression):
         f"CASE WHEN {expression} BETWEEN {FIRST_ISO_MS} AND {LAST_ISO_MS}"
         f" THEN strftime('%Y-%m-%dT%H:%M:%S', (({expression}) - {millis}) / 1000, 'unixepoch')"
         f" || '.' || printf('%03d', {millis}) || 'Z'"
-        f" ELSE CAST({expression} AS TEXT) END"
+        f" ELSE CAST({_stored(expression)} AS TEXT) END"
     )
 
 
 CSV_COLUMNS = (
     ("id", "e.id"),
     ("event_time", _iso("e.event_time")),
-    ("event_time_ms", "e.event_time"),
+    ("event_time_ms", _stored("e.event_time")),
     ("group_id", _guard("e.group_id")),
     ("type", _guard("e.type")),
     ("name", _guard("e.name")),
     ("owner", _guard("e.owner")),
     ("operator", _guard("e.operator")),
-    ("member_count", "e.member_count"),
+    ("member_count", _stored("e.member_count")),
     ("members", None),  # filled in per chunk
     ("user_data", _guard("e.user_data")),
     ("received_at", _iso("e.received_at")),
@@ -65,7 +91,7 @@ CSV_COLUMNS = (
     ("client_ip", _guard("e.client_ip")),
     ("opt_platform", _guard("e.opt_platform")),
     ("peer", _guard("e.peer")),
-    ("hash", "e.hash"),
+    ("hash", _stored("e.hash")),
 )
 _MEMBERS_AT = [name for name, _ in CSV_COLUMNS].index("members")
 
@@ -73,38 +99,51 @@ _MEMBERS_AT = [name for name, _ in CSV_COLUMNS].index("members")
 # goes between the two halves.
 _JSON_HEAD = (
     "json_object("
-    "'id', e.id, 'CallbackCommand', e.command, 'GroupId', e.group_id,"
-    " 'Type', e.type, 'Name', e.name, 'Operator_Account', e.operator,"
-    " 'Owner_Account', e.owner)"
+    f"'id', e.id, 'CallbackCommand', {_stored('e.command')}, 'GroupId', {_stored('e.group_id')},"
+    f" 'Type', {_stored('e.type')}, 'Name', {_stored('e.name')},"
+    f" 'Operator_Account', {_stored('e.operator')}, 'Owner_Account', {_stored('e.owner')})"
 )
+# UserDefinedDataList is stored as JSON text; anything else (tampering) is
+# written as a value of its own.
 _JSON_TAIL = (
     "json_object("
-    "'UserDefinedDataList', json(e.user_data),"
-    " 'EventTime', e.event_time,"
+    "'UserDefinedDataList', CASE WHEN typeof(e.user_data) = 'text' AND json_valid(e.user_data)"
+    f" THEN json(e.user_data) ELSE {_stored('e.user_data')} END,"
+    f" 'EventTime', {_stored('e.event_time')},"
     f" 'ReceivedAt', {_iso('e.received_at')},"
-    " 'SdkAppid', e.sdkappid, 'ClientIP', e.client_ip, 'OptPlatform', e.opt_platform,"
-    " 'Peer', e.peer, 'Hash', e.hash, 'RawBody', CAST(e.raw AS TEXT))"
+    f" 'SdkAppid', {_stored('e.sdkappid')}, 'ClientIP', {_stored('e.client_ip')},"
+    f" 'OptPlatform', {_stored('e.opt_platform')}, 'Peer', {_stored('e.peer')},"
+    f" 'Hash', {_stored('e.hash')}, 'RawBody', CAST(e.raw AS TEXT))"
 )
 
 
-def _select(conn, columns, filters):
-    """The matching events, each row led by its id; plain tuples, which
-    cost a third less time than sqlite3.Row."""
+def _chunks(conn, columns, filters):
+    """The matching events, CHUNK_ROWS at a time, each row led by its id and
+    ended by its sort time; plain tuples, which cost a third less time than
+    sqlite3.Row. The unary + keeps SQLite from reading the id range
+    instead of the index that gives the order."""
+    head, _ = queries.head(conn)
     selection = filters.select()
+    selection = dataclasses.replace(
+        selection, where=f"{selection.where} AND +{selection.id} <= ?", params=[*selection.params, head]
+    )
     cursor = conn.cursor()
     cursor.row_factory = None
-    return cursor.execute(
-        f"SELECT e.id, {columns} FROM {selection.source} WHERE {selection.where}"
-        f" ORDER BY {selection.time} DESC, {selection.id} DESC",
-        selection.params,
-    )
+    chunk = selection
+    while rows := cursor.execute(
+        f"SELECT e.id, {columns}, {selection.time} FROM {selection.source} WHERE {chunk.where}"
+        f" ORDER BY {selection.time} DESC, {selection.id} DESC LIMIT {CHUNK_ROWS}",
+        chunk.params,
+    ).fetchall():
+        yield rows
+        chunk = selection.past(rows[-1][-1], rows[-1][0])
 
 
 def _members(conn, rows, member, separator):
     """Event id -> the initial members of the events in ``rows``, each as
     the SQL ``member`` (of ``account``), joined with ``separator`` in
     MemberList order; events without members are left out. One query per
-    chunk, read on the export's own snapshot."""
+    chunk."""
     cursor = conn.cursor()
     cursor.row_factory = None
     found = cursor.execute(
@@ -124,14 +163,13 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 def csv_chunks(conn, filters, counter):
     """UTF-8 CSV (with a BOM, so spreadsheets read CJK names right), a
     header row, then the rows; ``counter["rows"]`` counts what was sent."""
-    cursor = _select(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     buffer.write("\ufeff")
     writer.writerow(name for name, _ in CSV_COLUMNS)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
-        members = _members(conn, rows, "account", ";")
-        for event_id, *cells in rows:
+    for rows in _chunks(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters):
+        members = _members(conn, rows, _stored("account"), ";")
+        for event_id, *cells, _ in rows:
             joined = members.get(event_id, "")
             if joined.startswith(FORMULA_STARTS):
                 joined = "'" + joined
@@ -157,12 +195,11 @@ def json_chunks(conn, filters, counter):
 def json_objects(conn, filters):
     """The matching events as (id, JSON object), a chunk at a time, in
     export order: for the JSON export and the evidence archive."""
-    cursor = _select(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
-        members = _members(conn, rows, "json_quote(account)", '},{"Member_Account":')
+    for rows in _chunks(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters):
+        members = _members(conn, rows, f"json_quote({_stored('account')})", '},{"Member_Account":')
         yield [
             (event_id, f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}')
-            for event_id, head, tail in rows
+            for event_id, head, tail, _ in rows
         ]
 
 
@@ -180,23 +217,45 @@ QUARANTINE_CSV_HEADER = (
 
 
 def _quarantined(conn, filters):
+    """The matching quarantined deliveries, newest first, CHUNK_ROWS at a
+    time, of those there when the export began; like _chunks."""
     where, params = filters.where()
     cursor = conn.cursor()
     cursor.row_factory = None
-    return cursor.execute(
+    below = cursor.execute("SELECT ifnull(max(id), 0) + 1 FROM quarantine").fetchone()[0]
+    while rows := cursor.execute(
         f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
-        f" content_length, raw, hash FROM quarantine WHERE {where} ORDER BY id DESC",
-        params,
-    )
+        f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ?"
+        f" ORDER BY id DESC LIMIT {CHUNK_ROWS}",
+        [*params, below],
+    ).fetchall():
+        yield rows
+        below = rows[-1][0]
+
+
+def as_bytes(raw):
+    """A stored body as bytes; a tampered row of a log made before STRICT
+    tables can hold it as TEXT or a number, taken here as stored."""
+    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
 
 
 def _bodies(raw):
     if raw is None:
         return None, None
-    return bytes(raw).decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+    raw = as_bytes(raw)
+    return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def _blob(value):
+    """A BLOB where text or a number belongs, as _stored writes it."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{type(value).__name__} is not a stored value")
+    return f"X'{value.hex().upper()}'"
 
 
 def _cell(value):
+    if isinstance(value, bytes):
+        return _blob(value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
@@ -204,12 +263,11 @@ def _cell(value):
 
 def quarantine_csv_chunks(conn, filters, counter):
     """The quarantined deliveries as CSV, newest first, like csv_chunks."""
-    cursor = _quarantined(conn, filters)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     buffer.write("\ufeff")
     writer.writerow(QUARANTINE_CSV_HEADER)
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _quarantined(conn, filters):
         for *fields, raw, digest in rows:
             writer.writerow([_cell(value) for value in (*fields, *_bodies(raw))] + [digest])
         counter["rows"] += len(rows)
@@ -221,9 +279,8 @@ def quarantine_csv_chunks(conn, filters, counter):
 
 def quarantine_json_chunks(conn, filters, counter):
     """The quarantined deliveries as a JSON array, newest first."""
-    cursor = _quarantined(conn, filters)
     separator = "[\n"
-    while rows := cursor.fetchmany(CHUNK_ROWS):
+    for rows in _quarantined(conn, filters):
         counter["rows"] += len(rows)
         yield (separator + ",\n".join(_quarantine_object(row) for row in rows)).encode("utf-8")
         separator = ",\n"
@@ -237,4 +294,4 @@ def _quarantine_object(row):
         "id": row_id, "ReceivedAt": received_at, "ErrorCode": error_code, "Reason": reason,
         "CallbackCommand": command, "Query": query, "Peer": peer, "ContentLength": length,
         "Body": body, "BodyBase64": body_base64, "Hash": digest,
-    }, ensure_ascii=False)
+    }, ensure_ascii=False, default=_blob)

@@ -17,14 +17,16 @@ from flask import (
     stream_with_context, url_for,
 )
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from werkzeug.exceptions import ServiceUnavailable
 
 from . import chain, exports, queries
 from .schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 from .auth import require_reviewer
-from .db import get_db
+from .db import NoLog, get_db, require_log
 
 bp = Blueprint("history", __name__)
 bp.before_request(require_reviewer)
+bp.before_request(require_log)
 
 CHART_DAYS = 60
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -419,7 +421,7 @@ def quarantined_body(row_id):
     if row is None or row["raw"] is None:
         abort(404, description=f"No body is kept for quarantined delivery {row_id}.")
     return Response(
-        bytes(row["raw"]), mimetype="application/octet-stream",
+        exports.as_bytes(row["raw"]), mimetype="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'},
     )
 
@@ -432,6 +434,9 @@ def _instant(ms):
         return _EPOCH + datetime.timedelta(milliseconds=ms)
     except (OverflowError, TypeError):
         return None
+
+
+bp.add_app_template_filter(exports.as_bytes)
 
 
 @bp.app_template_filter("utc")
@@ -473,5 +478,10 @@ def _page_globals():
 @bp.app_errorhandler(404)
 @bp.app_errorhandler(429)
 def _error_page(exc):
-    headers = {"Retry-After": "10"} if exc.code == 429 else {}
+    headers = {"Retry-After": "10"} if exc.code in (429, 503) else {}
     return render_template("error.html", error=exc), exc.code, headers
+
+
+@bp.app_errorhandler(NoLog)
+def _no_log(exc):
+    return _error_page(ServiceUnavailable(f"{exc}."))

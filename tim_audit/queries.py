@@ -27,6 +27,15 @@ class Selection:
     time: str
     id: str
 
+    def past(self, time, ident, older=True):
+        """The rows after the one at (``time``, ``ident``) in list order, or
+        (``older=False``) before it: a keyset cursor, one index range."""
+        if older:
+            where = f" AND {self.time} <= ? AND ({self.time} < ? OR {self.id} < ?)"
+        else:
+            where = f" AND {self.time} >= ? AND ({self.time} > ? OR {self.id} > ?)"
+        return dataclasses.replace(self, where=self.where + where, params=[*self.params, time, time, ident])
+
 
 @dataclasses.dataclass(frozen=True)
 class Filters:
@@ -98,7 +107,6 @@ def page(conn, filters, limit, before=None, after=None):
     """One page of ``limit`` rows, after the event ``before`` (older rows)
     or before the event ``after`` (newer rows) in list order."""
     selection = filters.select()
-    where, params = selection.where, list(selection.params)
     time, ident = selection.time, selection.id
     cursor = before if before is not None else after
     order = "ASC" if after is not None else "DESC"
@@ -106,15 +114,11 @@ def page(conn, filters, limit, before=None, after=None):
         position = conn.execute("SELECT event_time, id FROM event WHERE id = ?", (cursor,)).fetchone()
         if position is None:
             raise UnknownCursor(cursor)
-        if before is not None:
-            where += f" AND {time} <= ? AND ({time} < ? OR {ident} < ?)"
-        else:
-            where += f" AND {time} >= ? AND ({time} > ? OR {ident} > ?)"
-        params += [position[0], position[0], position[1]]
+        selection = selection.past(*position, older=before is not None)
     rows = conn.execute(
-        f"SELECT {LIST_COLUMNS} FROM {selection.source} WHERE {where}"
+        f"SELECT {LIST_COLUMNS} FROM {selection.source} WHERE {selection.where}"
         f" ORDER BY {time} {order}, {ident} {order} LIMIT ?",
-        params + [limit + 1],
+        selection.params + [limit + 1],
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
