@@ -246,7 +246,8 @@ def test_chained_values_of_another_type_are_refused():
 # --- STRICT tables, and logs made before them -------------------------------
 
 def test_new_logs_have_strict_tables(log):
-    assert strict_tables(log.path) == {"meta": 1, "event": 1, "event_member": 1, "quarantine": 1}
+    chained = {"meta", "event", "event_member", "quarantine"}
+    assert {name: strict for name, strict in strict_tables(log.path).items() if name in chained} == dict.fromkeys(chained, 1)
 
 
 @pytest.mark.parametrize("statement, message", [
@@ -262,7 +263,8 @@ def test_strict_tables_refuse_a_value_of_another_type(attacker, statement, messa
 
 
 def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, log, rows):
-    assert strict_tables(log.path) == {"meta": 0, "event": 0, "event_member": 0, "quarantine": 0}
+    chained = {"meta", "event", "event_member", "quarantine"}
+    assert {name: strict for name, strict in strict_tables(log.path).items() if name in chained} == dict.fromkeys(chained, 0)
     for number in range(1, 4):
         log.append(event(number))
     log.append(rejection(1))

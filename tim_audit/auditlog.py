@@ -16,7 +16,7 @@ import sqlite3
 
 from flask import current_app
 
-from . import db
+from . import db, derived
 from .config import StartupError
 from .chain import (
     EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, canonical, chain_kind,
@@ -153,6 +153,7 @@ class AuditLog:
             try:
                 self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
                 self._check_chain_kind()
+                derived.catch_up(self._conn)
             except BaseException:
                 self._conn.close()
                 self._conn = None

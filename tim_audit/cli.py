@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, db, signature
+from . import auditlog, chain, db, derived, signature
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -101,6 +101,25 @@ def backup_command(destination):
     size = os.path.getsize(destination)
     click.echo(f"backed up {heads.events} events to {destination} ({size:,} bytes) in {time.monotonic() - started:.1f} s")
     click.echo(heads.line())
+
+
+@click.command("rebuild-index")
+@with_appcontext
+def rebuild_index_command():
+    """Make the name index and the hourly counts again from the chained
+    rows, while the service keeps running. They are derived data, outside
+    the chain; this never changes a chained row."""
+    path = current_app.config["DATABASE"]
+    _read_only(path).close()  # the same message as verify's when there is no log
+    started = time.monotonic()
+    conn = db.connect(path, timeout=current_app.config["STORAGE_TIMEOUT"])
+    try:
+        events = derived.rebuild(conn)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot rebuild the index: {exc}") from None
+    finally:
+        conn.close()
+    click.echo(f"rebuilt the name index and hourly counts of {events} events in {time.monotonic() - started:.1f} s")
 
 
 @click.command("send-sample")
@@ -204,6 +223,6 @@ def _sample_body(now):
 
 
 def init_app(app):
-    for command in (init_db_command, verify_command, backup_command, send_sample_command,
-                    hash_password_command):
+    for command in (init_db_command, verify_command, backup_command, rebuild_index_command,
+                    send_sample_command, hash_password_command):
         app.cli.add_command(command)
