@@ -2,19 +2,38 @@
 
 Events are listed newest EventTime first, ties newest id first, and paged
 with keyset cursors (never OFFSET): each filter column has an index that
-continues with event_time, so a page is a short index range and a count is
-an index count; a name search scans the EventTime index, which carries the
-casefolded name. Values from the request reach SQL only as ``?`` parameters;
+continues with event_time, so a page is a short index range. No answer may
+grow with the log, so a count is read from the hourly summary where that
+can answer it, and is otherwise counted up to COUNT_CAP matches and for at
+most COUNT_TIME (:class:`Count` says which). A name of 3 or more characters
+with few matches is found through the trigram index; a short or common one
+by walking the EventTime index, which carries the casefolded name, until a
+page is full. Values from the request reach SQL only as ``?`` parameters;
 the statement text is joined from the fixed fragments below.
 """
 
 import dataclasses
+import sqlite3
+import time as clock
 
 # Columns a list page shows.
 LIST_COLUMNS = (
     "e.id, e.event_time, e.group_id, e.name, e.type, e.owner, e.operator,"
     " e.member_count, e.received_at"
 )
+
+
+# An exact count stops here, and the page says "more than" this.
+COUNT_CAP = 10_000
+# A count that has not reached COUNT_CAP stops after this long (seconds),
+# and the page says "at least" what it had counted.
+COUNT_TIME = 0.02
+# The trigram index answers a name search of this many characters or more.
+NAME_INDEX_MIN = 3
+# A search the index matches this often or less reads its matches by id;
+# a commoner one walks the EventTime index, where a page of them is near.
+SPARSE_NAMES = 2_000
+HOUR = 3_600_000  # ms, the summary's unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +45,7 @@ class Selection:
     params: list
     time: str
     id: str
+    bound: str  # time as a cursor's bound is written, so that it cannot drive either
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +61,8 @@ class Filters:
     q: str | None = None
     since: int | None = None
     until: int | None = None
+    # Set by route(): q is found through the trigram index.
+    name_index: bool = False
 
     def select(self, need_event=True):
         """The rows these filters match, as ``event AS e``.
@@ -51,18 +73,25 @@ class Filters:
         column of it is needed (``need_event``) or filtered on.
         """
         clauses, params = [], []
-        # With a name search, the time index (which carries name_folded and
-        # type) answers both at once; the unary + keeps SQLite from taking
-        # the type index instead and reading a third of the table.
-        type_column = "+e.type" if self.q else "e.type"
+        # A unary + keeps SQLite from reading a column's index. Matches
+        # found through the name index are few, read by id and sorted, so
+        # nothing else may drive. Otherwise type is the least selective
+        # column: with any other filter, that filter's index (or, for a
+        # name search, the time index, which carries name_folded and type)
+        # goes first, not the type index, which would read a third of the log.
+        unindexed = "+" if self.name_index else ""
+        type_first = not (self.name_index or self.group_id or self.owner or self.operator or self.q)
         for column, value in (
             ("e.group_id", self.group_id), ("e.owner", self.owner),
-            ("e.operator", self.operator), (type_column, self.type),
+            ("e.operator", self.operator), ("e.type" if type_first else "+e.type", self.type),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"{unindexed}{column} = ?")
                 params.append(value)
-        if self.q:
+        if self.q and self.name_index:
+            clauses.append("e.id IN (SELECT rowid FROM event_name WHERE event_name MATCH ?)")
+            params.append(_phrase(self.q))
+        elif self.q:
             clauses.append("instr(e.name_folded, ?) > 0")
             params.append(self.q.casefold())
         if self.member is None:
@@ -72,15 +101,15 @@ class Filters:
             if need_event or clauses:
                 source += " JOIN event AS e ON e.id = m.event_id"
             # A member listed twice in one MemberList finds the event once.
-            clauses.insert(0, "m.account = ? AND m.duplicate = 0")
+            clauses.insert(0, f"{unindexed}m.account = ? AND {unindexed}m.duplicate = 0")
             params.insert(0, self.member)
         if self.since is not None:
-            clauses.append(f"{time} >= ?")
+            clauses.append(f"{unindexed}{time} >= ?")
             params.append(self.since)
         if self.until is not None:
-            clauses.append(f"{time} <= ?")
+            clauses.append(f"{unindexed}{time} <= ?")
             params.append(self.until)
-        return Selection(source, " AND ".join(clauses) or "1", params, time, ident)
+        return Selection(source, " AND ".join(clauses) or "1", params, time, ident, unindexed + time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +135,11 @@ def page(conn, filters, limit, before=None, after=None):
         position = conn.execute("SELECT event_time, id FROM event WHERE id = ?", (cursor,)).fetchone()
         if position is None:
             raise UnknownCursor(cursor)
+        bound = selection.bound
         if before is not None:
-            where += f" AND {time} <= ? AND ({time} < ? OR {ident} < ?)"
+            where += f" AND {bound} <= ? AND ({bound} < ? OR {ident} < ?)"
         else:
-            where += f" AND {time} >= ? AND ({time} > ? OR {ident} > ?)"
+            where += f" AND {bound} >= ? AND ({bound} > ? OR {ident} > ?)"
         params += [position[0], position[0], position[1]]
     rows = conn.execute(
         f"SELECT {LIST_COLUMNS} FROM {selection.source} WHERE {where}"
@@ -127,10 +157,94 @@ def page(conn, filters, limit, before=None, after=None):
     return Page(rows, rows[0]["id"] if before is not None else None, rows[-1]["id"] if more else None)
 
 
+def _phrase(q):
+    """``q`` as an FTS5 phrase: the casefolded text, quoted, which the
+    trigram tokenizer matches as a substring."""
+    return '"' + q.casefold().replace('"', '""') + '"'
+
+
+def route(conn, filters):
+    """``filters`` with their name search routed: through the trigram index
+    when it has at most SPARSE_NAMES matches, each then read by id; else by
+    the EventTime walk, which meets a page of such common names soon."""
+    if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
+        return filters
+    found = conn.execute(
+        "SELECT count(*) FROM (SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?)",
+        (_phrase(filters.q), SPARSE_NAMES + 1),
+    ).fetchone()[0]
+    return dataclasses.replace(filters, name_index=found <= SPARSE_NAMES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """How many events match: ``exact``, ``more`` than value (the count
+    stopped at COUNT_CAP) or ``at least`` value (it stopped at COUNT_TIME)."""
+
+    value: int
+    kind: str = "exact"
+
+
 def count(conn, filters):
+    """The number of matching events, from the summary when only type and
+    time are asked for; otherwise counted, within COUNT_CAP and COUNT_TIME."""
+    if _summarised(filters):
+        return Count(summed(conn, filters.type, filters.since, filters.until))
     selection = filters.select(need_event=False)
+    rows = conn.execute(
+        f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
+        selection.params + [COUNT_CAP + 1],
+    )
+    found = 0
+    deadline = clock.monotonic() + COUNT_TIME
+    conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
+    try:
+        for _ in rows:
+            found += 1
+    except sqlite3.OperationalError:
+        if clock.monotonic() <= deadline:
+            raise
+        return Count(found, "at least")
+    finally:
+        conn.set_progress_handler(None, 0)
+    return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
+
+
+def _summarised(filters):
+    """Whether event_hour can answer for ``filters``: type and time only."""
+    return all(getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q"))
+
+
+def summed(conn, type, since, until):
+    """Events of ``type`` (None: any) with EventTime in [since, until]
+    (None: unbounded): the whole hours from event_hour, the part of an
+    hour cut by either bound from the index."""
+    first = None if since is None else -(-since // HOUR)  # the first whole hour
+    stop = None if until is None else (until + 1) // HOUR  # the hour after the last whole one
+    if first is not None and stop is not None and first > stop:
+        return _indexed(conn, type, since, until)
+    clauses, params = ["1"], []
+    for clause, value in (("type = ?", type), ("hour >= ?", first), ("hour < ?", stop)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    total = conn.execute(
+        f"SELECT coalesce(sum(events), 0) FROM event_hour WHERE {' AND '.join(clauses)}", params
+    ).fetchone()[0]
+    if since is not None and since < first * HOUR:
+        total += _indexed(conn, type, since, first * HOUR - 1)
+    if until is not None and stop * HOUR <= until:
+        total += _indexed(conn, type, stop * HOUR, until)
+    return total
+
+
+def _indexed(conn, type, since, until):
+    if type is None:
+        return conn.execute(
+            "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ?", (since, until)
+        ).fetchone()[0]
     return conn.execute(
-        f"SELECT count(*) FROM {selection.source} WHERE {selection.where}", selection.params
+        "SELECT count(*) FROM event WHERE type = ? AND event_time BETWEEN ? AND ?", (type, since, until)
     ).fetchone()[0]
 
 
@@ -149,8 +263,11 @@ def newest(conn, filters):
 
 def per_day(conn, filters, days):
     """How many events match in each ``(start_ms, stop_ms)`` of ``days``:
-    one index range count per day. ``days`` carry the time bounds, so
-    ``filters`` should have no since/until of their own."""
+    from the summary where it answers, else one index range count per day.
+    ``days`` carry the time bounds, so ``filters`` should have no since/until
+    of their own."""
+    if _summarised(filters):
+        return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
     selection = filters.select(need_event=False)
     time = selection.time
     values = ", ".join(["(?, ?)"] * len(days))
