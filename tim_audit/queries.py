@@ -12,7 +12,9 @@ page is full. Values from the request reach SQL only as ``?`` parameters;
 the statement text is joined from the fixed fragments below.
 """
 
+import bisect
 import dataclasses
+import json
 import sqlite3
 import time as clock
 
@@ -27,7 +29,7 @@ LIST_COLUMNS = (
 COUNT_CAP = 10_000
 # A count that has not reached COUNT_CAP stops after this long (seconds),
 # and the page says "at least" what it had counted.
-COUNT_TIME = 0.02
+COUNT_TIME = 0.01
 # The trigram index answers a name search of this many characters or more.
 NAME_INDEX_MIN = 3
 # A search the index matches this often or less reads its matches by id;
@@ -61,17 +63,25 @@ class Filters:
     q: str | None = None
     since: int | None = None
     until: int | None = None
-    # Set by route(): q is found through the trigram index.
-    name_index: bool = False
+    # Set by route(): the ids of the events whose name has q, as many as
+    # COUNT_CAP + 1 (None: not looked up in the trigram index).
+    name_found: tuple | None = None
 
-    def select(self, need_event=True):
+    @property
+    def by_id(self):
+        """Whether q's few matches are read by id (else: the time walk)."""
+        return self.name_found is not None and len(self.name_found) <= SPARSE_NAMES
+
+    def select(self, need_event=True, by_id=None):
         """The rows these filters match, as ``event AS e``.
 
         A member filter reads event_member first: its (account, event_time)
         index yields that member's events newest first, where starting from
         event would visit every event. ``event`` is joined in only when a
-        column of it is needed (``need_event``) or filtered on.
+        column of it is needed (``need_event``) or filtered on. ``by_id``
+        overrides :attr:`by_id`.
         """
+        by_id = self.by_id if by_id is None else by_id
         clauses, params = [], []
         # A unary + keeps SQLite from reading a column's index. Matches
         # found through the name index are few, read by id and sorted, so
@@ -79,8 +89,8 @@ class Filters:
         # column: with any other filter, that filter's index (or, for a
         # name search, the time index, which carries name_folded and type)
         # goes first, not the type index, which would read a third of the log.
-        unindexed = "+" if self.name_index else ""
-        type_first = not (self.name_index or self.group_id or self.owner or self.operator or self.q)
+        unindexed = "+" if by_id else ""
+        type_first = not (unindexed or self.group_id or self.owner or self.operator or self.q)
         for column, value in (
             ("e.group_id", self.group_id), ("e.owner", self.owner),
             ("e.operator", self.operator), ("e.type" if type_first else "+e.type", self.type),
@@ -88,9 +98,9 @@ class Filters:
             if value is not None:
                 clauses.append(f"{unindexed}{column} = ?")
                 params.append(value)
-        if self.q and self.name_index:
-            clauses.append("e.id IN (SELECT rowid FROM event_name WHERE event_name MATCH ?)")
-            params.append(_phrase(self.q))
+        if self.q and by_id:
+            clauses.append("e.id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(self.name_found))
         elif self.q:
             clauses.append("instr(e.name_folded, ?) > 0")
             params.append(self.q.casefold())
@@ -164,16 +174,16 @@ def _phrase(q):
 
 
 def route(conn, filters):
-    """``filters`` with their name search routed: through the trigram index
-    when it has at most SPARSE_NAMES matches, each then read by id; else by
-    the EventTime walk, which meets a page of such common names soon."""
+    """``filters`` with their name search looked up in the trigram index
+    once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES,
+    they are read by id; more are found by walking the EventTime index,
+    which meets a page of such common names soon."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
-    found = conn.execute(
-        "SELECT count(*) FROM (SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?)",
-        (_phrase(filters.q), SPARSE_NAMES + 1),
-    ).fetchone()[0]
-    return dataclasses.replace(filters, name_index=found <= SPARSE_NAMES)
+    ids = [row[0] for row in conn.execute(
+        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?", (_phrase(filters.q), COUNT_CAP + 1)
+    )]
+    return dataclasses.replace(filters, name_found=tuple(ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +200,9 @@ def count(conn, filters):
     time are asked for; otherwise counted, within COUNT_CAP and COUNT_TIME."""
     if _summarised(filters):
         return Count(summed(conn, filters.type, filters.since, filters.until))
+    if filters.name_found is not None and _name_only(filters):
+        found = len(filters.name_found)
+        return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
     selection = filters.select(need_event=False)
     rows = conn.execute(
         f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
@@ -213,6 +226,11 @@ def count(conn, filters):
 def _summarised(filters):
     """Whether event_hour can answer for ``filters``: type and time only."""
     return all(getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q"))
+
+
+def _name_only(filters):
+    return all(getattr(filters, name) is None for name in (
+        "group_id", "owner", "operator", "member", "type", "since", "until"))
 
 
 def summed(conn, type, since, until):
@@ -262,22 +280,23 @@ def newest(conn, filters):
 
 
 def per_day(conn, filters, days):
-    """How many events match in each ``(start_ms, stop_ms)`` of ``days``:
-    from the summary where it answers, else one index range count per day.
-    ``days`` carry the time bounds, so ``filters`` should have no since/until
-    of their own."""
+    """How many events match in each ``(start_ms, stop_ms)`` of ``days``
+    (in order, back to back): from the summary where it answers; else the
+    matching EventTimes in their span, counted per day here, which is only
+    asked for when the count was exact and so within COUNT_CAP rows.
+    ``days`` carry the time bounds, so ``filters`` should have no
+    since/until of their own."""
     if _summarised(filters):
         return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
-    selection = filters.select(need_event=False)
-    time = selection.time
-    values = ", ".join(["(?, ?)"] * len(days))
-    rows = conn.execute(
-        f"WITH day(start, stop) AS (VALUES {values})"
-        f" SELECT (SELECT count(*) FROM {selection.source} WHERE {selection.where}"
-        f"  AND {time} >= day.start AND {time} < day.stop) FROM day",
-        [bound for day in days for bound in day] + selection.params,
-    ).fetchall()
-    return [row[0] for row in rows]
+    # A name search whose count was exact has all its matches' ids.
+    found = filters.name_found
+    selection = filters.select(need_event=False, by_id=found is not None and len(found) <= COUNT_CAP or None)
+    times = sorted(row[0] for row in conn.execute(
+        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
+        f" AND {selection.bound} >= ? AND {selection.bound} < ?",
+        selection.params + [days[0][0], days[-1][1]],
+    ))
+    return [bisect.bisect_left(times, stop) - bisect.bisect_left(times, start) for start, stop in days]
 
 
 def event(conn, event_id):
