@@ -20,6 +20,13 @@ def strict_tables(path):
         conn.close()
 
 
+def without_derived(tables):
+    """The tables that hold the record: the name index and the hourly
+    counts are derived data, rebuilt at will (derived.py)."""
+    return {name: strict for name, strict in tables.items()
+            if not name.startswith("event_name") and name != "event_hour"}
+
+
 # --- the chain ------------------------------------------------------------
 
 def test_canonical_bytes_are_tagged_and_length_prefixed():
@@ -234,8 +241,10 @@ def test_chained_values_of_another_type_are_refused():
 # --- STRICT tables, and logs made before them -------------------------------
 
 def test_new_logs_have_strict_tables(log):
-    assert strict_tables(log.path) == {"meta": 1, "event": 1, "event_member": 1, "quarantine": 1,
-                                       "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1}
+    assert without_derived(strict_tables(log.path)) == {
+        "meta": 1, "event": 1, "event_member": 1, "quarantine": 1,
+        "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1,
+    }
 
 
 @pytest.mark.parametrize("statement, message", [
@@ -251,8 +260,10 @@ def test_strict_tables_refuse_a_value_of_another_type(attacker, statement, messa
 
 
 def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, log, rows):
-    assert strict_tables(log.path) == {"meta": 0, "event": 0, "event_member": 0, "quarantine": 0,
-                                       "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1}
+    assert without_derived(strict_tables(log.path)) == {
+        "meta": 0, "event": 0, "event_member": 0, "quarantine": 0,
+        "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1,
+    }
     for number in range(1, 4):
         log.append(event(number))
     log.append(rejection(1))

@@ -17,7 +17,7 @@ import sqlite3
 
 from flask import current_app
 
-from . import db, merkle
+from . import db, derived, merkle
 from .config import StartupError
 from .chain import (
     EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, ChainBroken, canonical, chain_kind,
@@ -164,6 +164,7 @@ class AuditLog:
                 merkle.build(self._conn, self.key)
                 if self.notary is not None:
                     self.notary.open(self._conn)
+                derived.catch_up(self._conn)
             except BaseException:
                 self._conn.close()
                 self._conn = None

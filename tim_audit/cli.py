@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, checkpoints, db, merkle, signature, tlog
+from . import auditlog, chain, checkpoints, db, derived, merkle, signature, tlog
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -256,6 +256,25 @@ def backup_command(destination):
     click.echo(heads.line())
 
 
+@click.command("rebuild-index")
+@with_appcontext
+def rebuild_index_command():
+    """Make the name index and the hourly counts again from the chained
+    rows, while the service keeps running. They are derived data, outside
+    the chain; this never changes a chained row."""
+    path = current_app.config["DATABASE"]
+    _read_only(path).close()  # the same message as verify's when there is no log
+    started = time.monotonic()
+    conn = db.connect(path, timeout=current_app.config["STORAGE_TIMEOUT"])
+    try:
+        events = derived.rebuild(conn)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot rebuild the index: {exc}") from None
+    finally:
+        conn.close()
+    click.echo(f"rebuilt the name index and hourly counts of {events} events in {time.monotonic() - started:.1f} s")
+
+
 @click.command("send-sample")
 @with_appcontext
 @click.argument("url")
@@ -357,7 +376,7 @@ def _sample_body(now):
 
 
 def init_app(app):
-    for command in (init_db_command, verify_command, backup_command, send_sample_command,
-                    hash_password_command, keygen_command, rotate_key_command,
+    for command in (init_db_command, verify_command, backup_command, rebuild_index_command,
+                    send_sample_command, hash_password_command, keygen_command, rotate_key_command,
                     consistency_proof_command, check_proof_command):
         app.cli.add_command(command)

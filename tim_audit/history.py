@@ -177,14 +177,16 @@ def index():
 def events():
     conn = get_db()
     context = {"integrity": _integrity(conn), "total": None, "chart": None,
-               "page": queries.Page([], None, None)}
+               "page": queries.Page([], None, None), "count_time_ms": round(queries.COUNT_TIME * 1000)}
     try:
         args = _load(HistoryArgs)
-        filters = _history_filters(args)
+        filters = queries.route(conn, _history_filters(args))
         context["total"] = queries.count(conn, filters)
-        if context["total"]:
+        if context["total"].value:
             context["page"] = queries.page(conn, filters, args["limit"], args["before"], args["after"])
-            context["chart"] = _chart(conn, filters)
+            # Per-day counts cost no more than the count when that was exact.
+            if context["total"].kind == "exact":
+                context["chart"] = _chart(conn, filters)
     except BadQuery as exc:
         return _list_page("history.html", "history.events", HISTORY_FILTERS, context, exc.problems), 400
     except queries.UnknownCursor as exc:

@@ -2,19 +2,40 @@
 
 Events are listed newest EventTime first, ties newest id first, and paged
 with keyset cursors (never OFFSET): each filter column has an index that
-continues with event_time, so a page is a short index range and a count is
-an index count; a name search scans the EventTime index, which carries the
-casefolded name. Values from the request reach SQL only as ``?`` parameters;
+continues with event_time, so a page is a short index range. No answer may
+grow with the log, so a count is read from the hourly summary where that
+can answer it, and is otherwise counted up to COUNT_CAP matches and for at
+most COUNT_TIME (:class:`Count` says which). A name of 3 or more characters
+with few matches is found through the trigram index; a short or common one
+by walking the EventTime index, which carries the casefolded name, until a
+page is full. Values from the request reach SQL only as ``?`` parameters;
 the statement text is joined from the fixed fragments below.
 """
 
+import bisect
 import dataclasses
+import json
+import sqlite3
+import time as clock
 
 # Columns a list page shows.
 LIST_COLUMNS = (
     "e.id, e.event_time, e.group_id, e.name, e.type, e.owner, e.operator,"
     " e.member_count, e.received_at"
 )
+
+
+# An exact count stops here, and the page says "more than" this.
+COUNT_CAP = 10_000
+# A count that has not reached COUNT_CAP stops after this long (seconds),
+# and the page says "at least" what it had counted.
+COUNT_TIME = 0.01
+# The trigram index answers a name search of this many characters or more.
+NAME_INDEX_MIN = 3
+# A search the index matches this often or less reads its matches by id;
+# a commoner one walks the EventTime index, where a page of them is near.
+SPARSE_NAMES = 2_000
+HOUR = 3_600_000  # ms, the summary's unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +47,15 @@ class Selection:
     params: list
     time: str
     id: str
+    bound: str  # time as a cursor's bound is written, so that it cannot drive either
 
     def past(self, time, ident, older=True):
         """The rows after the one at (``time``, ``ident``) in list order, or
         (``older=False``) before it: a keyset cursor, one index range."""
         if older:
-            where = f" AND {self.time} <= ? AND ({self.time} < ? OR {self.id} < ?)"
+            where = f" AND {self.bound} <= ? AND ({self.bound} < ? OR {self.id} < ?)"
         else:
-            where = f" AND {self.time} >= ? AND ({self.time} > ? OR {self.id} > ?)"
+            where = f" AND {self.bound} >= ? AND ({self.bound} > ? OR {self.id} > ?)"
         return dataclasses.replace(self, where=self.where + where, params=[*self.params, time, time, ident])
 
 
@@ -50,28 +72,45 @@ class Filters:
     q: str | None = None
     since: int | None = None
     until: int | None = None
+    # Set by route(): the ids of the events whose name has q, as many as
+    # COUNT_CAP + 1 (None: not looked up in the trigram index).
+    name_found: tuple | None = None
 
-    def select(self, need_event=True):
+    @property
+    def by_id(self):
+        """Whether q's few matches are read by id (else: the time walk)."""
+        return self.name_found is not None and len(self.name_found) <= SPARSE_NAMES
+
+    def select(self, need_event=True, by_id=None):
         """The rows these filters match, as ``event AS e``.
 
         A member filter reads event_member first: its (account, event_time)
         index yields that member's events newest first, where starting from
         event would visit every event. ``event`` is joined in only when a
-        column of it is needed (``need_event``) or filtered on.
+        column of it is needed (``need_event``) or filtered on. ``by_id``
+        overrides :attr:`by_id`.
         """
+        by_id = self.by_id if by_id is None else by_id
         clauses, params = [], []
-        # With a name search, the time index (which carries name_folded and
-        # type) answers both at once; the unary + keeps SQLite from taking
-        # the type index instead and reading a third of the table.
-        type_column = "+e.type" if self.q else "e.type"
+        # A unary + keeps SQLite from reading a column's index. Matches
+        # found through the name index are few, read by id and sorted, so
+        # nothing else may drive. Otherwise type is the least selective
+        # column: with any other filter, that filter's index (or, for a
+        # name search, the time index, which carries name_folded and type)
+        # goes first, not the type index, which would read a third of the log.
+        unindexed = "+" if by_id else ""
+        type_first = not (unindexed or self.group_id or self.owner or self.operator or self.q)
         for column, value in (
             ("e.group_id", self.group_id), ("e.owner", self.owner),
-            ("e.operator", self.operator), (type_column, self.type),
+            ("e.operator", self.operator), ("e.type" if type_first else "+e.type", self.type),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"{unindexed}{column} = ?")
                 params.append(value)
-        if self.q:
+        if self.q and by_id:
+            clauses.append("e.id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(self.name_found))
+        elif self.q:
             clauses.append("instr(e.name_folded, ?) > 0")
             params.append(self.q.casefold())
         if self.member is None:
@@ -81,15 +120,15 @@ class Filters:
             if need_event or clauses:
                 source += " JOIN event AS e ON e.id = m.event_id"
             # A member listed twice in one MemberList finds the event once.
-            clauses.insert(0, "m.account = ? AND m.duplicate = 0")
+            clauses.insert(0, f"{unindexed}m.account = ? AND {unindexed}m.duplicate = 0")
             params.insert(0, self.member)
         if self.since is not None:
-            clauses.append(f"{time} >= ?")
+            clauses.append(f"{unindexed}{time} >= ?")
             params.append(self.since)
         if self.until is not None:
-            clauses.append(f"{time} <= ?")
+            clauses.append(f"{unindexed}{time} <= ?")
             params.append(self.until)
-        return Selection(source, " AND ".join(clauses) or "1", params, time, ident)
+        return Selection(source, " AND ".join(clauses) or "1", params, time, ident, unindexed + time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +170,102 @@ def page(conn, filters, limit, before=None, after=None):
     return Page(rows, rows[0]["id"] if before is not None else None, rows[-1]["id"] if more else None)
 
 
+def _phrase(q):
+    """``q`` as an FTS5 phrase: the casefolded text, quoted, which the
+    trigram tokenizer matches as a substring."""
+    return '"' + q.casefold().replace('"', '""') + '"'
+
+
+def route(conn, filters):
+    """``filters`` with their name search looked up in the trigram index
+    once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES,
+    they are read by id; more are found by walking the EventTime index,
+    which meets a page of such common names soon."""
+    if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
+        return filters
+    ids = [row[0] for row in conn.execute(
+        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?", (_phrase(filters.q), COUNT_CAP + 1)
+    )]
+    return dataclasses.replace(filters, name_found=tuple(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """How many events match: ``exact``, ``more`` than value (the count
+    stopped at COUNT_CAP) or ``at least`` value (it stopped at COUNT_TIME)."""
+
+    value: int
+    kind: str = "exact"
+
+
 def count(conn, filters):
+    """The number of matching events, from the summary when only type and
+    time are asked for; otherwise counted, within COUNT_CAP and COUNT_TIME."""
+    if _summarised(filters):
+        return Count(summed(conn, filters.type, filters.since, filters.until))
+    if filters.name_found is not None and _name_only(filters):
+        found = len(filters.name_found)
+        return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
     selection = filters.select(need_event=False)
+    rows = conn.execute(
+        f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
+        selection.params + [COUNT_CAP + 1],
+    )
+    found = 0
+    deadline = clock.monotonic() + COUNT_TIME
+    conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
+    try:
+        for _ in rows:
+            found += 1
+    except sqlite3.OperationalError:
+        if clock.monotonic() <= deadline:
+            raise
+        return Count(found, "at least")
+    finally:
+        conn.set_progress_handler(None, 0)
+    return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
+
+
+def _summarised(filters):
+    """Whether event_hour can answer for ``filters``: type and time only."""
+    return all(getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q"))
+
+
+def _name_only(filters):
+    return all(getattr(filters, name) is None for name in (
+        "group_id", "owner", "operator", "member", "type", "since", "until"))
+
+
+def summed(conn, type, since, until):
+    """Events of ``type`` (None: any) with EventTime in [since, until]
+    (None: unbounded): the whole hours from event_hour, the part of an
+    hour cut by either bound from the index."""
+    first = None if since is None else -(-since // HOUR)  # the first whole hour
+    stop = None if until is None else (until + 1) // HOUR  # the hour after the last whole one
+    if first is not None and stop is not None and first > stop:
+        return _indexed(conn, type, since, until)
+    clauses, params = ["1"], []
+    for clause, value in (("type = ?", type), ("hour >= ?", first), ("hour < ?", stop)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    total = conn.execute(
+        f"SELECT coalesce(sum(events), 0) FROM event_hour WHERE {' AND '.join(clauses)}", params
+    ).fetchone()[0]
+    if since is not None and since < first * HOUR:
+        total += _indexed(conn, type, since, first * HOUR - 1)
+    if until is not None and stop * HOUR <= until:
+        total += _indexed(conn, type, stop * HOUR, until)
+    return total
+
+
+def _indexed(conn, type, since, until):
+    if type is None:
+        return conn.execute(
+            "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ?", (since, until)
+        ).fetchone()[0]
     return conn.execute(
-        f"SELECT count(*) FROM {selection.source} WHERE {selection.where}", selection.params
+        "SELECT count(*) FROM event WHERE type = ? AND event_time BETWEEN ? AND ?", (type, since, until)
     ).fetchone()[0]
 
 
@@ -152,19 +283,23 @@ def newest(conn, filters):
 
 
 def per_day(conn, filters, days):
-    """How many events match in each ``(start_ms, stop_ms)`` of ``days``:
-    one index range count per day. ``days`` carry the time bounds, so
-    ``filters`` should have no since/until of their own."""
-    selection = filters.select(need_event=False)
-    time = selection.time
-    values = ", ".join(["(?, ?)"] * len(days))
-    rows = conn.execute(
-        f"WITH day(start, stop) AS (VALUES {values})"
-        f" SELECT (SELECT count(*) FROM {selection.source} WHERE {selection.where}"
-        f"  AND {time} >= day.start AND {time} < day.stop) FROM day",
-        [bound for day in days for bound in day] + selection.params,
-    ).fetchall()
-    return [row[0] for row in rows]
+    """How many events match in each ``(start_ms, stop_ms)`` of ``days``
+    (in order, back to back): from the summary where it answers; else the
+    matching EventTimes in their span, counted per day here, which is only
+    asked for when the count was exact and so within COUNT_CAP rows.
+    ``days`` carry the time bounds, so ``filters`` should have no
+    since/until of their own."""
+    if _summarised(filters):
+        return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
+    # A name search whose count was exact has all its matches' ids.
+    found = filters.name_found
+    selection = filters.select(need_event=False, by_id=found is not None and len(found) <= COUNT_CAP or None)
+    times = sorted(row[0] for row in conn.execute(
+        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
+        f" AND {selection.bound} >= ? AND {selection.bound} < ?",
+        selection.params + [days[0][0], days[-1][1]],
+    ))
+    return [bisect.bisect_left(times, stop) - bisect.bisect_left(times, start) for start, stop in days]
 
 
 def event(conn, event_id):

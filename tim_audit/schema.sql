@@ -169,3 +169,36 @@ CREATE TRIGGER IF NOT EXISTS checkpoint_no_replace BEFORE INSERT ON checkpoint
 WHEN EXISTS (SELECT 1 FROM checkpoint WHERE id = NEW.id)
   OR NEW.size < (SELECT max(size) FROM checkpoint WHERE tree = NEW.tree)
 BEGIN SELECT RAISE(ABORT, 'checkpoint is append-only'); END;
+
+-- Derived data, kept in step with event by the trigger below, in the
+-- transaction that appends the event. It is not chained, not append-only
+-- and verify never reads it: `flask --app tim_audit rebuild-index` makes it
+-- again from the chained rows (derived.py), whatever became of it.
+--
+-- event_name: the folded names in an FTS5 trigram index, which answers a
+-- substring of 3 or more characters. It reads the names themselves from
+-- event (external content), so it stores only the trigrams; the folding is
+-- done by casefold() before it, so the tokenizer must not fold again.
+CREATE VIRTUAL TABLE IF NOT EXISTS event_name USING fts5(
+    name_folded, content = 'event', content_rowid = 'id',
+    tokenize = 'trigram case_sensitive 1', columnsize = 0
+);
+
+-- event_hour: how many events of each type have an EventTime in each UTC
+-- hour (EventTime / 3600000), so that a count or a chart by type and time
+-- adds up whole hours and counts only the hours cut by its bounds. Not
+-- STRICT: a log from before STRICT tables may hold a type of another type.
+CREATE TABLE IF NOT EXISTS event_hour (
+    hour   INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    PRIMARY KEY (hour, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_hour_by_type ON event_hour (type, hour, events);
+
+CREATE TRIGGER IF NOT EXISTS event_derived AFTER INSERT ON event
+BEGIN
+    INSERT INTO event_name (rowid, name_folded) VALUES (NEW.id, NEW.name_folded);
+    INSERT INTO event_hour (hour, type, events) VALUES (NEW.event_time / 3600000, NEW.type, 1)
+        ON CONFLICT DO UPDATE SET events = events + 1;
+END;

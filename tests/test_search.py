@@ -1,0 +1,287 @@
+"""Name search through the trigram index, counts that do not grow with the
+log, the derived data's rebuild, and the query plans behind each filter."""
+
+import random
+import re
+import sqlite3
+
+import pytest
+
+from conftest import event
+from dashboard import listed_ids
+from tim_audit import create_app, db, queries
+
+# Characters names are drawn from: CJK, Hangul, kana, emoji (with a ZWJ
+# sequence and a skin tone), and letters whose case folding is not 1:1.
+ALPHABET = (
+    list("羽毛球家族群业主设计读书会") + list("공지동아리") + list("レビュー")
+    + ["🏸", "🎉", "👨\u200d👩\u200d👧", "👍🏽"]
+    + list("aAbBsSßẞσΣςİıiIﬁkK ΩωЖж-#1")
+)
+
+
+def random_names(rng, count):
+    return ["".join(rng.choices(ALPHABET, k=rng.randint(1, 12))) for _ in range(count)]
+
+
+def append_all(log, entries):
+    """Append ``entries`` in one transaction through the writer's own
+    _write, as bench/dataset.py builds a log: the trigger indexes them."""
+    log.open()
+    conn = db.connect(log.path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        log._write(conn, entries)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def named(log):
+    """3,000 events with random names, newest last; returns the names."""
+    names = random_names(random.Random(5), 3000)
+    append_all(log, [event(number, name=name) for number, name in enumerate(names, 1)])
+    return names
+
+
+def scanned(names, q):
+    """The ids whose name contains ``q`` as the README defines it, newest first."""
+    folded = q.casefold()
+    return [number for number, name in reversed(list(enumerate(names, 1))) if folded in name.casefold()]
+
+
+def queries_for(names, rng, length, count):
+    """Substrings of ``length`` characters of random names, some in other
+    cases, and random strings of that length (mostly matching nothing)."""
+    found = []
+    while len(found) < count:
+        name = rng.choice(names)
+        if len(name) >= length:
+            start = rng.randrange(len(name) - length + 1)
+            found.append(name[start:start + length])
+        found.append("".join(rng.choices(ALPHABET, k=length)))
+    return [q.upper() if rng.random() < 0.3 else q for q in found[:count]]
+
+
+def test_the_name_index_agrees_with_a_plain_scan(named, rows):
+    rng = random.Random(6)
+    for length in (3, 4, 6):
+        for q in queries_for(named, rng, length, 400):
+            indexed = rows("SELECT rowid FROM event_name WHERE event_name MATCH ? ORDER BY rowid DESC",
+                           (queries._phrase(q),))
+            assert [rowid for (rowid,) in indexed] == scanned(named, q), q
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5])
+def test_name_search_lists_and_counts_what_a_plain_scan_finds(named, get, length):
+    for q in queries_for(named, random.Random(length), length, 40):
+        expected = scanned(named, q)
+        text = get("/history", query_string={"q": q, "limit": 500}).get_data(as_text=True)
+        assert listed_ids(text) == expected[:500], q
+        if expected:
+            assert re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1) == f"{len(expected):,}", q
+
+
+@pytest.mark.parametrize("q, name", [
+    ("STRASSE", "Straße Team"), ("straße", "STRASSE crew"), ("ΣΟΦΊΑ", "σοφία"),
+    ("ﬁ", "FIELD"), ("羽毛球", "周末羽毛球 🏸"), ("羽毛", "周末羽毛球 🏸"), ("🏸", "周末羽毛球 🏸"),
+])
+def test_name_search_folds_case_as_documented(log, get, q, name):
+    append_all(log, [event(1, name=name), event(2, name="other")])
+    assert listed_ids(get("/history", query_string={"q": q}).get_data(as_text=True)) == [1]
+
+
+def test_a_common_name_is_found_by_walking_the_time_index(log, get, monkeypatch):
+    monkeypatch.setattr(queries, "SPARSE_NAMES", 10)
+    append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 41)])
+    text = get("/history", query_string={"q": "team 1", "limit": 5}).get_data(as_text=True)
+    assert listed_ids(text) == [39, 37, 35, 33, 31]
+    assert "<strong>20</strong> events match" in text
+
+
+# --- counts that say what they are -------------------------------------------
+
+def test_a_count_past_the_cap_says_more_than(log, get, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_CAP", 5)
+    append_all(log, [event(number, owner="busy") for number in range(1, 9)])
+    text = get("/history", query_string={"owner": "busy"}).get_data(as_text=True)
+    assert "More than <strong>5</strong> events match" in text
+    assert 'class="chart"' not in text
+    assert "Export all:" in text
+
+
+def test_a_count_that_runs_out_of_time_says_at_least(log, get, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    append_all(log, [event(number, owner="busy") for number in range(1, 301)])
+    text = get("/history", query_string={"owner": "busy"}).get_data(as_text=True)
+    found = re.search(r"At least <strong>(\d+)</strong> events? match: counting stopped after 0 ms", text)
+    assert found and int(found.group(1)) < 300
+    assert 'class="chart"' not in text
+
+
+def test_counts_by_type_and_time_come_exact_from_the_summary(log, get, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_CAP", 1)
+    hour = queries.HOUR
+    start = 1_772_323_200_000  # 2026-03-01T00:00:00Z
+    # Every 20 minutes for two days: bounds cut hours in the middle.
+    append_all(log, [
+        event(number, event_time=start + number * hour // 3, type=("Public", "Private")[number % 2])
+        for number in range(1, 145)
+    ])
+    for query, expected in [
+        ({}, 144), ({"type": "Public"}, 72),
+        ({"since": "2026-03-01T00:30:00Z", "until": "2026-03-01T05:10:00Z"}, 14),
+        ({"type": "Private", "since": "2026-03-01T00:30:00Z", "until": "2026-03-01T05:10:00Z"}, 7),
+        ({"since": "2026-03-01T01:05:00Z", "until": "2026-03-01T01:35:00Z"}, 1),
+    ]:
+        text = get("/history", query_string=query).get_data(as_text=True)
+        assert re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1) == str(expected), query
+        assert 'class="chart"' in text
+
+
+# --- derived data: rebuilt from the chained rows -------------------------------
+
+def test_rebuild_restores_a_dropped_name_index_and_verify_still_passes(filled, runner, get, rows):
+    before = runner.invoke(args=["verify"]).output
+    conn = sqlite3.connect(filled.path)
+    conn.execute("DROP TABLE event_name")
+    conn.close()
+    result = runner.invoke(args=["rebuild-index"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("rebuilt the name index and hourly counts of 5 events in ")
+    assert rows("SELECT rowid FROM event_name WHERE event_name MATCH '\"group 3\"'") == [(3,)]
+    assert runner.invoke(args=["verify"]).output == before
+    assert listed_ids(get("/history", query_string={"q": "GROUP 3"}).get_data(as_text=True)) == [3]
+    filled.append(event(6))  # the writer's trigger finds the index again
+    assert listed_ids(get("/history", query_string={"q": "group 6"}).get_data(as_text=True)) == [6]
+
+
+def test_rebuild_corrects_a_damaged_summary(filled, runner, get):
+    conn = sqlite3.connect(filled.path)
+    conn.execute("UPDATE event_hour SET events = 1000")
+    conn.commit()
+    conn.close()
+    assert "<strong>1,000</strong> events match" in get("/history").get_data(as_text=True)
+    assert runner.invoke(args=["rebuild-index"]).exit_code == 0
+    assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE event SET name = 'changed'", "DELETE FROM event WHERE id = 1",
+    "UPDATE event_member SET account = 'mallory'",
+])
+def test_chained_rows_stay_append_only_after_a_rebuild(filled, runner, statement):
+    assert runner.invoke(args=["rebuild-index"]).exit_code == 0
+    conn = sqlite3.connect(filled.path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="is append-only"):
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def test_rebuild_of_a_missing_log_says_so(config, tmp_path):
+    missing = tmp_path / "missing.sqlite3"
+    result = create_app({**config, "DATABASE": str(missing)}).test_cli_runner().invoke(args=["rebuild-index"])
+    assert result.exit_code == 1
+    assert f"there is no log at {missing}" in result.output
+    assert not missing.exists()
+
+
+def test_a_log_from_before_the_index_is_indexed_when_opened(make_app, config):
+    app = make_app()
+    log = app.extensions["tim_audit"]
+    append_all(log, [event(1, name="Straße"), event(2)])
+    log.close()
+    conn = sqlite3.connect(config["DATABASE"])
+    for statement in ("DROP TRIGGER event_derived", "DROP TABLE event_name", "DROP TABLE event_hour"):
+        conn.execute(statement)
+    conn.close()
+    reopened = make_app().extensions["tim_audit"]
+    conn = sqlite3.connect(reopened.path)
+    try:
+        assert conn.execute("SELECT rowid FROM event_name WHERE event_name MATCH 'strasse'").fetchall() == [(1,)]
+        assert conn.execute("SELECT sum(events) FROM event_hour").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+# --- query plans ----------------------------------------------------------------
+
+def planned(conn, run):
+    """The EXPLAIN QUERY PLAN details of every statement ``run(conn)`` runs."""
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        run(conn)
+    finally:
+        conn.set_trace_callback(None)
+    return [
+        [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        for sql in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))
+    ]
+
+
+@pytest.fixture
+def planner(log):
+    """A read-only connection to a small log, planned without statistics
+    as a live log is (the service never runs ANALYZE)."""
+    append_all(log, [event(number, name=f"team {number % 3}") for number in range(1, 50)])
+    conn = db.connect(log.path, readonly=True)
+    yield conn
+    conn.close()
+
+
+LIST = {"e": "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"}
+PLANS = [
+    ("first page", {}, "SCAN e USING INDEX event_by_time"),
+    ("member + type", {"member": "bob", "type": "Public"},
+     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)"),
+    ("member + time", {"member": "bob", "since": 1, "until": 2},
+     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=? AND event_time>? AND event_time<?)"),
+    ("operator + time", {"operator": "administrator", "since": 1, "until": 2},
+     "SEARCH e USING INDEX event_by_operator (operator=? AND event_time>? AND event_time<?)"),
+    ("owner + type", {"owner": "leckie", "type": "Public"}, "SEARCH e USING INDEX event_by_owner (owner=?)"),
+    ("type", {"type": "Public"}, "SEARCH e USING INDEX event_by_type (type=?)"),
+    ("q walked", {"q": "te"}, "SCAN e USING INDEX event_by_time"),
+    ("q walked + type", {"q": "te", "type": "Public"}, "SCAN e USING INDEX event_by_time"),
+    ("q walked + operator", {"q": "te", "operator": "administrator"},
+     "SEARCH e USING INDEX event_by_operator (operator=?)"),
+    ("q walked + member", {"q": "te", "member": "bob"},
+     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)"),
+]
+
+
+@pytest.mark.parametrize("label, filters, first", PLANS, ids=[p[0] for p in PLANS])
+def test_a_page_reads_the_intended_index_in_list_order(planner, label, filters, first):
+    [plan] = planned(planner, lambda conn: queries.page(conn, queries.Filters(**filters), 50))
+    assert plan[0] == first
+    # Ties on EventTime are put in id order as they come; nothing more is sorted.
+    assert [step for step in plan[1:] if "TEMP B-TREE" in step] in ([], ["USE TEMP B-TREE FOR RIGHT PART OF ORDER BY"]), plan
+
+
+@pytest.mark.parametrize("filters", [
+    {"q": "team 1"}, {"q": "team 1", "type": "Public"}, {"q": "team 1", "operator": "administrator"},
+    {"q": "team 1", "member": "bob"}, {"q": "team 1", "owner": "leckie", "since": 1},
+], ids=str)
+def test_a_rare_name_is_read_through_the_name_index(planner, filters):
+    routed = queries.route(planner, queries.Filters(**filters))
+    assert routed.by_id
+    [plan] = planned(planner, lambda conn: queries.page(conn, routed, 50))
+    assert plan[0] == "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"
+    assert plan[1:3] == ["LIST SUBQUERY 1", "SCAN json_each VIRTUAL TABLE INDEX 1:"]
+    assert all(step.startswith(("SEARCH m USING PRIMARY KEY (event_id=?)", "USE TEMP B-TREE FOR ORDER BY")) for step in plan[3:]), plan
+
+
+@pytest.mark.parametrize("filters, index", [
+    ({}, "SCAN event_hour USING COVERING INDEX event_hour_by_type"),
+    ({"type": "Public"}, "SEARCH event_hour USING COVERING INDEX event_hour_by_type (type=?)"),
+    ({"since": queries.HOUR * 10 + 1, "until": queries.HOUR * 20},
+     "SEARCH event_hour USING PRIMARY KEY (hour>? AND hour<?)"),
+], ids=str)
+def test_a_count_by_type_and_time_reads_the_summary(planner, filters, index):
+    plans = planned(planner, lambda conn: queries.count(conn, queries.Filters(**filters)))
+    assert plans[0] == [index]
+    for edge in plans[1:]:  # the hours cut by since or until
+        assert edge[0].startswith("SEARCH event USING COVERING INDEX event_by_time (event_time>? AND event_time<?)"), edge
