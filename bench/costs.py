@@ -58,7 +58,7 @@ def write_all(path, events, schema_filter=None):
     def write():
         for start in range(0, len(events), BATCH):
             conn.execute("BEGIN IMMEDIATE")
-            log._write(conn, events[start:start + BATCH])
+            log._write(conn, events[start : start + BATCH])
             conn.execute("COMMIT")
 
     try:
@@ -71,6 +71,7 @@ def drop(kind, pattern):
     def statements(conn):
         names = conn.execute("SELECT name FROM sqlite_master WHERE type = ?", (kind,)).fetchall()
         return [f"DROP {kind.upper()} {name}" for (name,) in names if re.fullmatch(pattern, name)]
+
     return statements
 
 
@@ -88,18 +89,28 @@ def main():
     def chain_all():
         nonlocal previous
         for number, event in enumerate(events, 1):
-            row = vars(event) | {"id": number, "name_folded": event.name.casefold(),
-                                 "member_count": len(event.members)}
-            previous = chain.link(None, previous, chain.canonical(chain.event_values(row, event.members)))
+            row = vars(event) | {
+                "id": number,
+                "name_folded": event.name.casefold(),
+                "member_count": len(event.members),
+            }
+            previous = chain.link(
+                None, previous, chain.canonical(chain.event_values(row, event.members))
+            )
             rows.append(row)
 
     costs = {"chain (canonical bytes + link)": per_event(chain_all, count)}
-    leaves = [chain.canonical(chain.event_values(row, event.members)) for row, event in zip(rows, events, strict=True)]
+    leaves = [
+        chain.canonical(chain.event_values(row, event.members))
+        for row, event in zip(rows, events, strict=True)
+    ]
     stored = []
 
     def tree_all():
         for number, data in enumerate(leaves):
-            stored.extend(tlog.stored_hashes_for(number, data, lambda indexes: [stored[i] for i in indexes]))
+            stored.extend(
+                tlog.stored_hashes_for(number, data, lambda indexes: [stored[i] for i in indexes])
+            )
 
     costs["Merkle tree (leaf + stored hashes)"] = per_event(tree_all, count)
 
@@ -109,15 +120,22 @@ def main():
     logging.getLogger().handlers[:] = [handler]
     outcome = callback.Outcome("stored", 200, callback.ErrorCode.OK, "", "@TGS#2J4SZEAEL")
     with app.test_request_context("/callback?CallbackCommand=Group.CallbackAfterCreateGroup"):
-        costs["log line"] = per_event(lambda: [callback._log(outcome, 0.001) for _ in range(count)], count)
+        costs["log line"] = per_event(
+            lambda: [callback._log(outcome, 0.001) for _ in range(count)], count
+        )
 
     full = write_all(work / "full.sqlite3", events)
     no_triggers = write_all(work / "no-triggers.sqlite3", events, drop("trigger", r".*_no_.*"))
-    no_indexes = write_all(work / "no-indexes.sqlite3", events, drop("index", r"event_by_.*|event_member_by_.*"))
+    no_indexes = write_all(
+        work / "no-indexes.sqlite3", events, drop("index", r"event_by_.*|event_member_by_.*")
+    )
     log = AuditLog(str(work / "full.sqlite3"))
     conn = sqlite3.connect(work / "full.sqlite3", isolation_level=None)
     costs["dedupe query"] = per_event(
-        lambda: [log._stored_with_keys(conn, events[s:s + BATCH]) for s in range(0, count, BATCH)], count,
+        lambda: [
+            log._stored_with_keys(conn, events[s : s + BATCH]) for s in range(0, count, BATCH)
+        ],
+        count,
     )
     conn.close()
     costs["append-only triggers"] = full - no_triggers

@@ -30,10 +30,26 @@ TYPES = [("Public", 35), ("Private", 30), ("ChatRoom", 15), ("AVChatRoom", 10), 
 PLATFORMS = ["RESTAPI", "Android", "iOS", "Web", "Windows", "Mac", "iPad"]
 BOT = "bot_audit"
 NAMES = [
-    "{n}周末羽毛球 🏸", "{n}号楼业主群", "家族群 {n}", "项目组-{n}", "深圳分公司{n}", "读书会 第{n}期",
-    "設計レビュー {n}", "営業チーム{n}", "사내 공지 {n}", "동아리 {n}기", "Project Atlas {n}",
-    "Ops on-call #{n}", "Design review {n}", "Straße Team {n}", "Команда {n}", "Ομάδα {n}",
-    "فريق {n}", "🎉 Launch party {n}", "Family 👨\u200d👩\u200d👧 {n}", "Release train {n}",
+    "{n}周末羽毛球 🏸",
+    "{n}号楼业主群",
+    "家族群 {n}",
+    "项目组-{n}",
+    "深圳分公司{n}",
+    "读书会 第{n}期",
+    "設計レビュー {n}",
+    "営業チーム{n}",
+    "사내 공지 {n}",
+    "동아리 {n}기",
+    "Project Atlas {n}",
+    "Ops on-call #{n}",
+    "Design review {n}",
+    "Straße Team {n}",
+    "Команда {n}",
+    "Ομάδα {n}",
+    "فريق {n}",
+    "🎉 Launch party {n}",
+    "Family 👨\u200d👩\u200d👧 {n}",
+    "Release train {n}",
 ]
 
 
@@ -54,8 +70,12 @@ def events(count, days, seed=1):
         group_type = rng.choices(types, weights)[0]
         owner = "" if rng.random() < 0.03 else _user(rng, 20_000, "u")
         operator = "administrator" if rng.random() < 0.6 else (owner or _user(rng, 20_000, "u"))
-        members = [] if group_type == "AVChatRoom" else (
-            [owner] * bool(owner) + [_user(rng, 60_000, "m") for _ in range(rng.randint(0, 12))]
+        members = (
+            []
+            if group_type == "AVChatRoom"
+            else (
+                [owner] * bool(owner) + [_user(rng, 60_000, "m") for _ in range(rng.randint(0, 12))]
+            )
         )
         if members and rng.random() < 0.1:
             members.append(BOT)

@@ -78,18 +78,28 @@ def wait_for(port, process, log_path):
 
 def start(command, cwd, env, log_path, port):
     process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "ab"),
     )
     wait_for(port, process, log_path)
     return process
 
 
 def signed_url(port, request_time):
-    query = urlencode({
-        "SdkAppid": SDKAPPID, "CallbackCommand": "Group.CallbackAfterCreateGroup",
-        "contenttype": "json", "ClientIP": "203.0.113.7", "OptPlatform": "Android",
-        "RequestTime": request_time, "Sign": sign(TOKEN, request_time),
-    })
+    query = urlencode(
+        {
+            "SdkAppid": SDKAPPID,
+            "CallbackCommand": "Group.CallbackAfterCreateGroup",
+            "contenttype": "json",
+            "ClientIP": "203.0.113.7",
+            "OptPlatform": "Android",
+            "RequestTime": request_time,
+            "Sign": sign(TOKEN, request_time),
+        }
+    )
     return f"http://127.0.0.1:{port}/callback?{query}"
 
 
@@ -105,9 +115,22 @@ def wrk(port, seconds, prefix, pid):
     now = str(int(time.time()))
     cpu_before = cpu_seconds(pid)
     output = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(BENCH / "callbacks.lua"), signed_url(port, now), "--", prefix],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(BENCH / "callbacks.lua"),
+            signed_url(port, now),
+            "--",
+            prefix,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cpu = cpu_seconds(pid) - cpu_before
     fields = dict(item.split("=") for item in RESULT.search(output).group(1).split())
@@ -149,7 +172,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of one round per server")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--soak", type=int, default=0, help="seconds of full-rate callbacks at the end")
+    parser.add_argument(
+        "--soak", type=int, default=0, help="seconds of full-rate callbacks at the end"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -171,12 +196,27 @@ def main():
     }
     waitress = [sys.executable, "-m", "waitress", *WAITRESS]
     processes = {
-        "tim-audit": start([sys.executable, "-m", "tim_audit", "serve", "--only", "ingest"],
-                           ROOT, env, work / "tim-audit.log", ports["tim-audit"]),
-        "naive": start([*waitress, f"--listen=127.0.0.1:{ports['naive']}", "naive_app:app"],
-                       NAIVE, env, work / "naive.log", ports["naive"]),
-        "hello": start([*waitress, f"--listen=127.0.0.1:{ports['hello']}", "hello:app"],
-                       BENCH, env, work / "hello.log", ports["hello"]),
+        "tim-audit": start(
+            [sys.executable, "-m", "tim_audit", "serve", "--only", "ingest"],
+            ROOT,
+            env,
+            work / "tim-audit.log",
+            ports["tim-audit"],
+        ),
+        "naive": start(
+            [*waitress, f"--listen=127.0.0.1:{ports['naive']}", "naive_app:app"],
+            NAIVE,
+            env,
+            work / "naive.log",
+            ports["naive"],
+        ),
+        "hello": start(
+            [*waitress, f"--listen=127.0.0.1:{ports['hello']}", "hello:app"],
+            BENCH,
+            env,
+            work / "hello.log",
+            ports["hello"],
+        ),
     }
     watch = WalWatch([f"{database}-wal", f"{naive_database}-wal"])
     results = {name: [] for name in processes}
@@ -186,17 +226,25 @@ def main():
             figures = wrk(ports[name], 2, f"warm{name[:3]}", processes[name].pid)
             if name == "tim-audit":
                 acknowledged += figures["acknowledged"]
-        print(f"{args.rounds} rounds of {args.seconds} s per server; wrk, {CONNECTIONS} keep-alive"
-              f" connections; waitress {' '.join(WAITRESS)}\n")
-        print(f"{'round':>5}  {'server':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>7}")
+        print(
+            f"{args.rounds} rounds of {args.seconds} s per server; wrk, {CONNECTIONS} keep-alive"
+            f" connections; waitress {' '.join(WAITRESS)}\n"
+        )
+        print(
+            f"{'round':>5}  {'server':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs':>8} {'errors':>7}"
+        )
         for round_number in range(1, args.rounds + 1):
             for name in processes:
-                figures = wrk(ports[name], args.seconds, f"r{round_number}{name[:3]}", processes[name].pid)
+                figures = wrk(
+                    ports[name], args.seconds, f"r{round_number}{name[:3]}", processes[name].pid
+                )
                 if name == "tim-audit":
                     acknowledged += figures["acknowledged"]
                 results[name].append(figures)
-                print(f"{round_number:>5}  {name:<10} {figures['rate']:>8.0f} {figures['p50']:>8.2f}"
-                      f" {figures['p99']:>8.2f} {figures['cpu_us']:>8.0f} {figures['errors']:>7}")
+                print(
+                    f"{round_number:>5}  {name:<10} {figures['rate']:>8.0f} {figures['p50']:>8.2f}"
+                    f" {figures['p99']:>8.2f} {figures['cpu_us']:>8.0f} {figures['errors']:>7}"
+                )
         soak = None
         if args.soak:
             soak = wrk(ports["tim-audit"], args.soak, "soak", processes["tim-audit"].pid)
@@ -212,24 +260,38 @@ def main():
 
     print("\nmedians")
     for name in processes:
-        print(f"  {name:<10} {median(name, 'rate'):>8.0f} req/s  p50 {median(name, 'p50'):.2f} ms"
-              f"  p99 {median(name, 'p99'):.2f} ms  CPU {median(name, 'cpu_us'):.0f} µs/callback")
+        print(
+            f"  {name:<10} {median(name, 'rate'):>8.0f} req/s  p50 {median(name, 'p50'):.2f} ms"
+            f"  p99 {median(name, 'p99'):.2f} ms  CPU {median(name, 'cpu_us'):.0f} µs/callback"
+        )
     to_naive = median("tim-audit", "rate") / median("naive", "rate")
     to_hello = median("tim-audit", "rate") / median("hello", "rate")
     print(f"  tim-audit/naive: {to_naive:.2f}   tim-audit/hello: {to_hello:.2f}")
     if soak:
-        print(f"\nsoak: {args.soak} s at {soak['rate']:.0f} req/s, p50 {soak['p50']:.2f} ms,"
-              f" p99 {soak['p99']:.2f} ms, {soak['errors']} errors")
+        print(
+            f"\nsoak: {args.soak} s at {soak['rate']:.0f} req/s, p50 {soak['p50']:.2f} ms,"
+            f" p99 {soak['p99']:.2f} ms, {soak['errors']} errors"
+        )
     wal = watch.largest[f"{database}-wal"]
-    print(f"largest WAL: tim-audit {wal / 2**20:.1f} MB,"
-          f" naive {watch.largest[f'{naive_database}-wal'] / 2**20:.1f} MB")
+    print(
+        f"largest WAL: tim-audit {wal / 2**20:.1f} MB,"
+        f" naive {watch.largest[f'{naive_database}-wal'] / 2**20:.1f} MB"
+    )
 
     conn = sqlite3.connect(database)
     stored = conn.execute("SELECT count(*) FROM event").fetchone()[0]
     conn.close()
-    verified = subprocess.run(
-        [sys.executable, "-m", "tim_audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
+    verified = (
+        subprocess.run(
+            [sys.executable, "-m", "tim_audit", "verify"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     # wrk stops with up to one request in flight per connection: those may
     # be stored without their answer having been counted.
     print(f"\nlog: {stored} events stored, {acknowledged} acknowledged; verify: {verified}")
@@ -238,8 +300,10 @@ def main():
         (f"tim-audit/naive {to_naive:.2f} >= 0.8", to_naive >= 0.8),
         (f"p99 {median('tim-audit', 'p99'):.2f} ms <= 20 ms", median("tim-audit", "p99") <= 20),
         (f"errors {errors} == 0", errors == 0),
-        ("every acknowledged event is stored",
-         acknowledged <= stored <= acknowledged + CONNECTIONS * (len(results["tim-audit"]) + 2)),
+        (
+            "every acknowledged event is stored",
+            acknowledged <= stored <= acknowledged + CONNECTIONS * (len(results["tim-audit"]) + 2),
+        ),
         ("verify passes", verified.startswith(f"OK {stored} ")),
         (f"WAL {wal / 2**20:.1f} MB < 64 MB", wal < WAL_LIMIT),
     ]

@@ -95,12 +95,16 @@ def start(arrangement, database, work):
     """Start one arrangement; returns (processes, ingest port, review port)."""
     ingest, review = free_port(), free_port()
     env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "TIM_AUDIT_INSTANCE_PATH": str(work),
-        "TIM_AUDIT_DATABASE": str(database), "TIM_AUDIT_SDKAPPID": loadgen.SDKAPPID,
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TIM_AUDIT_INSTANCE_PATH": str(work),
+        "TIM_AUDIT_DATABASE": str(database),
+        "TIM_AUDIT_SDKAPPID": loadgen.SDKAPPID,
         "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(loadgen.TOKEN),
         "TIM_AUDIT_DASHBOARD_USERS": json.dumps({USER: generate_password_hash(PASSWORD)}),
         "TIM_AUDIT_VERIFY_INTERVAL": "0",
-        "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{ingest}", "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{review}",
+        "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{ingest}",
+        "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{review}",
     }
     log = open(work / f"{arrangement.replace(' ', '-')}.log", "ab")
     if arrangement == "split":
@@ -109,8 +113,15 @@ def start(arrangement, database, work):
         command = [sys.executable, "-c", ONE_PROCESS, str(ingest), str(review)]
     else:
         review = ingest
-        command = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{ingest}", "--threads=8",
-                   "--outbuf-high-watermark=1048576", "wsgi:app"]
+        command = [
+            sys.executable,
+            "-m",
+            "waitress",
+            f"--listen=127.0.0.1:{ingest}",
+            "--threads=8",
+            "--outbuf-high-watermark=1048576",
+            "wsgi:app",
+        ]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     wait_for(ingest, process)
     wait_for(review, process)
@@ -133,7 +144,9 @@ class ReviewLoad:
     def _stalled_export(self):
         sock = socket.create_connection(("127.0.0.1", self.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(f"GET /history.csv HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /history.csv HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n\r\n".encode()
+        )
         return sock
 
     def _count(self, kind, status):
@@ -179,19 +192,30 @@ def callbacks(port, seconds, rate, prefix):
     its own, whatever happened to the ones before. Returns a list of
     latencies in seconds, or None for a failure or a timeout."""
     request_time = str(int(time.time()))
-    query = urlencode({
-        "SdkAppid": loadgen.SDKAPPID, "CallbackCommand": loadgen.COMMAND, "contenttype": "json",
-        "RequestTime": request_time, "Sign": sign(loadgen.TOKEN, request_time),
-    })
+    query = urlencode(
+        {
+            "SdkAppid": loadgen.SDKAPPID,
+            "CallbackCommand": loadgen.COMMAND,
+            "contenttype": "json",
+            "RequestTime": request_time,
+            "Sign": sign(loadgen.TOKEN, request_time),
+        }
+    )
     results = [None] * int(seconds * rate)
 
     def one(number):
-        body = json.dumps({
-            "CallbackCommand": loadgen.COMMAND, "GroupId": f"@TGS#{prefix}{number}",
-            "Operator_Account": "administrator", "Owner_Account": "leckie", "Type": "Public",
-            "Name": f"isolation {number}", "MemberList": [{"Member_Account": "leckie"}],
-            "EventTime": 1700000000000 + number,
-        }).encode()
+        body = json.dumps(
+            {
+                "CallbackCommand": loadgen.COMMAND,
+                "GroupId": f"@TGS#{prefix}{number}",
+                "Operator_Account": "administrator",
+                "Owner_Account": "leckie",
+                "Type": "Public",
+                "Name": f"isolation {number}",
+                "MemberList": [{"Member_Account": "leckie"}],
+                "EventTime": 1700000000000 + number,
+            }
+        ).encode()
         started = time.perf_counter()
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -229,10 +253,14 @@ def main():
         print(f"building {args.events:,} events in {built} ...", flush=True)
         dataset.build(built, args.events)
     work = pathlib.Path(tempfile.mkdtemp(prefix="tim-audit-isolation-"))
-    print(f"{args.events:,} events; {args.rate} callbacks/s for {args.seconds} s while the review"
-          " side takes 8 stalled CSV exports, 16 clients with wrong passwords and a verify\n")
-    print(f"{'arrangement':<12} {'quiet p50':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
-          f" {'failed':>7}   review answers")
+    print(
+        f"{args.events:,} events; {args.rate} callbacks/s for {args.seconds} s while the review"
+        " side takes 8 stalled CSV exports, 16 clients with wrong passwords and a verify\n"
+    )
+    print(
+        f"{'arrangement':<12} {'quiet p50':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+        f" {'failed':>7}   review answers"
+    )
     figures = {}
     for number, arrangement in enumerate(("split", "one process", "combined")):
         database = work / f"{number}.sqlite3"
@@ -258,11 +286,15 @@ def main():
         p50 = statistics.median(answered) * 1000 if answered else float("nan")
         p99 = answered[int(0.99 * (len(answered) - 1))] * 1000 if answered else float("nan")
         figures[arrangement] = (p99, failed)
-        print(f"{arrangement:<12} {statistics.median(quiet) * 1000:>9.2f} {p50:>8.2f} {p99:>8.2f}"
-              f" {(answered[-1] * 1000 if answered else float('nan')):>8.2f} {failed:>7}   {review_answers}")
+        print(
+            f"{arrangement:<12} {statistics.median(quiet) * 1000:>9.2f} {p50:>8.2f} {p99:>8.2f}"
+            f" {(answered[-1] * 1000 if answered else float('nan')):>8.2f} {failed:>7}   {review_answers}"
+        )
     p99, failed = figures["split"]
-    print(f"\n  [{'PASS' if p99 <= 50 and not failed else 'FAIL'}] split: p99 {p99:.2f} ms <= 50 ms,"
-          f" {failed} failed or timed out")
+    print(
+        f"\n  [{'PASS' if p99 <= 50 and not failed else 'FAIL'}] split: p99 {p99:.2f} ms <= 50 ms,"
+        f" {failed} failed or timed out"
+    )
     print(f"\n(work files in {work})")
     return 0 if p99 <= 50 and not failed else 1
 

@@ -16,7 +16,15 @@ SDKAPPID = "1400000001"
 TOKEN = "bench-token"
 COMMAND = "Group.CallbackAfterCreateGroup"
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
-NAMES = ["周末羽毛球 🏸", "사내 공지", "Project Atlas", "家族", "Ops on-call", "Ωμάδα", "設計レビュー"]
+NAMES = [
+    "周末羽毛球 🏸",
+    "사내 공지",
+    "Project Atlas",
+    "家族",
+    "Ops on-call",
+    "Ωμάδα",
+    "設計レビュー",
+]
 
 
 def post_request(path, body, host="127.0.0.1"):
@@ -91,14 +99,22 @@ def percentile(values, fraction):
 def callbacks(first, count, rng):
     """Distinct create-group callbacks, signed now (the window is 60 s)."""
     now = str(int(time.time()))
-    query = urlencode({
-        "SdkAppid": SDKAPPID, "CallbackCommand": COMMAND, "contenttype": "json",
-        "ClientIP": "203.0.113.7", "OptPlatform": "Android",
-        "RequestTime": now, "Sign": sign(TOKEN, now),
-    })
+    query = urlencode(
+        {
+            "SdkAppid": SDKAPPID,
+            "CallbackCommand": COMMAND,
+            "contenttype": "json",
+            "ClientIP": "203.0.113.7",
+            "OptPlatform": "Android",
+            "RequestTime": now,
+            "Sign": sign(TOKEN, now),
+        }
+    )
     requests = []
     for number in range(first, first + count):
-        members = [{"Member_Account": f"user{rng.randrange(50000)}"} for _ in range(rng.randint(0, 6))]
+        members = [
+            {"Member_Account": f"user{rng.randrange(50000)}"} for _ in range(rng.randint(0, 6))
+        ]
         body = {
             "CallbackCommand": COMMAND,
             "GroupId": f"@TGS#bench{number:09d}",
@@ -109,9 +125,9 @@ def callbacks(first, count, rng):
             "MemberList": members,
             "EventTime": 1700000000000 + number,
         }
-        requests.append(post_request(
-            f"/callback?{query}", json.dumps(body, ensure_ascii=False).encode("utf-8")
-        ))
+        requests.append(
+            post_request(f"/callback?{query}", json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        )
     return requests
 
 

@@ -107,14 +107,21 @@ def export(path, events):
         (size - events + 1, size),
     ).fetchone()
     matched = conn.execute(
-        "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ? AND id <= ?", (first, last, size)
+        "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ? AND id <= ?",
+        (first, last, size),
     ).fetchone()[0]
     conn.close()
-    iso = [time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-           for ms in (first, last)]
+    iso = [
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+        for ms in (first, last)
+    ]
     result = subprocess.run(
-        [sys.executable, "-c", EXPORT, path, ORIGIN, *iso], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+        [sys.executable, "-c", EXPORT, path, ORIGIN, *iso],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
     )
     status, size, seconds, rss_kb = result.stdout.split()
     assert status == "200", result.stdout
@@ -137,10 +144,14 @@ def main():
     print(f"consistency proof: p50 {consistency[0]:.2f} ms, p99 {consistency[1]:.2f} ms")
     chains = verify(args.path, trees=False)
     both = verify(args.path, trees=True)
-    print(f"verify: chains {chains:.1f} s, chains and trees {both:.1f} s (+{(both / chains - 1) * 100:.0f}%)")
+    print(
+        f"verify: chains {chains:.1f} s, chains and trees {both:.1f} s (+{(both / chains - 1) * 100:.0f}%)"
+    )
     events, size, seconds, rss = export(args.path, args.export_events)
-    print(f"/history.evidence: {events:,} events, {size / 1e6:.1f} MB in {seconds:.2f} s,"
-          f" {events / seconds:,.0f} events/s, peak RSS {rss:.0f} MB")
+    print(
+        f"/history.evidence: {events:,} events, {size / 1e6:.1f} MB in {seconds:.2f} s,"
+        f" {events / seconds:,.0f} events/s, peak RSS {rss:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

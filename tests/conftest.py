@@ -105,6 +105,7 @@ def events(app):
 
 # --- a log of the app's, written directly -----------------------------------
 
+
 def event(number, **fields):
     """An Event for the log, numbered; ``fields`` replace its values."""
     values = {
@@ -130,9 +131,14 @@ def event(number, **fields):
 
 def rejection(number):
     return Rejection(
-        received_at=1700000000000 + number, error_code=60021, reason="body is not JSON",
-        command="Group.CallbackAfterCreateGroup", query="SdkAppid=1400000001", peer="127.0.0.1",
-        content_length=5, raw=b"{oops",
+        received_at=1700000000000 + number,
+        error_code=60021,
+        reason="body is not JSON",
+        command="Group.CallbackAfterCreateGroup",
+        query="SdkAppid=1400000001",
+        peer="127.0.0.1",
+        content_length=5,
+        raw=b"{oops",
     )
 
 
@@ -178,10 +184,19 @@ def rewrite(conn, key=None):
     AUDIT_HMAC_KEY, needs nothing else) can."""
     previous = chain.GENESIS
     for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall():
-        members = [m for (m,) in conn.execute(
-            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
-        )]
-        values = dict(zip([d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description], row, strict=True))
+        members = [
+            m
+            for (m,) in conn.execute(
+                "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
+            )
+        ]
+        values = dict(
+            zip(
+                [d[0] for d in conn.execute("SELECT * FROM event LIMIT 0").description],
+                row,
+                strict=True,
+            )
+        )
         previous = chain.link(key, previous, chain.canonical(chain.event_values(values, members)))
         conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
     rebuild_trees(conn, key)
@@ -246,8 +261,12 @@ def live_server(app):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield SimpleNamespace(app=app, host="127.0.0.1", port=server.effective_port,
-                          url=f"http://127.0.0.1:{server.effective_port}")
+    yield SimpleNamespace(
+        app=app,
+        host="127.0.0.1",
+        port=server.effective_port,
+        url=f"http://127.0.0.1:{server.effective_port}",
+    )
     server.task_dispatcher.shutdown()
     stopping.set()
     thread.join(5)

@@ -17,11 +17,21 @@ REVIEWERS = {REVIEWER: generate_password_hash(PASSWORD, method="pbkdf2:sha256:10
 DAY = 86_400_000
 START = 1_772_323_200_000  # 2026-03-01T00:00:00Z
 
-CREDENTIALS = {"Authorization": "Basic " + base64.b64encode(f"{REVIEWER}:{PASSWORD}".encode()).decode()}
+CREDENTIALS = {
+    "Authorization": "Basic " + base64.b64encode(f"{REVIEWER}:{PASSWORD}".encode()).decode()
+}
 
 NAMES = [
-    "周末羽毛球 🏸", "사내 공지", "Project Atlas", "STRASSE crew", "Straße Team",
-    "<script>alert(1)</script>", "=HYPERLINK(\"http://evil\")", "家族群", "ops", "Ωμάδα",
+    "周末羽毛球 🏸",
+    "사내 공지",
+    "Project Atlas",
+    "STRASSE crew",
+    "Straße Team",
+    "<script>alert(1)</script>",
+    '=HYPERLINK("http://evil")',
+    "家族群",
+    "ops",
+    "Ωμάδα",
 ]
 TYPES = ["Public", "Private", "ChatRoom", "AVChatRoom", "Community"]
 
@@ -38,47 +48,69 @@ def sample_events():
         if number == 7:
             members = ["bob", "carol", "bob"]
         owner = None if number == 5 else "" if number == 6 else f"owner{number % 4}"
-        events.append(Event(
-            received_at=event_time + 500,
-            command="Group.CallbackAfterCreateGroup",
-            group_id=f"@TGS#g{number % 37}",  # three group ids are reused
-            type=TYPES[number % 5],
-            name=NAMES[number % len(NAMES)],
-            operator="administrator" if number % 2 else f"owner{number % 4}",
-            owner=owner,
-            event_time=event_time,
-            members=tuple(members),
-            user_data=None,
-            sdkappid="1400000001",
-            client_ip="203.0.113.7",
-            opt_platform="Android",
-            peer="127.0.0.1",
-            raw=json.dumps({"CallbackCommand": "Group.CallbackAfterCreateGroup",
-                            "GroupId": f"@TGS#g{number % 37}", "n": number}).encode(),
-        ))
+        events.append(
+            Event(
+                received_at=event_time + 500,
+                command="Group.CallbackAfterCreateGroup",
+                group_id=f"@TGS#g{number % 37}",  # three group ids are reused
+                type=TYPES[number % 5],
+                name=NAMES[number % len(NAMES)],
+                operator="administrator" if number % 2 else f"owner{number % 4}",
+                owner=owner,
+                event_time=event_time,
+                members=tuple(members),
+                user_data=None,
+                sdkappid="1400000001",
+                client_ip="203.0.113.7",
+                opt_platform="Android",
+                peer="127.0.0.1",
+                raw=json.dumps(
+                    {
+                        "CallbackCommand": "Group.CallbackAfterCreateGroup",
+                        "GroupId": f"@TGS#g{number % 37}",
+                        "n": number,
+                    }
+                ).encode(),
+            )
+        )
     return events
 
 
-def expected_ids(events, group_id=None, owner=None, operator=None, member=None, type=None,
-                 q=None, since=None, until=None):
+def expected_ids(
+    events,
+    group_id=None,
+    owner=None,
+    operator=None,
+    member=None,
+    type=None,
+    q=None,
+    since=None,
+    until=None,
+):
     """The ids the dashboard must list, newest EventTime first, ties by id."""
     matched = []
     for event_id, event in enumerate(events, start=1):
-        if ((group_id is None or event.group_id == group_id)
-                and (owner is None or event.owner == owner)
-                and (operator is None or event.operator == operator)
-                and (member is None or member in event.members)
-                and (type is None or event.type == type)
-                and (q is None or q.casefold() in event.name.casefold())
-                and (since is None or event.event_time >= since)
-                and (until is None or event.event_time <= until)):
+        if (
+            (group_id is None or event.group_id == group_id)
+            and (owner is None or event.owner == owner)
+            and (operator is None or event.operator == operator)
+            and (member is None or member in event.members)
+            and (type is None or event.type == type)
+            and (q is None or q.casefold() in event.name.casefold())
+            and (since is None or event.event_time >= since)
+            and (until is None or event.event_time <= until)
+        ):
             matched.append((event.event_time, event_id))
     return [event_id for _, event_id in sorted(matched, reverse=True)]
 
 
 def listed_ids(page_html):
     """The event ids linked from the rows of a history page, in order."""
-    table = page_html.split('<table class="events">', 1)[1].split("</table>", 1)[0] if '<table class="events">' in page_html else ""
+    table = (
+        page_html.split('<table class="events">', 1)[1].split("</table>", 1)[0]
+        if '<table class="events">' in page_html
+        else ""
+    )
     return [int(i) for i in re.findall(r'<a href="/history/(\d+)"', table)]
 
 

@@ -35,6 +35,7 @@ STATEMENTS = {
 
 # --- append-only, for any connection -------------------------------------
 
+
 @pytest.mark.parametrize("recursive_triggers", [0, 1])
 @pytest.mark.parametrize("statement", STATEMENTS)
 @pytest.mark.parametrize("table", TABLES)
@@ -49,26 +50,37 @@ def test_mutation_is_refused(filled, table, statement, recursive_triggers):
     conn.close()
 
 
-@pytest.mark.parametrize("statement", [
-    "PRAGMA recursive_triggers = ON; DELETE FROM event WHERE id = 3;",
-    "PRAGMA foreign_keys = OFF; UPDATE event SET name = 'x';",
-    "REPLACE INTO event SELECT * FROM event WHERE id = 1;",
-    "DELETE FROM quarantine;",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "PRAGMA recursive_triggers = ON; DELETE FROM event WHERE id = 3;",
+        "PRAGMA foreign_keys = OFF; UPDATE event SET name = 'x';",
+        "REPLACE INTO event SELECT * FROM event WHERE id = 1;",
+        "DELETE FROM quarantine;",
+    ],
+)
 def test_sqlite3_shell_cannot_change_the_log(filled, statement):
     sqlite3_shell = require("sqlite3")
-    before = subprocess.run([sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True).stdout
+    before = subprocess.run(
+        [sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True
+    ).stdout
     result = subprocess.run([sqlite3_shell, filled.path, statement], capture_output=True, text=True)
     assert result.returncode != 0
     assert "is append-only" in result.stderr
-    assert subprocess.run([sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True).stdout == before
+    assert (
+        subprocess.run([sqlite3_shell, filled.path, ".dump"], capture_output=True, text=True).stdout
+        == before
+    )
 
 
 @pytest.mark.parametrize("event_id, position", [(5, 2), (1, 2), (5, -1), (6, 0)])
 def test_member_cannot_be_added_to_a_stored_event(filled, event_id, position):
     conn = sqlite3.connect(filled.path)
     with pytest.raises(sqlite3.IntegrityError, match="event_member is append-only"):
-        conn.execute("INSERT INTO event_member VALUES (?, ?, 'mallory', 1700000000005, 0)", (event_id, position))
+        conn.execute(
+            "INSERT INTO event_member VALUES (?, ?, 'mallory', 1700000000005, 0)",
+            (event_id, position),
+        )
     conn.close()
 
 
@@ -115,12 +127,15 @@ def test_two_writers_on_one_file_never_fork_the_chain(log):
     IMMEDIATE and the head read inside it keep the chain whole."""
     other = AuditLog(log.path)
     try:
+
         def append_many(writer, base):
             for number in range(100):
                 writer.append(event(base + number))
 
-        threads = [threading.Thread(target=append_many, args=(writer, base))
-                   for writer, base in ((log, 0), (other, 1000), (log, 2000), (other, 3000))]
+        threads = [
+            threading.Thread(target=append_many, args=(writer, base))
+            for writer, base in ((log, 0), (other, 1000), (log, 2000), (other, 3000))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -138,13 +153,13 @@ def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):
     assert rows("SELECT count(*) FROM event") == [(1,)]
 
 
-
 def test_member_listed_twice_is_flagged_as_a_duplicate(log, rows):
     log.append(event(1, members=("bob", "peter", "bob")))
     assert rows("SELECT position, account, duplicate FROM event_member ORDER BY position") == [
-        (0, "bob", 0), (1, "peter", 0), (2, "bob", 1),
+        (0, "bob", 0),
+        (1, "peter", 0),
+        (2, "bob", 1),
     ]
-
 
 
 def test_folded_name_is_the_casefolded_name(log, rows):
@@ -155,12 +170,21 @@ def test_folded_name_is_the_casefolded_name(log, rows):
 def test_an_entry_that_cannot_be_written_fails_alone(log, rows):
     """One bad entry in a batch: the others are still written, each in a
     transaction of its own, and the bad one gets its own error."""
-    jobs = [auditlog._Job(entry, deadline=time.monotonic() + 5) for entry in (
-        event(1), event(2, event_time=2**64), event(3),  # SQLite cannot hold 2**64
-    )]
+    jobs = [
+        auditlog._Job(entry, deadline=time.monotonic() + 5)
+        for entry in (
+            event(1),
+            event(2, event_time=2**64),
+            event(3),  # SQLite cannot hold 2**64
+        )
+    ]
     log._commit(jobs)
     assert [job.done.is_set() for job in jobs] == [True, True, True]
-    assert [job.receipt.outcome if job.receipt else None for job in jobs] == ["stored", None, "stored"]
+    assert [job.receipt.outcome if job.receipt else None for job in jobs] == [
+        "stored",
+        None,
+        "stored",
+    ]
     assert isinstance(jobs[1].error, OverflowError)
     assert rows("SELECT group_id FROM event ORDER BY id") == [("@TGS#1",), ("@TGS#3",)]
     assert check(log).events == 2
@@ -176,6 +200,7 @@ def test_append_raises_the_entrys_own_error(log):
 def test_the_writer_survives_a_failure_of_its_own(log, monkeypatch, caplog):
     """A bug in the writer is logged and does not stop it: the callbacks
     after it are still written."""
+
     def broken():
         monkeypatch.undo()
         raise RuntimeError("a bug")
@@ -183,7 +208,9 @@ def test_the_writer_survives_a_failure_of_its_own(log, monkeypatch, caplog):
     monkeypatch.setattr(log, "_bound_wal", broken)
     assert log.append(event(1)).outcome == "stored"
     assert log.append(event(2)).outcome == "stored"
-    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["the writer failed on a batch"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "the writer failed on a batch"
+    ]
 
 
 class FailingCommit:

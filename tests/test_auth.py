@@ -12,9 +12,15 @@ from tim_audit.auth import Busy, Reviewers, TooManyFailures
 from tencent import group_body
 
 PAGES = [
-    ("GET", "/"), ("GET", "/history"), ("GET", "/history?type=Public"), ("GET", "/history/1"),
-    ("GET", "/history.csv"), ("GET", "/history.json"), ("GET", "/quarantine"),
-    ("GET", "/quarantine/1.raw"), ("POST", "/history/verify"),
+    ("GET", "/"),
+    ("GET", "/history"),
+    ("GET", "/history?type=Public"),
+    ("GET", "/history/1"),
+    ("GET", "/history.csv"),
+    ("GET", "/history.json"),
+    ("GET", "/quarantine"),
+    ("GET", "/quarantine/1.raw"),
+    ("POST", "/history/verify"),
 ]
 
 
@@ -37,7 +43,9 @@ def test_every_page_needs_a_reviewer(client, stored, method, url):
 
 
 @pytest.mark.parametrize("method, url", PAGES)
-@pytest.mark.parametrize("name, password", [(REVIEWER, "wrong"), ("mallory", PASSWORD), (REVIEWER, ""), ("", "")])
+@pytest.mark.parametrize(
+    "name, password", [(REVIEWER, "wrong"), ("mallory", PASSWORD), (REVIEWER, ""), ("", "")]
+)
 def test_wrong_credentials_are_refused(client, stored, method, url, name, password):
     assert client.open(url, method=method, headers=basic(name, password)).status_code == 401
 
@@ -56,7 +64,9 @@ def test_other_authorization_schemes_are_refused(client, stored):
 def test_password_is_checked_once_then_remembered(app, client, monkeypatch):
     checks = []
     real = tim_audit.auth.check_password_hash
-    monkeypatch.setattr(tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a))
+    monkeypatch.setattr(
+        tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
+    )
     for _ in range(3):
         assert client.get("/history", headers=CREDENTIALS).status_code == 200
     assert len(checks) == 1
@@ -84,14 +94,20 @@ def test_callback_and_healthz_need_no_reviewer(client, post):
 
 def test_reviewer_name_is_shown_and_exports_are_logged_with_it(client, stored, caplog):
     caplog.set_level("INFO")
-    assert '<span class="reviewer">alice</span>' in client.get("/history", headers=CREDENTIALS).get_data(as_text=True)
+    assert '<span class="reviewer">alice</span>' in client.get(
+        "/history", headers=CREDENTIALS
+    ).get_data(as_text=True)
     client.get("/history.csv?type=Public", headers=CREDENTIALS).get_data()
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("export ")]
-    assert line == 'export reviewer="alice" what=events format=csv rows=1 filters={"type": "Public"}'
+    assert (
+        line == 'export reviewer="alice" what=events format=csv rows=1 filters={"type": "Public"}'
+    )
 
 
 def test_hash_password_prints_a_hash_of_the_password(runner):
-    result = runner.invoke(args=["hash-password"], input="a long enough secret\na long enough secret\n")
+    result = runner.invoke(
+        args=["hash-password"], input="a long enough secret\na long enough secret\n"
+    )
     assert result.exit_code == 0
     hashed = result.output.strip().splitlines()[-1]
     assert hashed.startswith("scrypt:")
@@ -105,24 +121,34 @@ def test_hash_password_refuses_a_short_password(runner):
 
 
 def test_hash_password_output_works_as_config(runner, make_app):
-    hashed = runner.invoke(args=["hash-password"], input="bob's own password\nbob's own password\n").output.strip().splitlines()[-1]
+    hashed = (
+        runner.invoke(args=["hash-password"], input="bob's own password\nbob's own password\n")
+        .output.strip()
+        .splitlines()[-1]
+    )
     client = make_app(DASHBOARD_USERS={"bob": hashed}).test_client()
     assert client.get("/history", headers=basic("bob", "bob's own password")).status_code == 200
     assert client.get("/history", headers=basic("bob", "bob's own passwore")).status_code == 401
 
 
 def sign_in(client, password, address="198.51.100.7"):
-    return client.get("/history", headers=basic(REVIEWER, password),
-                      environ_base={"REMOTE_ADDR": address}).status_code
+    return client.get(
+        "/history", headers=basic(REVIEWER, password), environ_base={"REMOTE_ADDR": address}
+    ).status_code
 
 
 def test_failed_sign_ins_past_the_limit_are_refused_without_a_check(app, client, monkeypatch):
     checks = []
     real = tim_audit.auth.check_password_hash
-    monkeypatch.setattr(tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a))
+    monkeypatch.setattr(
+        tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
+    )
     assert [sign_in(client, f"guess {n}") for n in range(10)] == [401] * 10
-    response = client.get("/history", headers=basic(REVIEWER, "guess 11"),
-                          environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    response = client.get(
+        "/history",
+        headers=basic(REVIEWER, "guess 11"),
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "60"
     assert "Too many failed sign-ins from this address" in response.get_data(as_text=True)
@@ -157,6 +183,7 @@ def test_login_failures_is_configurable(make_app):
 
 
 # --- a spray costs bounded memory and holds no thread for long ---------------
+
 
 def test_failures_are_kept_for_at_most_max_addresses(monkeypatch):
     monkeypatch.setattr(tim_audit.auth, "MAX_ADDRESSES", 100)
@@ -220,11 +247,14 @@ def concurrently(reviewers, guesses):
 
 
 def test_a_spray_waits_its_turn_at_most_hashing_wait_and_a_signed_in_reviewer_not_at_all(
-        counted, monkeypatch):
+    counted, monkeypatch
+):
     monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.5)
     reviewers = Reviewers(SLOW, 10)
     assert reviewers.check(REVIEWER, PASSWORD, "198.51.100.1")
-    threads, outcomes = concurrently(reviewers, [(f"guess {n}", f"203.0.113.{n}") for n in range(24)])
+    threads, outcomes = concurrently(
+        reviewers, [(f"guess {n}", f"203.0.113.{n}") for n in range(24)]
+    )
     waits = []
     while any(thread.is_alive() for thread in threads):
         started = time.monotonic()
@@ -250,7 +280,9 @@ def test_concurrent_guesses_from_one_address_never_pass_the_limit(counted):
     assert len(counted) == 3
 
 
-def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(app, client, monkeypatch):
+def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(
+    app, client, monkeypatch
+):
     monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.05)
     checking, finish = threading.Event(), threading.Event()
     real = tim_audit.auth.check_password_hash
@@ -264,9 +296,13 @@ def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(ap
     other = threading.Thread(target=sign_in, args=(app.test_client(), "guess", "203.0.113.9"))
     other.start()
     assert checking.wait(5)
-    response = client.get("/history", headers=CREDENTIALS, environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    response = client.get(
+        "/history", headers=CREDENTIALS, environ_base={"REMOTE_ADDR": "198.51.100.7"}
+    )
     finish.set()
     other.join()
     assert (response.status_code, response.headers["Retry-After"]) == (503, "2")
-    assert "Your password was not checked: try again in a few seconds." in response.get_data(as_text=True)
+    assert "Your password was not checked: try again in a few seconds." in response.get_data(
+        as_text=True
+    )
     assert sign_in(client, PASSWORD) == 200

@@ -20,11 +20,21 @@ from dashboard import PASSWORD, REVIEWER, START, sample_events
 def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = require("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads")})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(tmp_path / "downloads")}
+    )
     service = webdriver.ChromeService(executable_path=require("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.downloads = tmp_path / "downloads"
@@ -37,11 +47,20 @@ def server(live_server):
     """Four hundred events, a hundred of them owned by owner1."""
     log = live_server.app.extensions["tim_audit"]
     base = sample_events()
-    log._write(log._connection(), [
-        base[0].__class__(**{**vars(base[n % 40]), "group_id": f"@TGS#b{n}",
-                             "owner": f"owner{n % 4}", "event_time": START + n * 60_000})
-        for n in range(400)
-    ])
+    log._write(
+        log._connection(),
+        [
+            base[0].__class__(
+                **{
+                    **vars(base[n % 40]),
+                    "group_id": f"@TGS#b{n}",
+                    "owner": f"owner{n % 4}",
+                    "event_time": START + n * 60_000,
+                }
+            )
+            for n in range(400)
+        ],
+    )
     return live_server
 
 
@@ -62,13 +81,17 @@ def click_through(driver, element):
     address = driver.current_url
     element.click()
     WebDriverWait(driver, 20).until(lambda d: d.current_url != address)
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def test_reviewer_filters_pages_reads_and_exports(server, browser):
     # Sign in: the credentials go in the first address, as a password
     # manager would fill the Basic prompt; Chromium keeps them for the site.
-    browser.get(f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}/history")
+    browser.get(
+        f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}/history"
+    )
     assert browser.title == "History · tim-audit"
     assert browser.find_element(By.CSS_SELECTOR, ".reviewer").text == REVIEWER
     assert len(rows(browser)) == 50
@@ -95,11 +118,16 @@ def test_reviewer_filters_pages_reads_and_exports(server, browser):
     group_id = first_page[3][1]
     click_through(browser, rows(browser)[3].find_element(By.TAG_NAME, "a"))
     assert browser.find_element(By.TAG_NAME, "h1").text.endswith(group_id)
-    assert "This row's hash matches its contents" in browser.find_element(By.CSS_SELECTOR, "p.verified").text
+    assert (
+        "This row's hash matches its contents"
+        in browser.find_element(By.CSS_SELECTOR, "p.verified").text
+    )
     address = browser.current_url
     browser.back()
     WebDriverWait(browser, 20).until(lambda d: d.current_url != address)
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
     # Download the filtered CSV.
     browser.find_element(By.LINK_TEXT, "CSV").click()
@@ -118,7 +146,9 @@ def test_reviewer_filters_pages_reads_and_exports(server, browser):
 
 
 def test_page_renders_cjk_and_emoji_names(server, browser, tmp_path):
-    browser.get(f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}/history?q=羽毛球")
+    browser.get(
+        f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}/history?q=羽毛球"
+    )
     names = [row.find_element(By.CSS_SELECTOR, "td.name").text for row in rows(browser)]
     assert names and all(name == "周末羽毛球 🏸" for name in names)
     assert browser.save_screenshot(str(tmp_path / "history.png"))
@@ -136,21 +166,32 @@ def crowded(live_server):
     log = live_server.app.extensions["tim_audit"]
     base = sample_events()[0]
     for n in range(30):
-        log.append(dataclasses.replace(
-            base, group_id=f"custom-group-{n:02d}-" + "x" * 32, event_time=START + n * 60_000,
-            name=[LONG_NAME, LONG_WORD, "big group", "周末羽毛球 🏸 " * 6][n % 4],
-            owner="o" * 31 + str(n % 10), operator="administrator_with_a_long_name_" + str(n % 10),
-            members=tuple(f"member{m:03d}" for m in range(300 if n == 29 else 2)),
-        ))
+        log.append(
+            dataclasses.replace(
+                base,
+                group_id=f"custom-group-{n:02d}-" + "x" * 32,
+                event_time=START + n * 60_000,
+                name=[LONG_NAME, LONG_WORD, "big group", "周末羽毛球 🏸 " * 6][n % 4],
+                owner="o" * 31 + str(n % 10),
+                operator="administrator_with_a_long_name_" + str(n % 10),
+                members=tuple(f"member{m:03d}" for m in range(300 if n == 29 else 2)),
+            )
+        )
     return live_server
 
 
 def open_at(driver, server, path, width):
     """``path`` in a viewport exactly ``width`` CSS pixels wide."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False})
-    driver.get(f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}{path}")
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+    )
+    driver.get(
+        f"http://{REVIEWER}:{PASSWORD.replace(' ', '%20')}@{server.host}:{server.port}{path}"
+    )
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 SIDEWAYS = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -181,7 +222,11 @@ def test_history_fits_the_window_without_breaking_words(crowded, browser, tmp_pa
     assert browser.execute_script(SIDEWAYS) <= 0
     assert browser.execute_script(BROKEN_WORDS) == []
     group = browser.find_element(By.CSS_SELECTOR, "table.events td.clip a")
-    assert group.get_attribute("title") == group.get_attribute("textContent") == f"custom-group-29-{'x' * 32}"
+    assert (
+        group.get_attribute("title")
+        == group.get_attribute("textContent")
+        == f"custom-group-29-{'x' * 32}"
+    )
 
 
 @pytest.mark.parametrize("width", [1024, 1440])
@@ -196,4 +241,7 @@ def test_event_of_300_members_fits_in_a_compact_list(crowded, browser, tmp_path,
     assert box.size["height"] < 320
     assert browser.execute_script(
         "const [box, first] = arguments; const b = box.getBoundingClientRect(), f = first.getBoundingClientRect();"
-        " return f.left >= b.left && f.right <= b.right", box, members[0])
+        " return f.left >= b.left && f.right <= b.right",
+        box,
+        members[0],
+    )

@@ -16,14 +16,28 @@ def test_doc_sample_is_stored_and_answered_ok(post, rows):
     assert rows(
         "SELECT id, command, group_id, type, name, operator, owner, event_time,"
         " member_count, user_data, sdkappid, client_ip, opt_platform, peer, raw FROM event"
-    ) == [(
-        1, CREATE, "@TGS#2J4SZEAEL", "Public", "MyFirstGroup", "group_root", "leckie",
-        1670574414123, 2,
-        '[{"Key": "UserDefined1", "Value": "hello"}, {"Key": "UserDefined2", "Value": "world"}]',
-        "1400000001", "203.0.113.7", "RESTAPI", "127.0.0.1", body,
-    )]
+    ) == [
+        (
+            1,
+            CREATE,
+            "@TGS#2J4SZEAEL",
+            "Public",
+            "MyFirstGroup",
+            "group_root",
+            "leckie",
+            1670574414123,
+            2,
+            '[{"Key": "UserDefined1", "Value": "hello"}, {"Key": "UserDefined2", "Value": "world"}]',
+            "1400000001",
+            "203.0.113.7",
+            "RESTAPI",
+            "127.0.0.1",
+            body,
+        )
+    ]
     assert rows("SELECT event_id, position, account FROM event_member") == [
-        (1, 0, "bob"), (1, 1, "peter"),
+        (1, 0, "bob"),
+        (1, 1, "peter"),
     ]
 
 
@@ -32,7 +46,9 @@ def test_answer_is_exactly_tencents_ok_json(post):
     response = post(sample("doc-sample"))
     assert (response.status_code, response.headers["Content-Type"]) == (200, "application/json")
     assert {key: (type(value), value) for key, value in json.loads(response.data).items()} == {
-        "ActionStatus": (str, "OK"), "ErrorInfo": (str, ""), "ErrorCode": (int, 0),
+        "ActionStatus": (str, "OK"),
+        "ErrorInfo": (str, ""),
+        "ErrorCode": (int, 0),
     }
 
 
@@ -80,7 +96,10 @@ def test_avchatroom_without_member_list_is_stored(post, rows):
     assert rows("SELECT count(*) FROM event_member") == [(0,)]
 
 
-@pytest.mark.parametrize("name", ["周末羽毛球 🏸", "사내 공지", "家族👨‍👩‍👧", "Ωμάδα", "<script>alert(1)</script>", "a\u0000b"])
+@pytest.mark.parametrize(
+    "name",
+    ["周末羽毛球 🏸", "사내 공지", "家族👨‍👩‍👧", "Ωμάδα", "<script>alert(1)</script>", "a\u0000b"],
+)
 def test_unicode_names_round_trip(post, rows, name):
     body = group_body(Name=name, MemberList=[{"Member_Account": "用户_1"}])
     assert post(body).get_json() == OK
@@ -95,7 +114,9 @@ def test_new_group_type_is_accepted(post, rows):
 
 def test_content_type_header_is_ignored(client, rows):
     response = client.post(
-        "/callback", query_string=signed_query(), data=group_body(),
+        "/callback",
+        query_string=signed_query(),
+        data=group_body(),
         content_type="application/x-www-form-urlencoded",
     )
     assert response.get_json() == OK
@@ -116,11 +137,13 @@ def test_same_group_and_event_time_with_other_bytes_is_quarantined_not_stored(po
     second = group_body(Name="second")
     assert post(second).get_json() == OK
     assert rows("SELECT name FROM event") == [("first",)]
-    assert rows("SELECT error_code, reason, raw FROM quarantine") == [(
-        0,
-        "repeat of event 1 (same CallbackCommand, GroupId and EventTime) with a different body",
-        second,
-    )]
+    assert rows("SELECT error_code, reason, raw FROM quarantine") == [
+        (
+            0,
+            "repeat of event 1 (same CallbackCommand, GroupId and EventTime) with a different body",
+            second,
+        )
+    ]
 
 
 def test_reused_group_id_with_new_event_time_is_a_new_event(post, rows):
@@ -137,8 +160,11 @@ def auditor_encoding(values):
         if value is None:
             out += b"N"
             continue
-        tag, data = (b"I", str(value).encode()) if isinstance(value, int) else (
-            (b"S", value.encode()) if isinstance(value, str) else (b"B", bytes(value)))
+        tag, data = (
+            (b"I", str(value).encode())
+            if isinstance(value, int)
+            else ((b"S", value.encode()) if isinstance(value, str) else (b"B", bytes(value)))
+        )
         out += tag + len(data).to_bytes(8, "big") + data
     return out
 
@@ -152,11 +178,20 @@ def test_events_are_chained_in_order(post, rows):
     )
     previous = bytes(32)
     for row in rows(f"SELECT {columns}, hash FROM event ORDER BY id"):
-        members = [m for (m,) in rows("SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],))]
+        members = [
+            m
+            for (m,) in rows(
+                "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row[0],)
+            )
+        ]
         expected = hashlib.sha256(previous + auditor_encoding([*row[:-1], *members])).hexdigest()
         assert row[-1] == expected
         previous = bytes.fromhex(expected)
-    assert [group_id for (group_id,) in rows("SELECT group_id FROM event ORDER BY id")] == ["@TGS#0", "@TGS#1", "@TGS#2"]
+    assert [group_id for (group_id,) in rows("SELECT group_id FROM event ORDER BY id")] == [
+        "@TGS#0",
+        "@TGS#1",
+        "@TGS#2",
+    ]
 
 
 # --- refusals before the body is read: answered, logged, never stored -----
@@ -173,8 +208,9 @@ AUTH_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("query, code, named", [a[1:] for a in AUTH_REFUSALS],
-                         ids=[a[0] for a in AUTH_REFUSALS])
+@pytest.mark.parametrize(
+    "query, code, named", [a[1:] for a in AUTH_REFUSALS], ids=[a[0] for a in AUTH_REFUSALS]
+)
 def test_unauthenticated_request_is_refused_and_not_kept(post, rows, query, code, named):
     response = post(sample("doc-sample"), **query)
     assert response.status_code == 403
@@ -191,7 +227,8 @@ def test_unconfigured_sdkappid_fails_every_callback_clearly(make_app):
     response = client.post("/callback", query_string=signed_query(), data=sample("doc-sample"))
     assert response.status_code == 503
     assert response.get_json() == {
-        "ActionStatus": "FAIL", "ErrorCode": 60001,
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60001,
         "ErrorInfo": "tim-audit is not configured: set SDKAPPID to this app's SDKAppID",
     }
 
@@ -218,8 +255,9 @@ BODY_REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize("body, status, code, info", [r[1:] for r in BODY_REFUSALS],
-                         ids=[r[0] for r in BODY_REFUSALS])
+@pytest.mark.parametrize(
+    "body, status, code, info", [r[1:] for r in BODY_REFUSALS], ids=[r[0] for r in BODY_REFUSALS]
+)
 def test_refused_body_is_quarantined_with_its_bytes(post, rows, body, status, code, info):
     response = post(body)
     assert response.status_code == status
@@ -239,24 +277,51 @@ INVALID_FIELDS = [
     ("GroupId a number", {"GroupId": 12}, "GroupId: Not a valid string."),
     ("Type missing", {"Type": None}, "Type: Missing data for required field."),
     ("Name missing", {"Name": None}, "Name: Missing data for required field."),
-    ("Operator missing", {"Operator_Account": None}, "Operator_Account: Missing data for required field."),
+    (
+        "Operator missing",
+        {"Operator_Account": None},
+        "Operator_Account: Missing data for required field.",
+    ),
     ("EventTime missing", {"EventTime": None}, "EventTime: Missing data for required field."),
-    ("EventTime words", {"EventTime": "yesterday"}, "EventTime: Not an integer number of milliseconds."),
-    ("EventTime float", {"EventTime": 1670574414123.5}, "EventTime: Not an integer number of milliseconds."),
+    (
+        "EventTime words",
+        {"EventTime": "yesterday"},
+        "EventTime: Not an integer number of milliseconds.",
+    ),
+    (
+        "EventTime float",
+        {"EventTime": 1670574414123.5},
+        "EventTime: Not an integer number of milliseconds.",
+    ),
     ("EventTime bool", {"EventTime": True}, "EventTime: Not an integer number of milliseconds."),
-    ("EventTime negative", {"EventTime": -1}, "EventTime: Not a time from 2000-01-01 to 2099-12-31"),
-    ("EventTime huge", {"EventTime": 10**30}, "EventTime: Not a time from 2000-01-01 to 2099-12-31"),
+    (
+        "EventTime negative",
+        {"EventTime": -1},
+        "EventTime: Not a time from 2000-01-01 to 2099-12-31",
+    ),
+    (
+        "EventTime huge",
+        {"EventTime": 10**30},
+        "EventTime: Not a time from 2000-01-01 to 2099-12-31",
+    ),
     ("MemberList not a list", {"MemberList": "bob"}, "MemberList: Not a valid list."),
-    ("member without account", {"MemberList": [{"Member_Account": "bob"}, {"Role": "Admin"}]},
-     "MemberList.1.Member_Account: Missing data for required field."),
-    ("user data without Value", {"UserDefinedDataList": [{"Key": "k"}]},
-     "UserDefinedDataList.0.Value: Missing data for required field."),
+    (
+        "member without account",
+        {"MemberList": [{"Member_Account": "bob"}, {"Role": "Admin"}]},
+        "MemberList.1.Member_Account: Missing data for required field.",
+    ),
+    (
+        "user data without Value",
+        {"UserDefinedDataList": [{"Key": "k"}]},
+        "UserDefinedDataList.0.Value: Missing data for required field.",
+    ),
     ("unpaired surrogate", {"Name": "\ud800"}, "Name: Not valid Unicode (unpaired surrogate)."),
 ]
 
 
-@pytest.mark.parametrize("fields, problem", [f[1:] for f in INVALID_FIELDS],
-                         ids=[f[0] for f in INVALID_FIELDS])
+@pytest.mark.parametrize(
+    "fields, problem", [f[1:] for f in INVALID_FIELDS], ids=[f[0] for f in INVALID_FIELDS]
+)
 def test_invalid_fields_are_named_and_quarantined(post, rows, fields, problem):
     body = json.dumps({**json.loads(group_body()), **fields}).encode()
     body = json.dumps({k: v for k, v in json.loads(body).items() if v is not None}).encode()
@@ -293,7 +358,9 @@ def test_body_over_the_limit_is_quarantined_without_its_bytes(make_app, rows):
     response = client.post("/callback", query_string=query, data=body)
     assert response.status_code == 413
     assert response.get_json() == {
-        "ActionStatus": "FAIL", "ErrorCode": 60020, "ErrorInfo": "body is larger than 1000 bytes",
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60020,
+        "ErrorInfo": "body is larger than 1000 bytes",
     }
     assert rows("SELECT count(*) FROM event") == [(0,)]
     [(code, reason, raw, length, kept_query)] = rows(
@@ -321,6 +388,7 @@ def test_quarantine_keeps_query_without_sign(post, rows):
 
 
 # --- commands we do not record ---------------------------------------------
+
 
 def test_other_command_is_acknowledged_and_not_stored(post, rows):
     response = post(sample("other-command-destroyed"), command="Group.CallbackAfterGroupDestroyed")
@@ -357,7 +425,8 @@ def test_missing_callback_command_is_refused_and_body_left_unread(post, rows):
     response = post(group_body(), CallbackCommand=None)
     assert response.status_code == 400
     assert response.get_json() == {
-        "ActionStatus": "FAIL", "ErrorCode": 60023,
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60023,
         "ErrorInfo": "CallbackCommand is missing from the URL",
     }
     assert rows("SELECT count(*) FROM event") == [(0,)]
@@ -366,10 +435,15 @@ def test_missing_callback_command_is_refused_and_body_left_unread(post, rows):
 
 # --- the shape of every answer ----------------------------------------------
 
+
 def test_wrong_method_gets_json_error(client):
     response = client.get("/callback")
     assert response.status_code == 405
-    assert response.get_json() == {"ActionStatus": "FAIL", "ErrorCode": 60002, "ErrorInfo": "use POST"}
+    assert response.get_json() == {
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60002,
+        "ErrorInfo": "use POST",
+    }
 
 
 def test_log_line_names_outcome_and_never_the_sign_or_token(post, caplog):
@@ -378,29 +452,38 @@ def test_log_line_names_outcome_and_never_the_sign_or_token(post, caplog):
     post(sample("doc-sample"), Sign=query["Sign"], RequestTime=query["RequestTime"])
     post(sample("doc-sample"), Sign="f" * 64)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("callback ")]
-    assert lines[0].startswith('callback outcome=stored status=200 code=0 command="Group.CallbackAfterCreateGroup" group_id="@TGS#2J4SZEAEL" ms=')
-    assert lines[1].startswith('callback outcome=bad_sign status=403 code=60013 ')
+    assert lines[0].startswith(
+        'callback outcome=stored status=200 code=0 command="Group.CallbackAfterCreateGroup" group_id="@TGS#2J4SZEAEL" ms='
+    )
+    assert lines[1].startswith("callback outcome=bad_sign status=403 code=60013 ")
     text = caplog.text
     assert query["Sign"] not in text and "f" * 64 not in text and TOKEN not in text
 
 
 def test_log_line_quotes_values_so_lines_cannot_be_forged(post, caplog):
     caplog.set_level("INFO")
-    post(group_body(GroupId="@TGS#x\ncallback outcome=\"stored\""))
+    post(group_body(GroupId='@TGS#x\ncallback outcome="stored"'))
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("callback ")]
     assert "\n" not in line
     assert 'group_id="@TGS#x\\ncallback outcome=\\"stored\\""' in line
 
 
 def test_a_request_werkzeug_refuses_is_a_json_4xx_not_an_internal_error(client, rows):
-    response = client.post("/callback", query_string=signed_query(), data=b"{}",
-                           environ_overrides={"CONTENT_LENGTH": "100"})  # the sender stopped early
+    response = client.post(
+        "/callback",
+        query_string=signed_query(),
+        data=b"{}",
+        environ_overrides={"CONTENT_LENGTH": "100"},
+    )  # the sender stopped early
     assert response.status_code == 400
     assert response.get_json() == {
-        "ActionStatus": "FAIL", "ErrorCode": 60003,
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60003,
         "ErrorInfo": "400 Bad Request: The browser (or proxy) sent a request that this server could not understand.",
     }
-    assert rows("SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)") == [(0, 0)]
+    assert rows("SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)") == [
+        (0, 0)
+    ]
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, monkeypatch):
@@ -411,7 +494,9 @@ def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, m
     response = post(group_body())
     assert response.status_code == 500
     assert response.get_json() == {
-        "ActionStatus": "FAIL", "ErrorCode": 60031, "ErrorInfo": "internal error; see the server log",
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60031,
+        "ErrorInfo": "internal error; see the server log",
     }
     assert "callback failed" in caplog.text and "RuntimeError: a bug" in caplog.text
     assert rows("SELECT count(*) FROM event") == [(0,)]

@@ -13,9 +13,12 @@ from tim_audit.chain import GENESIS, ChainBroken, Heads, canonical, link
 def strict_tables(path):
     conn = sqlite3.connect(path)
     try:
-        return {name: strict for name, strict in conn.execute(
-            "SELECT name, strict FROM pragma_table_list WHERE schema = 'main' AND name NOT LIKE 'sqlite_%'"
-        )}
+        return {
+            name: strict
+            for name, strict in conn.execute(
+                "SELECT name, strict FROM pragma_table_list WHERE schema = 'main' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
     finally:
         conn.close()
 
@@ -23,28 +26,41 @@ def strict_tables(path):
 def without_derived(tables):
     """The tables that hold the record: the name index and the hourly
     counts are derived data, rebuilt at will (derived.py)."""
-    return {name: strict for name, strict in tables.items()
-            if not name.startswith("event_name") and name != "event_hour"}
+    return {
+        name: strict
+        for name, strict in tables.items()
+        if not name.startswith("event_name") and name != "event_hour"
+    }
 
 
 # --- the chain ------------------------------------------------------------
 
+
 def test_canonical_bytes_are_tagged_and_length_prefixed():
     assert canonical([1, "é", None, b"\x00"]) == (
-        b"I" + (1).to_bytes(8, "big") + b"1"
-        + b"S" + (2).to_bytes(8, "big") + "é".encode()
+        b"I"
+        + (1).to_bytes(8, "big")
+        + b"1"
+        + b"S"
+        + (2).to_bytes(8, "big")
+        + "é".encode()
         + b"N"
-        + b"B" + (1).to_bytes(8, "big") + b"\x00"
+        + b"B"
+        + (1).to_bytes(8, "big")
+        + b"\x00"
     )
 
 
-@pytest.mark.parametrize("one, other", [
-    (["ab", "c"], ["a", "bc"]),
-    ([None], [""]),
-    ([1], ["1"]),
-    (["x"], [b"x"]),
-    (["bob", "peter"], ["bob"]),
-])
+@pytest.mark.parametrize(
+    "one, other",
+    [
+        (["ab", "c"], ["a", "bc"]),
+        ([None], [""]),
+        ([1], ["1"]),
+        (["x"], [b"x"]),
+        (["bob", "peter"], ["bob"]),
+    ],
+)
 def test_canonical_bytes_never_collide(one, other):
     assert canonical(one) != canonical(other)
 
@@ -69,12 +85,16 @@ def test_verify_of_an_empty_log_is_genesis(log):
 
 # --- tampering, with the triggers dropped ----------------------------------
 
+
 def test_verify_names_an_edited_middle_row(filled, attacker):
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 3")
     with pytest.raises(ChainBroken) as caught:
         check(filled)
     assert (caught.value.table, caught.value.row_id) == ("event", 3)
-    assert str(caught.value) == "event row 3: hash does not match the row's contents and the row before it"
+    assert (
+        str(caught.value)
+        == "event row 3: hash does not match the row's contents and the row before it"
+    )
 
 
 def test_verify_names_an_edited_raw_body(filled, attacker):
@@ -84,10 +104,10 @@ def test_verify_names_an_edited_raw_body(filled, attacker):
     assert caught.value.row_id == 2
 
 
-
-
 def test_verify_names_an_event_whose_member_was_edited(filled, attacker):
-    attacker.execute("UPDATE event_member SET account = 'mallory' WHERE event_id = 4 AND position = 1")
+    attacker.execute(
+        "UPDATE event_member SET account = 'mallory' WHERE event_id = 4 AND position = 1"
+    )
     with pytest.raises(ChainBroken) as caught:
         check(filled)
     assert (caught.value.table, caught.value.row_id) == ("event", 4)
@@ -120,7 +140,11 @@ def test_verify_names_a_swapped_pair(filled, attacker):
     attacker.execute("DELETE FROM event WHERE id IN (2, 3)")
     attacker.execute(f"INSERT INTO event SELECT 5 - id, {others}, hash FROM pair")
     assert [r[0] for r in attacker.execute("SELECT group_id FROM event ORDER BY id")] == [
-        "@TGS#1", "@TGS#3", "@TGS#2", "@TGS#4", "@TGS#5",
+        "@TGS#1",
+        "@TGS#3",
+        "@TGS#2",
+        "@TGS#4",
+        "@TGS#5",
     ]
     with pytest.raises(ChainBroken) as caught:
         check(filled)
@@ -212,7 +236,6 @@ def test_verify_names_an_event_whose_member_duplicate_flag_was_edited(filled, at
         check(filled)
 
 
-
 def test_verify_names_an_event_whose_folded_name_was_edited(filled, attacker):
     """name_folded decides what a name search finds, so it is chained too."""
     attacker.execute("UPDATE event SET name_folded = 'hidden' WHERE id = 2")
@@ -223,7 +246,9 @@ def test_verify_names_an_event_whose_folded_name_was_edited(filled, attacker):
 
 def test_chain_of_a_known_event_is_unchanged():
     """The encoding the README documents: logs already written must verify."""
-    entry = event(1, members=("bob", "peter", "bob"), owner=None, user_data='[{"Key":"k","Value":"v"}]')
+    entry = event(
+        1, members=("bob", "peter", "bob"), owner=None, user_data='[{"Key":"k","Value":"v"}]'
+    )
     row = vars(entry) | {"id": 1, "name_folded": entry.name.casefold(), "member_count": 3}
     assert link(None, GENESIS, canonical(chain.event_values(row, entry.members))) == (
         "b36985d1d2e7b5726f177984095c285703725976c9dfbb1093c755a66ecf244b"
@@ -240,20 +265,41 @@ def test_chained_values_of_another_type_are_refused():
 
 # --- STRICT tables, and logs made before them -------------------------------
 
+
 def test_new_logs_have_strict_tables(log):
     assert without_derived(strict_tables(log.path)) == {
-        "meta": 1, "event": 1, "event_member": 1, "quarantine": 1,
-        "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1,
+        "meta": 1,
+        "event": 1,
+        "event_member": 1,
+        "quarantine": 1,
+        "event_tree": 1,
+        "quarantine_tree": 1,
+        "checkpoint": 1,
     }
 
 
-@pytest.mark.parametrize("statement, message", [
-    ("UPDATE event SET member_count = 2.5", "cannot store REAL value in INTEGER column event.member_count"),
-    ("UPDATE event SET name = X'FF'", "cannot store BLOB value in TEXT column event.name"),
-    ("UPDATE event SET raw = CAST(raw AS TEXT)", "cannot store TEXT value in BLOB column event.raw"),
-    ("UPDATE quarantine SET content_length = 'x'", "cannot store TEXT value in INTEGER column quarantine.content_length"),
-    ("UPDATE event_member SET account = X'00'", "cannot store BLOB value in TEXT column event_member.account"),
-])
+@pytest.mark.parametrize(
+    "statement, message",
+    [
+        (
+            "UPDATE event SET member_count = 2.5",
+            "cannot store REAL value in INTEGER column event.member_count",
+        ),
+        ("UPDATE event SET name = X'FF'", "cannot store BLOB value in TEXT column event.name"),
+        (
+            "UPDATE event SET raw = CAST(raw AS TEXT)",
+            "cannot store TEXT value in BLOB column event.raw",
+        ),
+        (
+            "UPDATE quarantine SET content_length = 'x'",
+            "cannot store TEXT value in INTEGER column quarantine.content_length",
+        ),
+        (
+            "UPDATE event_member SET account = X'00'",
+            "cannot store BLOB value in TEXT column event_member.account",
+        ),
+    ],
+)
 def test_strict_tables_refuse_a_value_of_another_type(attacker, statement, message):
     with pytest.raises(sqlite3.IntegrityError, match=message):
         attacker.execute(statement)
@@ -261,8 +307,13 @@ def test_strict_tables_refuse_a_value_of_another_type(attacker, statement, messa
 
 def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, log, rows):
     assert without_derived(strict_tables(log.path)) == {
-        "meta": 0, "event": 0, "event_member": 0, "quarantine": 0,
-        "event_tree": 1, "quarantine_tree": 1, "checkpoint": 1,
+        "meta": 0,
+        "event": 0,
+        "event_member": 0,
+        "quarantine": 0,
+        "event_tree": 1,
+        "quarantine_tree": 1,
+        "checkpoint": 1,
     }
     for number in range(1, 4):
         log.append(event(number))
@@ -275,25 +326,46 @@ def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, lo
     assert strict_tables(log.path)["event"] == 0  # left as it was
 
 
-@pytest.mark.parametrize("statement, failure", [
-    ("UPDATE event SET member_count = 2.5 WHERE id = 2",
-     "event row 2: member_count is REAL 2.5, expected INTEGER"),
-    ("UPDATE event SET name = X'FF' WHERE id = 2",
-     "event row 2: name is BLOB X'FF', expected TEXT"),
-    ("UPDATE event SET event_time = 'soon' WHERE id = 2",
-     "event row 2: event_time is TEXT 'soon', expected INTEGER"),
-    ("UPDATE event SET owner = X'' WHERE id = 2",
-     "event row 2: owner is BLOB X'', expected TEXT or NULL"),
-    ("UPDATE event SET raw = CAST(raw AS TEXT) WHERE id = 2",
-     "event row 2: raw is TEXT '{\"CallbackCommand\": \"Group.CallbackAfter…', expected BLOB"),
-    ("UPDATE event_member SET account = X'626F62' WHERE event_id = 2 AND position = 0",
-     "event_member row 2: account is BLOB X'626F62', expected TEXT"),
-    ("UPDATE event_member SET event_time = 'later' WHERE event_id = 2 AND position = 0",
-     "event_member row 2: event_time is TEXT 'later', expected INTEGER"),
-    ("UPDATE quarantine SET content_length = 'five' WHERE id = 1",
-     "quarantine row 1: content_length is TEXT 'five', expected INTEGER or NULL"),
-])
-def test_verify_names_a_value_whose_type_changed_in_an_old_log(old_schema, filled, attacker, statement, failure):
+@pytest.mark.parametrize(
+    "statement, failure",
+    [
+        (
+            "UPDATE event SET member_count = 2.5 WHERE id = 2",
+            "event row 2: member_count is REAL 2.5, expected INTEGER",
+        ),
+        (
+            "UPDATE event SET name = X'FF' WHERE id = 2",
+            "event row 2: name is BLOB X'FF', expected TEXT",
+        ),
+        (
+            "UPDATE event SET event_time = 'soon' WHERE id = 2",
+            "event row 2: event_time is TEXT 'soon', expected INTEGER",
+        ),
+        (
+            "UPDATE event SET owner = X'' WHERE id = 2",
+            "event row 2: owner is BLOB X'', expected TEXT or NULL",
+        ),
+        (
+            "UPDATE event SET raw = CAST(raw AS TEXT) WHERE id = 2",
+            'event row 2: raw is TEXT \'{"CallbackCommand": "Group.CallbackAfter…\', expected BLOB',
+        ),
+        (
+            "UPDATE event_member SET account = X'626F62' WHERE event_id = 2 AND position = 0",
+            "event_member row 2: account is BLOB X'626F62', expected TEXT",
+        ),
+        (
+            "UPDATE event_member SET event_time = 'later' WHERE event_id = 2 AND position = 0",
+            "event_member row 2: event_time is TEXT 'later', expected INTEGER",
+        ),
+        (
+            "UPDATE quarantine SET content_length = 'five' WHERE id = 1",
+            "quarantine row 1: content_length is TEXT 'five', expected INTEGER or NULL",
+        ),
+    ],
+)
+def test_verify_names_a_value_whose_type_changed_in_an_old_log(
+    old_schema, filled, attacker, statement, failure
+):
     attacker.execute(statement)
     with pytest.raises(ChainBroken) as caught:
         check(filled)
@@ -313,22 +385,39 @@ def test_verify_names_text_that_is_not_utf8(filled, attacker):
 H, Q = "a" * 64, "b" * 64
 
 
-@pytest.mark.parametrize("text, heads", [
-    (f"OK 5 {H} quarantine 2 {Q}", Heads(5, H, 2, Q)),
-    (f"  OK 5 {H} quarantine 2 {Q}\r\n", Heads(5, H, 2, Q)),
-    (f"OK 5 {H}", Heads(5, H)),
-    (f"5:{H}", Heads(5, H)),
-    (f"0:{GENESIS}", Heads(0, GENESIS)),
-])
+@pytest.mark.parametrize(
+    "text, heads",
+    [
+        (f"OK 5 {H} quarantine 2 {Q}", Heads(5, H, 2, Q)),
+        (f"  OK 5 {H} quarantine 2 {Q}\r\n", Heads(5, H, 2, Q)),
+        (f"OK 5 {H}", Heads(5, H)),
+        (f"5:{H}", Heads(5, H)),
+        (f"0:{GENESIS}", Heads(0, GENESIS)),
+    ],
+)
 def test_anchor_is_the_line_verify_prints_or_count_colon_hash(text, heads):
     assert chain.parse_anchor(text) == heads
 
 
-@pytest.mark.parametrize("text", [
-    "", "5", "5:abc", "x:" + H, "5:" + "G" * 64, "-1:" + H, "5:" + "A" * 64, f"OK 5:{H}", "OK 5",
-    f"OK 5 {H} 2 {Q}", f"OK 5 {H} quarantine 2", f"OK 5 {H} quarantine x {Q}", f"OK 5 {H} events 2 {Q}",
-    "FAIL event row 2: hash does not match the row's contents and the row before it",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "5",
+        "5:abc",
+        "x:" + H,
+        "5:" + "G" * 64,
+        "-1:" + H,
+        "5:" + "A" * 64,
+        f"OK 5:{H}",
+        "OK 5",
+        f"OK 5 {H} 2 {Q}",
+        f"OK 5 {H} quarantine 2",
+        f"OK 5 {H} quarantine x {Q}",
+        f"OK 5 {H} events 2 {Q}",
+        "FAIL event row 2: hash does not match the row's contents and the row before it",
+    ],
+)
 def test_malformed_anchor_is_refused(text):
     with pytest.raises(ValueError, match="an anchor is the last line of an earlier verify"):
         chain.parse_anchor(text)
@@ -358,8 +447,10 @@ def test_a_rechained_quarantine_row_fails_against_an_anchor(filled, attacker):
     [first] = attacker.execute("SELECT hash FROM quarantine WHERE id = 1").fetchall()
     attacker.row_factory = sqlite3.Row
     row = attacker.execute("SELECT * FROM quarantine WHERE id = 2").fetchone()
-    attacker.execute("UPDATE quarantine SET hash = ? WHERE id = 2",
-                     (link(None, first[0], canonical(chain.quarantine_values(row))),))
+    attacker.execute(
+        "UPDATE quarantine SET hash = ? WHERE id = 2",
+        (link(None, first[0], canonical(chain.quarantine_values(row))),),
+    )
     rebuild_trees(attacker)
     assert check(filled).quarantined == 2
     with pytest.raises(ChainBroken, match="quarantine row 2: its hash differs from the anchor"):
@@ -370,4 +461,6 @@ def test_an_anchor_from_before_quarantine_was_anchored_checks_events_alone(fille
     [(head,)] = rows("SELECT hash FROM event WHERE id = 5")
     attacker.execute("DELETE FROM quarantine WHERE id = 2")
     attacker.execute("DELETE FROM quarantine_tree WHERE id >= 1")
-    assert check(filled, anchor=Heads(5, head)) == Heads(5, head, 1, rows("SELECT hash FROM quarantine")[0][0])
+    assert check(filled, anchor=Heads(5, head)) == Heads(
+        5, head, 1, rows("SELECT hash FROM quarantine")[0][0]
+    )

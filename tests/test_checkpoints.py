@@ -59,8 +59,10 @@ def sign(notary):
 
 # --- keygen ------------------------------------------------------------------
 
+
 def test_keygen_writes_a_private_key_only_its_owner_reads_and_prints_the_verifier_key(
-        instance_path, keyed):
+    instance_path, keyed
+):
     path = instance_path / "checkpoint.key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     signer = tlog.Signer(path.read_text().strip())
@@ -99,11 +101,14 @@ def test_a_key_without_a_log_origin_refuses_to_start(keyed, make_app):
 
 
 def test_a_key_named_for_another_origin_refuses_to_start(keyed, make_app):
-    with pytest.raises(StartupError, match="is named 'im-audit.example.com/1400000001', but LOG_ORIGIN"):
+    with pytest.raises(
+        StartupError, match="is named 'im-audit.example.com/1400000001', but LOG_ORIGIN"
+    ):
         make_app(LOG_ORIGIN="elsewhere.example/1")
 
 
 # --- the notary --------------------------------------------------------------
+
 
 def test_a_checkpoint_of_each_tree_is_signed_when_it_grew(signed, keyed, filled, rows):
     event_note, quarantine_note = signed
@@ -113,7 +118,9 @@ def test_a_checkpoint_of_each_tree_is_signed_when_it_grew(signed, keyed, filled,
     checkpoint, _ = tlog.open_checkpoint(quarantine_note, [verifier], f"{ORIGIN}/quarantine")
     assert checkpoint.size == 2
     assert rows("SELECT tree, size, key, note FROM checkpoint ORDER BY id") == [
-        ("event", 5, keyed, event_note), ("quarantine", 2, keyed, quarantine_note)]
+        ("event", 5, keyed, event_note),
+        ("quarantine", 2, keyed, quarantine_note),
+    ]
 
 
 def test_nothing_is_signed_while_the_trees_do_not_grow(signed, notary, filled, rows):
@@ -140,7 +147,10 @@ def test_an_inconsistent_tree_is_never_signed(signed, notary, filled, attacker, 
     filled.append(event(6))
     with caplog.at_level(logging.ERROR, logger="tim_audit.checkpoints"):
         assert sign(notary) == []
-    assert "refusing to sign the event tree of 6 leaves: it does not extend checkpoint 1" in caplog.text
+    assert (
+        "refusing to sign the event tree of 6 leaves: it does not extend checkpoint 1"
+        in caplog.text
+    )
     assert rows("SELECT tree, size FROM checkpoint") == [("event", 5), ("quarantine", 2)]
 
 
@@ -156,9 +166,12 @@ def test_checkpoint_dir_gets_each_checkpoint_as_a_file(keyed, make_app, tmp_path
 def test_the_checkpoint_table_is_append_only(signed, filled):
     conn = sqlite3.connect(filled.path)
     try:
-        for statement in ("UPDATE checkpoint SET size = 9", "DELETE FROM checkpoint",
-                          "INSERT INTO checkpoint (tree, size, root, signed_at, key, note)"
-                          " VALUES ('event', 4, zeroblob(32), 0, 'k', x'00')"):
+        for statement in (
+            "UPDATE checkpoint SET size = 9",
+            "DELETE FROM checkpoint",
+            "INSERT INTO checkpoint (tree, size, root, signed_at, key, note)"
+            " VALUES ('event', 4, zeroblob(32), 0, 'k', x'00')",
+        ):
             with pytest.raises(sqlite3.IntegrityError, match="checkpoint is append-only"):
                 conn.execute(statement)
     finally:
@@ -167,18 +180,25 @@ def test_the_checkpoint_table_is_append_only(signed, filled):
 
 # --- the key the log was signed with -----------------------------------------
 
-def test_another_key_than_the_latest_checkpoints_refuses_to_start(signed, filled, instance_path, make_app):
+
+def test_another_key_than_the_latest_checkpoints_refuses_to_start(
+    signed, filled, instance_path, make_app
+):
     filled.close()
     (instance_path / "checkpoint.key").unlink()
-    result = create_app({"LOG_ORIGIN": ORIGIN, "DATABASE": filled.path}).test_cli_runner().invoke(
-        args=["keygen"])
+    result = (
+        create_app({"LOG_ORIGIN": ORIGIN, "DATABASE": filled.path})
+        .test_cli_runner()
+        .invoke(args=["keygen"])
+    )
     assert result.exit_code == 0
     with pytest.raises(StartupError, match="is not the key that signed the latest checkpoint"):
         make_app()
 
 
-def test_rotate_key_lets_the_next_start_sign_with_the_new_key(signed, keyed, filled, instance_path,
-                                                                make_app, rows, caplog):
+def test_rotate_key_lets_the_next_start_sign_with_the_new_key(
+    signed, keyed, filled, instance_path, make_app, rows, caplog
+):
     filled.close()
     app = create_app({"LOG_ORIGIN": ORIGIN, "DATABASE": filled.path})
     result = app.test_cli_runner().invoke(args=["rotate-key"])
@@ -198,6 +218,7 @@ def test_rotate_key_lets_the_next_start_sign_with_the_new_key(signed, keyed, fil
 
 # --- the public endpoints ----------------------------------------------------
 
+
 def test_get_checkpoint_serves_the_latest_byte_exact_without_sign_in(signed, client):
     response = client.get("/checkpoint")
     assert (response.status_code, response.mimetype) == (200, "text/plain")
@@ -209,7 +230,9 @@ def test_get_checkpoint_before_any_is_a_404(client):
     assert (response.status_code, response.data) == (404, b"No checkpoint has been signed yet.\n")
 
 
-def test_consistency_endpoint_gives_the_proof_between_two_sizes(signed, notary, filled, client, keyed):
+def test_consistency_endpoint_gives_the_proof_between_two_sizes(
+    signed, notary, filled, client, keyed
+):
     for number in range(6, 12):
         filled.append(event(number))
     [later] = sign(notary)
@@ -222,15 +245,18 @@ def test_consistency_endpoint_gives_the_proof_between_two_sizes(signed, notary, 
     assert client.get("/checkpoint/consistency?from=5&to=11").data == response.data
 
 
-@pytest.mark.parametrize("query, message", [
-    ("", b"from must be a tree size, a whole number\n"),
-    ("from=x", b"from must be a tree size, a whole number\n"),
-    ("from=-1", b"from must be a tree size, a whole number\n"),
-    ("from=0", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
-    ("from=3&to=2", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
-    ("from=3&to=6", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
-    ("from=3&to=99999999999999999999", b"to must be a tree size, a whole number\n"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("", b"from must be a tree size, a whole number\n"),
+        ("from=x", b"from must be a tree size, a whole number\n"),
+        ("from=-1", b"from must be a tree size, a whole number\n"),
+        ("from=0", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
+        ("from=3&to=2", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
+        ("from=3&to=6", b"from and to must be 0 < from <= to <= 5, the tree's size\n"),
+        ("from=3&to=99999999999999999999", b"to must be a tree size, a whole number\n"),
+    ],
+)
 def test_consistency_endpoint_refuses_bad_sizes(signed, client, query, message):
     response = client.get(f"/checkpoint/consistency?{query}")
     assert (response.status_code, response.data) == (400, message)
@@ -245,6 +271,7 @@ def test_consistency_proof_command_prints_what_the_endpoint_serves(signed, clien
 
 # --- proofs on the review side ---------------------------------------------------
 
+
 def test_an_events_proof_checks_with_check_proof(signed, get, runner, keyed, tmp_path):
     response = get("/history/3.tlog-proof")
     assert response.status_code == 200
@@ -253,8 +280,10 @@ def test_an_events_proof_checks_with_check_proof(signed, get, runner, keyed, tmp
     (tmp_path / "3.tlog-proof").write_bytes(response.data)
     result = runner.invoke(args=["check-proof", str(tmp_path / "3.tlog-proof"), "--key", keyed])
     assert result.exit_code == 0
-    assert result.output.startswith(f"OK event 3 (leaf 2, {len(proved.leaf)} bytes of canonical data)"
-                                    f" is in the tree of 5 leaves of {ORIGIN}, signed by key")
+    assert result.output.startswith(
+        f"OK event 3 (leaf 2, {len(proved.leaf)} bytes of canonical data)"
+        f" is in the tree of 5 leaves of {ORIGIN}, signed by key"
+    )
 
 
 def test_a_proof_needs_sign_in(signed, client):
@@ -271,14 +300,16 @@ def test_no_proof_of_an_event_not_yet_in_a_checkpoint(signed, filled, get):
 
 def test_the_event_page_says_which_checkpoint_includes_it(signed, get, keyed):
     text = get("/history/3").get_data(as_text=True)
-    assert f"Proof: included in checkpoint 1 (5 events),\n    signed by key <code title=\"{keyed}\">" \
-           f"{keyed.split('+')[1]}</code>" in text
+    assert (
+        f'Proof: included in checkpoint 1 (5 events),\n    signed by key <code title="{keyed}">'
+        f"{keyed.split('+')[1]}</code>" in text
+    )
 
 
 def test_the_integrity_strip_shows_the_latest_checkpoint(signed, get, keyed):
     text = get("/history").get_data(as_text=True)
-    assert "Checkpoint of <a href=\"/checkpoints\">5 events</a>" in text
-    assert f"by key <code title=\"{keyed}\">{keyed.split('+')[1]}</code>" in text
+    assert 'Checkpoint of <a href="/checkpoints">5 events</a>' in text
+    assert f'by key <code title="{keyed}">{keyed.split("+")[1]}</code>' in text
 
 
 def test_the_checkpoints_page_lists_them(signed, get):
@@ -289,6 +320,7 @@ def test_the_checkpoints_page_lists_them(signed, get):
 
 # --- the evidence archive ----------------------------------------------------
 
+
 def test_the_evidence_archive_holds_each_events_json_and_proof(signed, get, keyed, filled):
     filled.append(event(6, owner="someone else"))
     response = get("/history.evidence?owner=leckie")
@@ -296,7 +328,8 @@ def test_the_evidence_archive_holds_each_events_json_and_proof(signed, get, keye
     archive = zipfile.ZipFile(io.BytesIO(response.data))
     assert sorted(archive.namelist()) == sorted(
         ["checkpoint", "verifier.key", "README.txt"]
-        + [f"events/{n}.{kind}" for n in range(1, 6) for kind in ("json", "tlog-proof")])
+        + [f"events/{n}.{kind}" for n in range(1, 6) for kind in ("json", "tlog-proof")]
+    )
     assert archive.read("checkpoint") == signed[0]
     assert archive.read("verifier.key").decode().strip() == keyed
     for number in range(1, 6):
@@ -310,17 +343,23 @@ def test_events_newer_than_the_checkpoint_are_left_out_and_the_readme_says_so(si
     filled.append(event(6))
     archive = zipfile.ZipFile(io.BytesIO(get("/history.evidence").data))
     assert "events/6.json" not in archive.namelist()
-    assert "1 newer matching events are not in this checkpoint yet" in archive.read("README.txt").decode()
+    assert (
+        "1 newer matching events are not in this checkpoint yet"
+        in archive.read("README.txt").decode()
+    )
 
 
-def test_a_stalled_evidence_archive_holds_no_read_snapshot(signed, client, filled, app, monkeypatch):
+def test_a_stalled_evidence_archive_holds_no_read_snapshot(
+    signed, client, filled, app, monkeypatch
+):
     monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
     first, rest = started(client, "/history.evidence")
     filled.append(event(6))
     reset = truncate_wal(app.config["DATABASE"])
     archive = zipfile.ZipFile(io.BytesIO(first + b"".join(rest)))
     assert sorted(name for name in archive.namelist() if name.endswith(".json")) == [
-        f"events/{n}.json" for n in range(1, 6)]
+        f"events/{n}.json" for n in range(1, 6)
+    ]
     assert reset == ((0, 0, 0), 0)
 
 
@@ -330,13 +369,16 @@ def test_no_evidence_before_any_checkpoint(filled, get):
 
 # --- tampering caught by check-proof and verify ------------------------------
 
+
 def test_check_proof_fails_an_edited_event(signed, get, runner, keyed, tmp_path):
     proof = tlog.parse_proof(get("/history/3.tlog-proof").data)
     edited = proof._replace(extra=proof.extra.replace(b"group 3", b"group X"))
     (tmp_path / "p").write_bytes(tlog.format_proof(edited))
     result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed])
     assert result.exit_code == 1
-    assert result.output.startswith("FAIL the inclusion proof does not lead from the leaf hash to the root")
+    assert result.output.startswith(
+        "FAIL the inclusion proof does not lead from the leaf hash to the root"
+    )
 
 
 def test_check_proof_fails_a_proof_moved_to_another_event(signed, get, runner, keyed, tmp_path):
@@ -347,33 +389,52 @@ def test_check_proof_fails_a_proof_moved_to_another_event(signed, get, runner, k
     assert result.output.startswith("FAIL the inclusion proof does not lead")
 
 
-def test_check_proof_fails_a_checkpoint_signed_with_another_key(signed, get, runner, keyed, tmp_path):
+def test_check_proof_fails_a_checkpoint_signed_with_another_key(
+    signed, get, runner, keyed, tmp_path
+):
     proof = tlog.parse_proof(get("/history/3.tlog-proof").data)
     other = tlog.Signer(tlog.generate_key(ORIGIN)[0])
-    checkpoint = tlog.parse_checkpoint(tlog.open_note(proof.checkpoint, [tlog.Verifier(keyed)]).text)
-    (tmp_path / "p").write_bytes(tlog.format_proof(
-        proof._replace(checkpoint=tlog.sign_checkpoint(checkpoint, other))))
+    checkpoint = tlog.parse_checkpoint(
+        tlog.open_note(proof.checkpoint, [tlog.Verifier(keyed)]).text
+    )
+    (tmp_path / "p").write_bytes(
+        tlog.format_proof(proof._replace(checkpoint=tlog.sign_checkpoint(checkpoint, other)))
+    )
     result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed])
     assert result.exit_code == 1
-    assert result.output.startswith(f"FAIL the note is not signed by {ORIGIN}+{keyed.split('+')[1]}")
+    assert result.output.startswith(
+        f"FAIL the note is not signed by {ORIGIN}+{keyed.split('+')[1]}"
+    )
 
 
 def test_check_proof_fails_a_checkpoint_of_another_origin(signed, get, runner, keyed, tmp_path):
     (tmp_path / "p").write_bytes(get("/history/3.tlog-proof").data)
-    result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed,
-                                 "--origin", "elsewhere.example/1"])
+    result = runner.invoke(
+        args=["check-proof", str(tmp_path / "p"), "--key", keyed, "--origin", "elsewhere.example/1"]
+    )
     assert (result.exit_code, result.output) == (
-        1, f"FAIL the checkpoint is of the log '{ORIGIN}', not 'elsewhere.example/1'\n")
+        1,
+        f"FAIL the checkpoint is of the log '{ORIGIN}', not 'elsewhere.example/1'\n",
+    )
 
 
 def test_check_proof_needs_no_database_and_no_configuration(signed, get, keyed, tmp_path):
     (tmp_path / "p").write_bytes(get("/history/3.tlog-proof").data)
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-           "TIM_AUDIT_INSTANCE_PATH": str(empty)}
-    result = subprocess.run([sys.executable, "-m", "tim_audit", "check-proof", str(tmp_path / "p"),
-                             "--key", keyed], env=env, cwd=empty, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "TIM_AUDIT_INSTANCE_PATH": str(empty),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tim_audit", "check-proof", str(tmp_path / "p"), "--key", keyed],
+        env=env,
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK event 3")
     assert os.listdir(empty) == []
@@ -395,11 +456,15 @@ def test_verify_checks_a_kept_checkpoint_against_the_grown_log(kept, filled, run
 
 
 def test_verify_checkpoint_fails_a_truncated_log(kept, attacker, runner):
-    attacker.executescript("DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5;"
-                           " DELETE FROM event_tree WHERE id >= 7")
+    attacker.executescript(
+        "DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5;"
+        " DELETE FROM event_tree WHERE id >= 7"
+    )
     result = runner.invoke(args=["verify", "--checkpoint", kept])
     assert (result.exit_code, result.output) == (
-        1, "FAIL the event tree has 4 leaves but the checkpoint records 5: the log was truncated\n")
+        1,
+        "FAIL the event tree has 4 leaves but the checkpoint records 5: the log was truncated\n",
+    )
 
 
 def test_verify_checkpoint_fails_a_log_rewritten_and_rechained(kept, filled, attacker, runner):
@@ -407,29 +472,40 @@ def test_verify_checkpoint_fails_a_log_rewritten_and_rechained(kept, filled, att
     rewrite(attacker)
     assert runner.invoke(args=["verify", "--checkpoint", kept]).output == (
         "FAIL two trees of 5 leaves have different root hashes: the log was rewritten,"
-        " or a root hash altered\n")
+        " or a root hash altered\n"
+    )
     filled.append(event(6))
     assert runner.invoke(args=["verify"]).exit_code == 0  # alone, it verifies
     result = runner.invoke(args=["verify", "--checkpoint", kept])
     assert (result.exit_code, result.output) == (
-        1, "FAIL the consistency proof does not lead to the root hash of the earlier tree of 5"
-        " leaves: its first 5 leaves were rewritten, or the proof altered\n")
+        1,
+        "FAIL the consistency proof does not lead to the root hash of the earlier tree of 5"
+        " leaves: its first 5 leaves were rewritten, or the proof altered\n",
+    )
 
 
 def test_verify_checkpoint_fails_a_checkpoint_signed_with_another_key(kept, runner, keyed):
     other = tlog.generate_key(ORIGIN)[1]
     result = runner.invoke(args=["verify", "--checkpoint", kept, "--key", other])
     assert result.exit_code == 1
-    assert result.output.startswith(f"FAIL the note is not signed by {'+'.join(other.split('+')[:2])}:")
+    assert result.output.startswith(
+        f"FAIL the note is not signed by {'+'.join(other.split('+')[:2])}:"
+    )
 
 
-def test_verify_checkpoint_fails_a_checkpoint_of_another_origin(signed, keyed, runner, tmp_path, instance_path):
+def test_verify_checkpoint_fails_a_checkpoint_of_another_origin(
+    signed, keyed, runner, tmp_path, instance_path
+):
     signer = tlog.Signer((instance_path / "checkpoint.key").read_text().strip())
     checkpoint = tlog.parse_checkpoint(tlog.open_note(signed[0], [tlog.Verifier(keyed)]).text)
-    (tmp_path / "c").write_bytes(tlog.sign_checkpoint(checkpoint._replace(origin="elsewhere.example/1"), signer))
+    (tmp_path / "c").write_bytes(
+        tlog.sign_checkpoint(checkpoint._replace(origin="elsewhere.example/1"), signer)
+    )
     result = runner.invoke(args=["verify", "--checkpoint", str(tmp_path / "c")])
     assert (result.exit_code, result.output) == (
-        1, f"FAIL the checkpoint is of the log 'elsewhere.example/1', not '{ORIGIN}' or its quarantine\n")
+        1,
+        f"FAIL the checkpoint is of the log 'elsewhere.example/1', not '{ORIGIN}' or its quarantine\n",
+    )
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "before=-1"])

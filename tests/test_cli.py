@@ -34,18 +34,31 @@ def test_init_db_creates_the_log_with_its_chain_kind(unopened, tmp_path):
     runner = unopened.test_cli_runner()
     for _ in range(2):
         result = runner.invoke(args=["init-db"])
-        assert result.output == f"Initialized the database at {tmp_path / 'live' / 'audit.sqlite3'}\n"
+        assert (
+            result.output == f"Initialized the database at {tmp_path / 'live' / 'audit.sqlite3'}\n"
+        )
     conn = sqlite3.connect(tmp_path / "live" / "audit.sqlite3")
     assert conn.execute("SELECT key, value FROM meta").fetchall() == [("chain", "sha256")]
-    assert {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
-        "event", "event_member", "quarantine", "meta",
+    assert {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    } >= {
+        "event",
+        "event_member",
+        "quarantine",
+        "meta",
     }
     conn.close()
 
 
-@pytest.mark.parametrize("args", [
-    ["verify"], ["backup", "COPY"], ["send-sample", "http://127.0.0.1:9/callback"], ["hash-password"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify"],
+        ["backup", "COPY"],
+        ["send-sample", "http://127.0.0.1:9/callback"],
+        ["hash-password"],
+    ],
+)
 def test_operator_commands_never_create_the_live_log(unopened, tmp_path, args):
     (tmp_path / "live").mkdir()
     args = [str(tmp_path / "copy.sqlite3") if arg == "COPY" else arg for arg in args]
@@ -56,7 +69,9 @@ def test_operator_commands_never_create_the_live_log(unopened, tmp_path, args):
 def test_verify_of_another_file_ignores_database(make_app, unopened, tmp_path):
     other = make_app(DATABASE=str(tmp_path / "other.sqlite3"))
     other.extensions["tim_audit"].append(event(1))
-    result = unopened.test_cli_runner().invoke(args=["verify", "--database", str(tmp_path / "other.sqlite3")])
+    result = unopened.test_cli_runner().invoke(
+        args=["verify", "--database", str(tmp_path / "other.sqlite3")]
+    )
     assert result.exit_code == 0
     assert result.output.startswith("OK 1 ")
     assert not (tmp_path / "live").exists()
@@ -106,7 +121,10 @@ def test_verify_fails_naming_the_first_bad_row(runner, attacker):
     attacker.execute("UPDATE event SET owner = 'mallory' WHERE id = 2")
     result = runner.invoke(args=["verify"])
     assert result.exit_code == 1
-    assert result.output == "FAIL event row 2: hash does not match the row's contents and the row before it\n"
+    assert (
+        result.output
+        == "FAIL event row 2: hash does not match the row's contents and the row before it\n"
+    )
 
 
 @pytest.mark.parametrize("form", ["N:HASH", "OK N HASH"])
@@ -139,11 +157,14 @@ def test_verify_fails_against_an_anchor_the_log_no_longer_extends(runner, three_
 def test_the_anchor_catches_a_deleted_newest_quarantine_row(runner, attacker):
     line = runner.invoke(args=["verify"]).output.splitlines()[-1]
     # Its stored tree hashes too (a tree of one leaf stores one hash).
-    attacker.executescript("DELETE FROM quarantine WHERE id = 2; DELETE FROM quarantine_tree WHERE id >= 1")
+    attacker.executescript(
+        "DELETE FROM quarantine WHERE id = 2; DELETE FROM quarantine_tree WHERE id >= 1"
+    )
     assert runner.invoke(args=["verify"]).exit_code == 0  # alone, a shorter chain still verifies
     result = runner.invoke(args=["verify", "--anchor", line])
     assert (result.exit_code, result.output) == (
-        1, "FAIL quarantine row 2: missing: the log has 1 rows but the anchor records 2, so it was truncated\n"
+        1,
+        "FAIL quarantine row 2: missing: the log has 1 rows but the anchor records 2, so it was truncated\n",
     )
 
 
@@ -158,7 +179,10 @@ def test_verify_says_when_a_file_is_not_a_log(runner, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not a database, but long enough to have a header page\n" * 20)
     result = runner.invoke(args=["verify", "--database", str(path)])
-    assert (result.exit_code, result.output) == (1, "Error: cannot read the log: file is not a database\n")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: cannot read the log: file is not a database\n",
+    )
 
 
 def test_send_sample_posts_a_signed_callback(live_server, runner, rows):
@@ -178,9 +202,12 @@ def test_send_sample_sends_a_given_body(live_server, runner, rows, tmp_path):
     assert rows("SELECT raw FROM event") == [(sample("community-no-owner"),)]
 
 
-@pytest.mark.parametrize("body, code", [(b"{oops", 60021), (b"[1, 2]", 60022), (b"\xff\xfe", 60021)])
-def test_send_sample_sends_a_body_that_is_not_an_object_to_be_quarantined(live_server, runner, rows, tmp_path,
-                                                                          body, code):
+@pytest.mark.parametrize(
+    "body, code", [(b"{oops", 60021), (b"[1, 2]", 60022), (b"\xff\xfe", 60021)]
+)
+def test_send_sample_sends_a_body_that_is_not_an_object_to_be_quarantined(
+    live_server, runner, rows, tmp_path, body, code
+):
     path = tmp_path / "body.json"
     path.write_bytes(body)
     result = runner.invoke(args=["send-sample", "--body", str(path), f"{live_server.url}/callback"])
@@ -192,16 +219,28 @@ def test_send_sample_sends_a_body_that_is_not_an_object_to_be_quarantined(live_s
 
 
 def test_send_sample_takes_the_command_from_the_option(live_server, runner, rows):
-    result = runner.invoke(args=["send-sample", "--command", "Group.CallbackAfterGroupDestroyed",
-                                 f"{live_server.url}/callback"])
-    assert (result.exit_code, result.output) == (0, '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\n')
+    result = runner.invoke(
+        args=[
+            "send-sample",
+            "--command",
+            "Group.CallbackAfterGroupDestroyed",
+            f"{live_server.url}/callback",
+        ]
+    )
+    assert (result.exit_code, result.output) == (
+        0,
+        '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\n',
+    )
     assert rows("SELECT count(*) FROM event") == [(0,)]  # a command tim-audit does not record
 
 
 def test_send_sample_refuses_a_url_that_is_not_http(runner):
     result = runner.invoke(args=["send-sample", "file:///etc/passwd"])
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == "Error: Invalid value for URL: must start with http:// or https://"
+    assert (
+        result.output.splitlines()[-1]
+        == "Error: Invalid value for URL: must start with http:// or https://"
+    )
 
 
 def test_send_sample_exits_non_zero_on_a_refusal(live_server, make_app):
@@ -220,11 +259,19 @@ def test_send_sample_says_when_the_server_is_unreachable(runner):
 def test_flask_command_line_verifies_with_environment_config(app, post, tmp_path):
     """The command as cron runs it: a new process, config from TIM_AUDIT_*."""
     post(group_body())
-    env = {**os.environ, "TIM_AUDIT_DATABASE": app.config["DATABASE"],
-           "TIM_AUDIT_SDKAPPID": SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": TOKEN}
+    env = {
+        **os.environ,
+        "TIM_AUDIT_DATABASE": app.config["DATABASE"],
+        "TIM_AUDIT_SDKAPPID": SDKAPPID,
+        "TIM_AUDIT_CALLBACK_TOKEN": TOKEN,
+    }
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
-        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert OK_LINE.fullmatch(result.stdout.splitlines()[-1])

@@ -14,9 +14,23 @@ from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
 from tim_audit import exports
 
 CSV_HEADER = [
-    "id", "event_time", "event_time_ms", "group_id", "type", "name", "owner", "operator",
-    "member_count", "members", "user_data", "received_at", "sdkappid", "client_ip",
-    "opt_platform", "peer", "hash",
+    "id",
+    "event_time",
+    "event_time_ms",
+    "group_id",
+    "type",
+    "name",
+    "owner",
+    "operator",
+    "member_count",
+    "members",
+    "user_data",
+    "received_at",
+    "sdkappid",
+    "client_ip",
+    "opt_platform",
+    "peer",
+    "hash",
 ]
 
 
@@ -26,6 +40,7 @@ def export(client):
         response = client.get(f"/history.{kind}", query_string=query, headers=CREDENTIALS)
         assert response.status_code == 200
         return response
+
     return export
 
 
@@ -35,16 +50,22 @@ def csv_rows(response):
     return list(csv.reader(io.StringIO(text[1:])))
 
 
-@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
-                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize(
+    "filters",
+    SINGLE_FILTERS + COMBINED_FILTERS,
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
 def test_csv_holds_exactly_the_matching_events(events, export, filters):
     rows = csv_rows(export("csv", **as_query(filters)))
     assert rows[0] == CSV_HEADER
     assert [int(row[0]) for row in rows[1:]] == expected_ids(events, **filters)
 
 
-@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
-                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize(
+    "filters",
+    SINGLE_FILTERS + COMBINED_FILTERS,
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
 def test_json_holds_exactly_the_matching_events(events, export, filters):
     objects = export("json", **as_query(filters)).get_json()
     assert [o["id"] for o in objects] == expected_ids(events, **filters)
@@ -59,27 +80,58 @@ def test_csv_row_has_every_column(post, export, app):
     body = group_body(UserDefinedDataList=[{"Key": "k", "Value": "v"}])
     post(body)
     [header, row] = csv_rows(export("csv"))
-    digest = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    digest = (
+        app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    )
     record = dict(zip(header, row, strict=True))
     assert record | {"received_at": "", "hash": ""} == {
-        "id": "1", "event_time": "2022-12-09T08:26:54.123Z", "event_time_ms": "1670574414123",
-        "group_id": "'@TGS#2J4SZEAEL", "type": "Public", "name": "MyFirstGroup", "owner": "leckie",
-        "operator": "group_root", "member_count": "2", "members": "bob;peter",
-        "user_data": '[{"Key": "k", "Value": "v"}]', "received_at": "", "sdkappid": "1400000001",
-        "client_ip": "203.0.113.7", "opt_platform": "RESTAPI", "peer": "127.0.0.1", "hash": "",
+        "id": "1",
+        "event_time": "2022-12-09T08:26:54.123Z",
+        "event_time_ms": "1670574414123",
+        "group_id": "'@TGS#2J4SZEAEL",
+        "type": "Public",
+        "name": "MyFirstGroup",
+        "owner": "leckie",
+        "operator": "group_root",
+        "member_count": "2",
+        "members": "bob;peter",
+        "user_data": '[{"Key": "k", "Value": "v"}]',
+        "received_at": "",
+        "sdkappid": "1400000001",
+        "client_ip": "203.0.113.7",
+        "opt_platform": "RESTAPI",
+        "peer": "127.0.0.1",
+        "hash": "",
     }
     assert record["hash"] == digest
     assert record["received_at"].endswith("Z") and len(record["received_at"]) == 24
 
 
-@pytest.mark.parametrize("value, exported", [
-    ("=1+1", "'=1+1"), ("+31 6", "'+31 6"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
-    ("\tx", "'\tx"), ("\rx", "'\rx"), ("a=1", "a=1"), ("1-2", "1-2"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "value, exported",
+    [
+        ("=1+1", "'=1+1"),
+        ("+31 6", "'+31 6"),
+        ("-2", "'-2"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=1", "a=1"),
+        ("1-2", "1-2"),
+        ("", ""),
+    ],
+)
 def test_csv_neutralises_formulas_in_every_text_cell(post, export, value, exported):
     members = [{"Member_Account": value or "x"}]
-    post(group_body(Name=value, Owner_Account=value, Operator_Account=value, Type=value or "T",
-                    MemberList=members))
+    post(
+        group_body(
+            Name=value,
+            Owner_Account=value,
+            Operator_Account=value,
+            Type=value or "T",
+            MemberList=members,
+        )
+    )
     [_, row] = csv_rows(export("csv"))
     record = dict(zip(CSV_HEADER, row, strict=True))
     assert record["name"] == exported
@@ -93,7 +145,9 @@ def test_csv_neutralises_a_member_list_that_starts_a_formula(post, export):
     assert csv_rows(export("csv"))[1][9] == "'=cmd;bob"
 
 
-@pytest.mark.parametrize("name", ["周末羽毛球 🏸", "사내 공지", "家族👨\u200d👩\u200d👧", "Ωμάδα", "a\u0000b"])
+@pytest.mark.parametrize(
+    "name", ["周末羽毛球 🏸", "사내 공지", "家族👨\u200d👩\u200d👧", "Ωμάδα", "a\u0000b"]
+)
 def test_unicode_names_are_exported_intact(post, export, name):
     post(group_body(Name=name))
     assert csv_rows(export("csv"))[1][5] == name
@@ -101,18 +155,32 @@ def test_unicode_names_are_exported_intact(post, export, name):
 
 
 def test_json_uses_tencents_field_names_and_keeps_the_raw_body(post, export, app):
-    body = group_body(UserDefinedDataList=[{"Key": "k", "Value": "v"}], InviteOption="NeedPermission")
+    body = group_body(
+        UserDefinedDataList=[{"Key": "k", "Value": "v"}], InviteOption="NeedPermission"
+    )
     post(body)
     [record] = export("json").get_json()
-    digest = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    digest = (
+        app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchone()[0]
+    )
     assert record | {"ReceivedAt": None} == {
-        "id": 1, "CallbackCommand": "Group.CallbackAfterCreateGroup", "GroupId": "@TGS#2J4SZEAEL",
-        "Type": "Public", "Name": "MyFirstGroup", "Operator_Account": "group_root",
+        "id": 1,
+        "CallbackCommand": "Group.CallbackAfterCreateGroup",
+        "GroupId": "@TGS#2J4SZEAEL",
+        "Type": "Public",
+        "Name": "MyFirstGroup",
+        "Operator_Account": "group_root",
         "Owner_Account": "leckie",
         "MemberList": [{"Member_Account": "bob"}, {"Member_Account": "peter"}],
-        "UserDefinedDataList": [{"Key": "k", "Value": "v"}], "EventTime": 1670574414123,
-        "ReceivedAt": None, "SdkAppid": "1400000001", "ClientIP": "203.0.113.7",
-        "OptPlatform": "RESTAPI", "Peer": "127.0.0.1", "Hash": digest, "RawBody": body.decode(),
+        "UserDefinedDataList": [{"Key": "k", "Value": "v"}],
+        "EventTime": 1670574414123,
+        "ReceivedAt": None,
+        "SdkAppid": "1400000001",
+        "ClientIP": "203.0.113.7",
+        "OptPlatform": "RESTAPI",
+        "Peer": "127.0.0.1",
+        "Hash": digest,
+        "RawBody": body.decode(),
     }
 
 
@@ -131,7 +199,10 @@ def test_empty_exports_are_still_well_formed(app, export):
 def test_exports_stream_in_chunks(app, export):
     log = app.extensions["tim_audit"]
     events = [e for e in sample_events()]
-    many = [e.__class__(**{**vars(e), "group_id": f"@TGS#x{i}", "event_time": START + i}) for i, e in enumerate(events * 63)]
+    many = [
+        e.__class__(**{**vars(e), "group_id": f"@TGS#x{i}", "event_time": START + i})
+        for i, e in enumerate(events * 63)
+    ]
     log._write(log._connection(), many)  # 2,520 events
     for kind in ("csv", "json"):
         response = export(kind)
@@ -146,7 +217,9 @@ def test_export_is_named_as_an_attachment(events, export):
     response = export("csv")
     assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
     disposition = response.headers["Content-Disposition"]
-    assert disposition.startswith('attachment; filename="tim-audit-events-') and disposition.endswith('.csv"')
+    assert disposition.startswith(
+        'attachment; filename="tim-audit-events-'
+    ) and disposition.endswith('.csv"')
     assert export("json").headers["Content-Type"] == "application/json"
 
 
@@ -163,7 +236,9 @@ def test_a_finished_export_gives_its_place_back(client, events):
 def test_members_are_exported_in_member_list_order(post, export):
     # The account index (and any sort by account) would give amy, amy, mia, zed.
     post(group_body(MemberList=[{"Member_Account": a} for a in ("zed", "amy", "mia", "amy")]))
-    post(group_body(GroupId="@TGS#room", Type="AVChatRoom", MemberList=None, EventTime=1670574414124))
+    post(
+        group_body(GroupId="@TGS#room", Type="AVChatRoom", MemberList=None, EventTime=1670574414124)
+    )
     by_group = {row[3]: row[9] for row in csv_rows(export("csv"))[1:]}
     assert by_group == {"'@TGS#2J4SZEAEL": "zed;amy;mia;amy", "'@TGS#room": ""}
     by_group = {o["GroupId"]: o["MemberList"] for o in export("json").get_json()}
@@ -173,8 +248,19 @@ def test_members_are_exported_in_member_list_order(post, export):
     }
 
 
-QUARANTINE_HEADER = ["id", "received_at", "error_code", "reason", "command", "query", "peer",
-                     "content_length", "body", "body_base64", "hash"]
+QUARANTINE_HEADER = [
+    "id",
+    "received_at",
+    "error_code",
+    "reason",
+    "command",
+    "query",
+    "peer",
+    "content_length",
+    "body",
+    "body_base64",
+    "hash",
+]
 
 
 def test_quarantine_exports_hold_every_column_and_the_exact_bytes(post, client, rows):
@@ -184,7 +270,9 @@ def test_quarantine_exports_hold_every_column_and_the_exact_bytes(post, client, 
     [(first_hash,), (second_hash,)] = rows("SELECT hash FROM quarantine ORDER BY id")
     response = client.get("/quarantine.csv", headers=CREDENTIALS)
     assert response.status_code == 200 and response.is_streamed
-    assert response.headers["Content-Disposition"].startswith('attachment; filename="tim-audit-quarantine-')
+    assert response.headers["Content-Disposition"].startswith(
+        'attachment; filename="tim-audit-quarantine-'
+    )
     [header, second, first] = csv_rows(response)
     assert header == QUARANTINE_HEADER
     reason = "repeat of event 1 (same CallbackCommand, GroupId and EventTime) with a different body"
@@ -198,10 +286,17 @@ def test_quarantine_exports_hold_every_column_and_the_exact_bytes(post, client, 
     assert [o["id"] for o in objects] == [2, 1]
     assert base64.b64decode(objects[1]["BodyBase64"]) == b'{"Name": "\xe5\x91\xa8", \xff oops'
     assert objects[0] | {"ReceivedAt": None, "Query": None} == {
-        "id": 2, "ReceivedAt": None, "ErrorCode": 0, "Reason": reason,
-        "CallbackCommand": "Group.CallbackAfterCreateGroup", "Query": None, "Peer": "127.0.0.1",
-        "ContentLength": len(group_body(Name="second")), "Body": group_body(Name="second").decode(),
-        "BodyBase64": base64.b64encode(group_body(Name="second")).decode(), "Hash": second_hash,
+        "id": 2,
+        "ReceivedAt": None,
+        "ErrorCode": 0,
+        "Reason": reason,
+        "CallbackCommand": "Group.CallbackAfterCreateGroup",
+        "Query": None,
+        "Peer": "127.0.0.1",
+        "ContentLength": len(group_body(Name="second")),
+        "Body": group_body(Name="second").decode(),
+        "BodyBase64": base64.b64encode(group_body(Name="second")).decode(),
+        "Hash": second_hash,
     }
     assert objects[0]["ReceivedAt"] == second[1]
     assert "Sign=" not in objects[0]["Query"] and "SdkAppid=1400000001" in objects[0]["Query"]
@@ -217,7 +312,10 @@ def test_quarantine_exports_follow_the_filters(post, export_quarantine):
     post(b"[]")
     post(b"{")
     post(b"[1]")
-    assert [int(row[0]) for row in csv_rows(export_quarantine("csv", error_code=60022))[1:]] == [3, 1]
+    assert [int(row[0]) for row in csv_rows(export_quarantine("csv", error_code=60022))[1:]] == [
+        3,
+        1,
+    ]
     assert [o["id"] for o in export_quarantine("json", error_code=60021).get_json()] == [2]
     assert export_quarantine("json", error_code=0).get_json() == []
     assert csv_rows(export_quarantine("csv", error_code=0)) == [QUARANTINE_HEADER]
@@ -228,7 +326,12 @@ def test_quarantine_export_of_a_body_not_kept_leaves_it_empty(make_app):
     client = app.test_client()
     client.post("/callback", query_string=signed_query(), data=b"x" * 100)
     [record] = client.get("/quarantine.json", headers=CREDENTIALS).get_json()
-    assert (record["ErrorCode"], record["Body"], record["BodyBase64"], record["ContentLength"]) == (60020, None, None, 100)
+    assert (record["ErrorCode"], record["Body"], record["BodyBase64"], record["ContentLength"]) == (
+        60020,
+        None,
+        None,
+        100,
+    )
 
 
 @pytest.fixture
@@ -237,10 +340,12 @@ def export_quarantine(client):
         response = client.get(f"/quarantine.{kind}", query_string=query, headers=CREDENTIALS)
         assert response.status_code == 200
         return response
+
     return export
 
 
 # --- an export reads a chunk at a time, of the log as it was when it began ----
+
 
 def started(client, url):
     """The first chunk of the export at ``url``, and an iterator of the rest."""
@@ -274,7 +379,9 @@ def test_a_member_export_pages_on_the_members_rows(client, log, events, monkeypa
 
 
 @pytest.mark.parametrize("kind", ["csv", "json"])
-def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(client, log, monkeypatch, kind):
+def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(
+    client, log, monkeypatch, kind
+):
     monkeypatch.setattr(exports, "CHUNK_ROWS", 3)
     for number in range(1, 11):
         log.append(rejection(number))
@@ -297,8 +404,16 @@ def truncate_wal(path):
     return result, os.path.getsize(path + "-wal")
 
 
-@pytest.mark.parametrize("url", ["/history.csv", "/history.json", "/history.json?member=m0",
-                                 "/quarantine.csv", "/quarantine.json"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/history.csv",
+        "/history.json",
+        "/history.json?member=m0",
+        "/quarantine.csv",
+        "/quarantine.json",
+    ],
+)
 def test_a_stalled_export_holds_no_read_snapshot(client, log, events, app, monkeypatch, url):
     monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
     for number in range(1, 6):

@@ -47,14 +47,16 @@ def test_factories_do_not_create_the_database(factory, instance_path):
 
 
 def test_instance_config_file_is_read(made, instance_path):
-    (instance_path / "config.py").write_text('SDKAPPID = 1400000009\nCALLBACK_TOKEN = "from-file"\n')
+    (instance_path / "config.py").write_text(
+        'SDKAPPID = 1400000009\nCALLBACK_TOKEN = "from-file"\n'
+    )
     app = made()
     assert app.config["SDKAPPID"] == "1400000009"
     assert app.config["CALLBACK_TOKEN"] == ("from-file",)
 
 
 def test_environment_overrides_instance_config(made, instance_path, monkeypatch):
-    (instance_path / "config.py").write_text('SDKAPPID = 1400000009\nSIGN_MAX_AGE = 30\n')
+    (instance_path / "config.py").write_text("SDKAPPID = 1400000009\nSIGN_MAX_AGE = 30\n")
     monkeypatch.setenv("TIM_AUDIT_SDKAPPID", "1400000001")
     app = made()
     assert app.config["SDKAPPID"] == "1400000001"
@@ -86,7 +88,9 @@ def warnings(caplog):
 def test_unset_sdkappid_token_and_reviewers_are_warned_about(made, caplog):
     made()
     assert warnings(caplog) == [
-        "SDKAPPID is not set", "DASHBOARD_USERS is empty", "CALLBACK_TOKEN is not set",
+        "SDKAPPID is not set",
+        "DASHBOARD_USERS is empty",
+        "CALLBACK_TOKEN is not set",
     ]
 
 
@@ -112,54 +116,104 @@ NOT_A_HASH = (
 )
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("SDKAPPID", "abc", f"{SDKAPPID_MUST}, not 'abc'"),
-    ("SDKAPPID", 0, f"{SDKAPPID_MUST}, not 0"),
-    ("SDKAPPID", -5, f"{SDKAPPID_MUST}, not -5"),
-    ("SDKAPPID", "-5", f"{SDKAPPID_MUST}, not '-5'"),
-    ("SDKAPPID", 12345678901234567890, f"{SDKAPPID_MUST}, not 12345678901234567890"),
-    ("SDKAPPID", "14000000011", f"{SDKAPPID_MUST}, not '14000000011'"),
-    ("SDKAPPID", "01400000001", f"{SDKAPPID_MUST}, not '01400000001'"),
-    ("SDKAPPID", 1.5, f"{SDKAPPID_MUST}, not 1.5"),
-    ("SDKAPPID", True, f"{SDKAPPID_MUST}, not True"),
-    ("CALLBACK_TOKEN", True, "CALLBACK_TOKEN must be a string or a list of strings; in the"
-     " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'"),
-    ("CALLBACK_TOKEN", ["ok", ""], "CALLBACK_TOKEN must be a string or a list of strings; in the"
-     " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'"),
-    ("CALLBACK_TOKEN", ["real-token", "paste-the-console-token-here"], "CALLBACK_TOKEN is still"
-     " the example's placeholder: paste the token from the IM console's callback authentication"),
-    ("SIGN_MAX_AGE", -1, "SIGN_MAX_AGE must be a whole number of at least 0, not -1"),
-    ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0, not '60'"),
-    ("MAX_CONTENT_LENGTH", 0, "MAX_CONTENT_LENGTH must be a whole number of at least 1, not 0"),
-    ("STORAGE_TIMEOUT", 5, f"{STORAGE_TIMEOUT_MUST}, not 5"),
-    ("STORAGE_TIMEOUT", 0.1, f"{STORAGE_TIMEOUT_MUST}, not 0.1"),
-    ("STORAGE_TIMEOUT", 0.25, f"{STORAGE_TIMEOUT_MUST}, not 0.25"),
-    ("STORAGE_TIMEOUT", True, f"{STORAGE_TIMEOUT_MUST}, not True"),
-    ("INGEST_LISTEN", "8080", "INGEST_LISTEN must be HOST:PORT, such as 127.0.0.1:8080, not '8080'"),
-    ("REVIEW_LISTEN", "127.0.0.1:99999", "REVIEW_LISTEN must be HOST:PORT, such as 127.0.0.1:8081, not '127.0.0.1:99999'"),
-    ("INGEST_THREADS", 0, "INGEST_THREADS must be a whole number of at least 1, not 0"),
-    ("MAX_EXPORTS", 0, "MAX_EXPORTS must be a whole number of at least 1, not 0"),
-    ("LOGIN_FAILURES", 0, "LOGIN_FAILURES must be a whole number of at least 1, not 0"),
-    ("AUDIT_HMAC_KEY", "short", "AUDIT_HMAC_KEY must be a string of at least 16 bytes"),
-    ("DASHBOARD_USERS", {"alice": "correct horse battery"}, f"DASHBOARD_USERS {NOT_A_HASH}"),
-    ("DASHBOARD_USERS", {"alice": HASH[:-1]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
-    ("DASHBOARD_USERS", {"alice": HASH.rsplit("$", 1)[0]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
-    ("DASHBOARD_USERS", {"alice": "pbkdf2:sha999:1000$salt$" + "a" * 64}, f"DASHBOARD_USERS {NOT_A_HASH}"),
-    ("DASHBOARD_USERS", {"alice": None}, f"DASHBOARD_USERS {NOT_A_HASH}"),
-    ("DASHBOARD_USERS", {"": HASH}, "DASHBOARD_USERS has a reviewer named '', who could never sign"
-     " in: a name must not be empty or contain ':' (HTTP Basic ends the name there)"),
-    ("DASHBOARD_USERS", {"ali:ce": HASH}, "DASHBOARD_USERS has a reviewer named 'ali:ce', who could"
-     " never sign in: a name must not be empty or contain ':' (HTTP Basic ends the name there)"),
-    ("DASHBOARD_USERS", ["alice"], "DASHBOARD_USERS must map reviewer names to password hashes"),
-    ("DASHBOARD_AUTH", "no", "DASHBOARD_AUTH must be true or false, not 'no'"),
-    ("DISPLAY_TIMEZONE", "Mars/Olympus", "DISPLAY_TIMEZONE must be an IANA time zone such as"
-     " Asia/Shanghai, not 'Mars/Olympus'"),
-    ("VERIFY_INTERVAL", -5, "VERIFY_INTERVAL must be whole seconds (0: only when asked), not -5"),
-    ("PROXY_FIX", 1.0, "PROXY_FIX must be the number of trusted proxies in front (0: none), not 1.0"),
-    ("METRICS", "yes", "METRICS must be true or false, not 'yes'"),
-    ("LOG_FORMAT", "xml", 'LOG_FORMAT must be "text" or "json", not \'xml\''),
-    ("DATABASE", 5, "DATABASE must be the path of the SQLite file, not 5"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("SDKAPPID", "abc", f"{SDKAPPID_MUST}, not 'abc'"),
+        ("SDKAPPID", 0, f"{SDKAPPID_MUST}, not 0"),
+        ("SDKAPPID", -5, f"{SDKAPPID_MUST}, not -5"),
+        ("SDKAPPID", "-5", f"{SDKAPPID_MUST}, not '-5'"),
+        ("SDKAPPID", 12345678901234567890, f"{SDKAPPID_MUST}, not 12345678901234567890"),
+        ("SDKAPPID", "14000000011", f"{SDKAPPID_MUST}, not '14000000011'"),
+        ("SDKAPPID", "01400000001", f"{SDKAPPID_MUST}, not '01400000001'"),
+        ("SDKAPPID", 1.5, f"{SDKAPPID_MUST}, not 1.5"),
+        ("SDKAPPID", True, f"{SDKAPPID_MUST}, not True"),
+        (
+            "CALLBACK_TOKEN",
+            True,
+            "CALLBACK_TOKEN must be a string or a list of strings; in the"
+            " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'",
+        ),
+        (
+            "CALLBACK_TOKEN",
+            ["ok", ""],
+            "CALLBACK_TOKEN must be a string or a list of strings; in the"
+            " environment, quote it as JSON: TIM_AUDIT_CALLBACK_TOKEN='\"…\"'",
+        ),
+        (
+            "CALLBACK_TOKEN",
+            ["real-token", "paste-the-console-token-here"],
+            "CALLBACK_TOKEN is still"
+            " the example's placeholder: paste the token from the IM console's callback authentication",
+        ),
+        ("SIGN_MAX_AGE", -1, "SIGN_MAX_AGE must be a whole number of at least 0, not -1"),
+        ("SIGN_MAX_AGE", "60", "SIGN_MAX_AGE must be a whole number of at least 0, not '60'"),
+        ("MAX_CONTENT_LENGTH", 0, "MAX_CONTENT_LENGTH must be a whole number of at least 1, not 0"),
+        ("STORAGE_TIMEOUT", 5, f"{STORAGE_TIMEOUT_MUST}, not 5"),
+        ("STORAGE_TIMEOUT", 0.1, f"{STORAGE_TIMEOUT_MUST}, not 0.1"),
+        ("STORAGE_TIMEOUT", 0.25, f"{STORAGE_TIMEOUT_MUST}, not 0.25"),
+        ("STORAGE_TIMEOUT", True, f"{STORAGE_TIMEOUT_MUST}, not True"),
+        (
+            "INGEST_LISTEN",
+            "8080",
+            "INGEST_LISTEN must be HOST:PORT, such as 127.0.0.1:8080, not '8080'",
+        ),
+        (
+            "REVIEW_LISTEN",
+            "127.0.0.1:99999",
+            "REVIEW_LISTEN must be HOST:PORT, such as 127.0.0.1:8081, not '127.0.0.1:99999'",
+        ),
+        ("INGEST_THREADS", 0, "INGEST_THREADS must be a whole number of at least 1, not 0"),
+        ("MAX_EXPORTS", 0, "MAX_EXPORTS must be a whole number of at least 1, not 0"),
+        ("LOGIN_FAILURES", 0, "LOGIN_FAILURES must be a whole number of at least 1, not 0"),
+        ("AUDIT_HMAC_KEY", "short", "AUDIT_HMAC_KEY must be a string of at least 16 bytes"),
+        ("DASHBOARD_USERS", {"alice": "correct horse battery"}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+        ("DASHBOARD_USERS", {"alice": HASH[:-1]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+        ("DASHBOARD_USERS", {"alice": HASH.rsplit("$", 1)[0]}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+        (
+            "DASHBOARD_USERS",
+            {"alice": "pbkdf2:sha999:1000$salt$" + "a" * 64},
+            f"DASHBOARD_USERS {NOT_A_HASH}",
+        ),
+        ("DASHBOARD_USERS", {"alice": None}, f"DASHBOARD_USERS {NOT_A_HASH}"),
+        (
+            "DASHBOARD_USERS",
+            {"": HASH},
+            "DASHBOARD_USERS has a reviewer named '', who could never sign"
+            " in: a name must not be empty or contain ':' (HTTP Basic ends the name there)",
+        ),
+        (
+            "DASHBOARD_USERS",
+            {"ali:ce": HASH},
+            "DASHBOARD_USERS has a reviewer named 'ali:ce', who could"
+            " never sign in: a name must not be empty or contain ':' (HTTP Basic ends the name there)",
+        ),
+        (
+            "DASHBOARD_USERS",
+            ["alice"],
+            "DASHBOARD_USERS must map reviewer names to password hashes",
+        ),
+        ("DASHBOARD_AUTH", "no", "DASHBOARD_AUTH must be true or false, not 'no'"),
+        (
+            "DISPLAY_TIMEZONE",
+            "Mars/Olympus",
+            "DISPLAY_TIMEZONE must be an IANA time zone such as Asia/Shanghai, not 'Mars/Olympus'",
+        ),
+        (
+            "VERIFY_INTERVAL",
+            -5,
+            "VERIFY_INTERVAL must be whole seconds (0: only when asked), not -5",
+        ),
+        (
+            "PROXY_FIX",
+            1.0,
+            "PROXY_FIX must be the number of trusted proxies in front (0: none), not 1.0",
+        ),
+        ("METRICS", "yes", "METRICS must be true or false, not 'yes'"),
+        ("LOG_FORMAT", "xml", 'LOG_FORMAT must be "text" or "json", not \'xml\''),
+        ("DATABASE", 5, "DATABASE must be the path of the SQLite file, not 5"),
+    ],
+)
 def test_impossible_config_stops_start_up(made, key, value, message):
     with pytest.raises(StartupError) as caught:
         made({key: value})
@@ -212,7 +266,11 @@ def test_bad_instance_config_is_one_line_on_stderr_from_waitress(tmp_path):
     env = {**os.environ, "TIM_AUDIT_INSTANCE_PATH": str(instance)}
     result = subprocess.run(
         [sys.executable, "-m", "waitress", "--listen=127.0.0.1:0", "wsgi:app"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr == (
@@ -244,7 +302,9 @@ def test_missing_database_directory_stops_start_up(made, tmp_path):
 def test_database_that_is_not_sqlite_stops_start_up(made, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not a database " * 100)
-    with pytest.raises(StartupError, match=f"cannot open the database {path}: file is not a database"):
+    with pytest.raises(
+        StartupError, match=f"cannot open the database {path}: file is not a database"
+    ):
         made({"DATABASE": str(path)})
 
 
@@ -262,7 +322,10 @@ def test_keyed_log_refuses_to_start_without_its_key(made, tmp_path):
         made({"DATABASE": database})
     with pytest.raises(StartupError, match="AUDIT_HMAC_KEY is not the key the log at"):
         made({"DATABASE": database, "AUDIT_HMAC_KEY": "x" * 32})
-    assert made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32}).config["AUDIT_HMAC_KEY"] == b"k" * 32
+    assert (
+        made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32}).config["AUDIT_HMAC_KEY"]
+        == b"k" * 32
+    )
 
 
 # --- a review server started before the log exists --------------------------
@@ -270,12 +333,24 @@ def test_keyed_log_refuses_to_start_without_its_key(made, tmp_path):
 NO_LOG = "the log does not exist yet: the ingest server creates it when it first starts"
 
 
-@pytest.mark.parametrize("method, url", [
-    ("GET", "/history"), ("GET", "/history/1"), ("GET", "/history.csv"), ("GET", "/history.json"),
-    ("GET", "/quarantine"), ("GET", "/quarantine/1.raw"), ("GET", "/quarantine.csv"),
-    ("GET", "/quarantine.json"), ("GET", "/checkpoints"), ("GET", "/checkpoints/1.checkpoint"),
-    ("GET", "/history/1.tlog-proof"), ("GET", "/history.evidence"), ("POST", "/history/verify"),
-])
+@pytest.mark.parametrize(
+    "method, url",
+    [
+        ("GET", "/history"),
+        ("GET", "/history/1"),
+        ("GET", "/history.csv"),
+        ("GET", "/history.json"),
+        ("GET", "/quarantine"),
+        ("GET", "/quarantine/1.raw"),
+        ("GET", "/quarantine.csv"),
+        ("GET", "/quarantine.json"),
+        ("GET", "/checkpoints"),
+        ("GET", "/checkpoints/1.checkpoint"),
+        ("GET", "/history/1.tlog-proof"),
+        ("GET", "/history.evidence"),
+        ("POST", "/history/verify"),
+    ],
+)
 def test_review_pages_before_the_log_exists_say_so_with_a_503(config, method, url):
     response = create_review_app(config).test_client().open(url, method=method, headers=CREDENTIALS)
     assert (response.status_code, response.mimetype) == (503, "text/html")
@@ -286,7 +361,10 @@ def test_review_pages_before_the_log_exists_say_so_with_a_503(config, method, ur
 
 def test_review_healthz_before_the_log_exists_says_so_with_a_503(config):
     response = create_review_app(config).test_client().get("/healthz")
-    assert (response.status_code, response.get_json()) == (503, {"status": "unavailable", "error": NO_LOG})
+    assert (response.status_code, response.get_json()) == (
+        503,
+        {"status": "unavailable", "error": NO_LOG},
+    )
     assert not os.path.exists(config["DATABASE"])
 
 

@@ -25,8 +25,11 @@ OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
 
 def server_env(database, instance):
     return {
-        **os.environ, "TIM_AUDIT_INSTANCE_PATH": str(instance), "TIM_AUDIT_DATABASE": str(database),
-        "TIM_AUDIT_SDKAPPID": SDKAPPID, "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(TOKEN),
+        **os.environ,
+        "TIM_AUDIT_INSTANCE_PATH": str(instance),
+        "TIM_AUDIT_DATABASE": str(database),
+        "TIM_AUDIT_SDKAPPID": SDKAPPID,
+        "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(TOKEN),
     }
 
 
@@ -40,7 +43,10 @@ def start_server(env, port):
     """waitress in a process of its own, as deployed; returns once it answers."""
     process = subprocess.Popen(
         [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -73,7 +79,9 @@ def post(port, body, conn=None):
 def stored_group_ids(database):
     conn = sqlite3.connect(database)
     try:
-        return dict(conn.execute("SELECT group_id, count(*) FROM event GROUP BY group_id").fetchall())
+        return dict(
+            conn.execute("SELECT group_id, count(*) FROM event GROUP BY group_id").fetchall()
+        )
     finally:
         conn.close()
 
@@ -81,12 +89,17 @@ def stored_group_ids(database):
 def verify(env):
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "tim_audit", "verify"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return result.returncode, result.stdout.strip().splitlines()[-1]
 
 
 # --- a crash under load ------------------------------------------------------
+
 
 @pytest.mark.parametrize("kill_after", [25, 120, 300])
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
@@ -148,11 +161,14 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
     finally:
         server.terminate()
         server.wait()
-    print(f"killed after {kill_after}+ acknowledged: {killed_at} acknowledged,"
-          f" {len(stored)} stored, {len(sent)} sent")
+    print(
+        f"killed after {kill_after}+ acknowledged: {killed_at} acknowledged,"
+        f" {len(stored)} stored, {len(sent)} sent"
+    )
 
 
 # --- the disk is full --------------------------------------------------------
+
 
 def test_full_database_answers_503_at_once_and_recovers(app, client, post, rows, runner):
     assert post(group_body(GroupId="@TGS#before")).status_code == 200
@@ -193,8 +209,12 @@ def test_full_disk_cannot_quarantine_either(app, post, rows):
 @contextlib.contextmanager
 def tmpfs(path, options):
     """A tmpfs mounted at ``path`` (root only; skips where mount is refused)."""
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip(f"cannot mount a tmpfs ({options}) here")
     try:
         yield path
@@ -210,13 +230,18 @@ def small_filesystem(tmp_path):
         yield path
 
 
-def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(make_app, small_filesystem, runner):
+def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(
+    make_app, small_filesystem, runner
+):
     app = make_app(DATABASE=str(small_filesystem / "audit.sqlite3"))
     client = app.test_client()
 
     def send(group_id):
-        return client.post("/callback", query_string=signed_query(),
-                           data=group_body(GroupId=group_id, Name="n" * 20_000))
+        return client.post(
+            "/callback",
+            query_string=signed_query(),
+            data=group_body(GroupId=group_id, Name="n" * 20_000),
+        )
 
     assert send("@TGS#first").status_code == 200
     filler = small_filesystem / "filler"
@@ -255,7 +280,9 @@ conn.execute("ROLLBACK")
 def test_locked_database_answers_503_within_a_second_and_a_half(live_server, rows):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline() == "locked\n"
@@ -287,11 +314,13 @@ def test_locked_database_answers_503_within_a_second_and_a_half(live_server, row
 
 # --- start-up -----------------------------------------------------------------
 
+
 def refused_start(env, command=("-m", "waitress", "--listen=127.0.0.1:0", "wsgi:app")):
     """Start as an operator would; it must stop by itself, exit 1 and say
     why in one line, not a traceback. Returns that line."""
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     return result.stderr.strip().splitlines()[-1]
@@ -331,10 +360,13 @@ def test_read_only_database_directory_stops_with_a_message_not_a_traceback(tmp_p
 def test_start_up_error_reaches_the_flask_command_line_too(tmp_path):
     env = {**server_env(tmp_path / "audit.sqlite3", tmp_path), "TIM_AUDIT_SIGN_MAX_AGE": "-1"}
     line = refused_start(env, ("-m", "flask", "--app", "tim_audit", "verify"))
-    assert line == "tim-audit cannot start: SIGN_MAX_AGE must be a whole number of at least 0, not -1"
+    assert (
+        line == "tim-audit cannot start: SIGN_MAX_AGE must be a whole number of at least 0, not -1"
+    )
 
 
 # --- a stalled disk: 503 means never stored ------------------------------------
+
 
 @pytest.mark.parametrize("held", [0.6, 0.8, 0.9, 1.0, 1.1])
 def test_callbacks_answered_503_under_a_lock_are_never_stored_and_a_retry_is_stored_once(
@@ -345,15 +377,19 @@ def test_callbacks_answered_503_under_a_lock_are_never_stored_and_a_retry_is_sto
     answered 200, or answered 503 and never stored."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "locked\n"
     answers = {}
 
     def one(n):
         started = time.monotonic()
-        answers[f"@TGS#stall{n}"] = post(live_server.port, group_body(GroupId=f"@TGS#stall{n}")), \
-            time.monotonic() - started
+        answers[f"@TGS#stall{n}"] = (
+            post(live_server.port, group_body(GroupId=f"@TGS#stall{n}")),
+            time.monotonic() - started,
+        )
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -411,7 +447,9 @@ def test_a_commit_that_hangs_is_answered_within_the_bound_and_never_503(live_ser
 def test_the_shortest_storage_timeout_still_stores_callbacks(make_app):
     client = make_app(STORAGE_TIMEOUT=0.5).test_client()
     answers = [
-        client.post("/callback", query_string=signed_query(), data=group_body(GroupId=f"@TGS#short{n}"))
+        client.post(
+            "/callback", query_string=signed_query(), data=group_body(GroupId=f"@TGS#short{n}")
+        )
         for n in range(20)
     ]
     assert [(a.status_code, a.get_json()) for a in answers] == [(200, OK)] * 20
@@ -426,13 +464,17 @@ def test_a_lock_let_go_between_deadlines_stores_the_later_callbacks_and_refuses_
     (503, never stored) and commits the rest (200)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "locked\n"
     answers = {}
 
     def one(n):
-        answers[f"@TGS#staggered{n}"] = post(live_server.port, group_body(GroupId=f"@TGS#staggered{n}"))
+        answers[f"@TGS#staggered{n}"] = post(
+            live_server.port, group_body(GroupId=f"@TGS#staggered{n}")
+        )
 
     threads = []
     started = time.monotonic()

@@ -41,8 +41,16 @@ COMBINED_FILTERS = [
     {"owner": "owner1", "member": "m1"},
     {"member": "m4", "since": START + 2 * DAY, "until": START + 6 * DAY},
     {"q": "a", "type": "Private", "since": START + DAY},
-    {"group_id": "@TGS#g2", "owner": "owner2", "type": "ChatRoom", "operator": "owner2",
-     "member": "m2", "q": "공지", "since": START, "until": START + 10 * DAY},
+    {
+        "group_id": "@TGS#g2",
+        "owner": "owner2",
+        "type": "ChatRoom",
+        "operator": "owner2",
+        "member": "m2",
+        "q": "공지",
+        "since": START,
+        "until": START + 10 * DAY,
+    },
 ]
 
 
@@ -61,8 +69,11 @@ def _iso(ms):
     return f"{when:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}"
 
 
-@pytest.mark.parametrize("filters", SINGLE_FILTERS + COMBINED_FILTERS,
-                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize(
+    "filters",
+    SINGLE_FILTERS + COMBINED_FILTERS,
+    ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()),
+)
 def test_filter_lists_exactly_the_matching_events(events, get, filters):
     expected = expected_ids(events, **filters)
     assert page_ids(get, **as_query(filters)) == expected
@@ -90,20 +101,27 @@ def test_whole_day_bounds_are_read_in_display_timezone(make_app):
     get = lambda url, **kw: app.test_client().get(url, headers=CREDENTIALS, **kw)  # noqa: E731
     # 2026-03-03 in Shanghai runs from 2026-03-02T16:00Z to 2026-03-03T16:00Z.
     since, until = START + DAY + 16 * 3_600_000, START + 2 * DAY + 16 * 3_600_000 - 1
-    assert page_ids(get, since="2026-03-03", until="2026-03-03") == expected_ids(events, since=since, until=until)
+    assert page_ids(get, since="2026-03-03", until="2026-03-03") == expected_ids(
+        events, since=since, until=until
+    )
 
 
-@pytest.mark.parametrize("since, ms", [
-    ("2026-03-03", START + 2 * DAY),
-    ("2026-03-03T08:00:00+08:00", START + 2 * DAY),
-    ("2026-03-03 01:00", START + 2 * DAY + 3_600_000),
-    ("2026-03-03T01:00:00.001Z", START + 2 * DAY + 3_600_001),
-])
+@pytest.mark.parametrize(
+    "since, ms",
+    [
+        ("2026-03-03", START + 2 * DAY),
+        ("2026-03-03T08:00:00+08:00", START + 2 * DAY),
+        ("2026-03-03 01:00", START + 2 * DAY + 3_600_000),
+        ("2026-03-03T01:00:00.001Z", START + 2 * DAY + 3_600_001),
+    ],
+)
 def test_since_takes_dates_and_times_with_or_without_offsets(events, get, since, ms):
     assert page_ids(get, since=since) == expected_ids(events, since=ms)
 
 
-@pytest.mark.parametrize("since", ["1773100800000", "20260303", "2026-03-03T01", "03/03/2026", "2026-03-03T01:00+0800"])
+@pytest.mark.parametrize(
+    "since", ["1773100800000", "20260303", "2026-03-03T01", "03/03/2026", "2026-03-03T01:00+0800"]
+)
 def test_since_refuses_other_forms(events, get, since):
     response = get("/history", query_string={"since": since})
     assert response.status_code == 400
@@ -123,7 +141,11 @@ def test_pages_visit_every_event_once_in_both_directions(events, get, limit):
     assert seen == expected
     assert all(len(ids) == limit for ids in pages[:-1])
     back = list(reversed(pages[-1]))
-    text = get(f"/history?limit={limit}&after={pages[-1][0]}").get_data(as_text=True) if len(pages) > 1 else ""
+    text = (
+        get(f"/history?limit={limit}&after={pages[-1][0]}").get_data(as_text=True)
+        if len(pages) > 1
+        else ""
+    )
     while text:
         back += list(reversed(listed_ids(text)))
         url = link(text, "prev")
@@ -136,7 +158,7 @@ def test_pages_keep_the_filters(events, get):
     assert link(text, "next").startswith("/history?before=")
     assert "type=Public" in link(text, "next") and "limit=2" in link(text, "next")
     seen = listed_ids(text)
-    while (url := link(text, "next")):
+    while url := link(text, "next"):
         text = get(url).get_data(as_text=True)
         seen += listed_ids(text)
     assert seen == expected_ids(events, type="Public")
@@ -151,12 +173,21 @@ def test_first_page_has_no_newer_link_and_last_page_no_older(events, get):
     assert link(page, "next") is None and link(page, "prev") is not None
 
 
-@pytest.mark.parametrize("query, problem", [
-    ("limit=0", "limit"), ("limit=501", "limit"), ("limit=ten", "limit"),
-    ("before=abc", "before"), ("before=1&after=2", "before or after"),
-    ("before=99999999999999999999", "before"), ("since=yesterday", "since"),
-    ("until=2026-13-45", "until"), ("q=" + "x" * 300, "q"), ("before=9999", "no event 9999"),
-])
+@pytest.mark.parametrize(
+    "query, problem",
+    [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=ten", "limit"),
+        ("before=abc", "before"),
+        ("before=1&after=2", "before or after"),
+        ("before=99999999999999999999", "before"),
+        ("since=yesterday", "since"),
+        ("until=2026-13-45", "until"),
+        ("q=" + "x" * 300, "q"),
+        ("before=9999", "no event 9999"),
+    ],
+)
 def test_bad_query_is_a_400_page_naming_the_problem(events, get, query, problem):
     response = get(f"/history?{query}")
     assert response.status_code == 400
@@ -165,7 +196,9 @@ def test_bad_query_is_a_400_page_naming_the_problem(events, get, query, problem)
 
 
 def test_empty_form_fields_mean_any(events, get):
-    assert page_ids(get, group_id="", owner="", q="", since="", until="", type="") == expected_ids(events)
+    assert page_ids(get, group_id="", owner="", q="", since="", until="", type="") == expected_ids(
+        events
+    )
 
 
 def test_no_match_lists_each_filter_with_a_link_that_drops_it(events, get):
@@ -187,7 +220,9 @@ def test_empty_log_says_nothing_is_recorded_and_offers_no_export(get):
 
 
 def test_active_filters_are_summed_up_above_the_results(events, get):
-    text = html.unescape(get("/history?type=Public&q=ops&since=2026-03-02&before=30").get_data(as_text=True))
+    text = html.unescape(
+        get("/history?type=Public&q=ops&since=2026-03-02&before=30").get_data(as_text=True)
+    )
     summary = text.split('<ul class="active"', 1)[1].split("</ul>", 1)[0]
     assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', summary) == [
         ("Type", "Public", "/history?q=ops&since=2026-03-02"),
@@ -201,8 +236,14 @@ def test_unfiltered_history_has_no_filter_summary(events, get):
     assert '<ul class="active"' not in get("/history").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("name, hint", [("since", "e.g. 2026-03-01"), ("until", "e.g. 2026-03-31T18:00"),
-                                        ("group_id", "e.g. @TGS#2J4SZEAEL")])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("since", "e.g. 2026-03-01"),
+        ("until", "e.g. 2026-03-31T18:00"),
+        ("group_id", "e.g. @TGS#2J4SZEAEL"),
+    ],
+)
 def test_placeholders_read_as_examples(get, name, hint):
     text = get("/history").get_data(as_text=True)
     assert re.search(rf'<input name="{name}" value="" placeholder="{hint}">', text)
@@ -214,17 +255,24 @@ def test_placeholders_are_styled_as_hints(client):
     assert re.search(r"::placeholder\s*{[^}]*font-style: italic", css)
 
 
-@pytest.mark.parametrize("url", ["/history?owner=alice&since=yesterday&limit=100",
-                                 "/history.csv?owner=alice&since=yesterday&limit=100",
-                                 "/history.json?owner=alice&since=yesterday&limit=100"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/history?owner=alice&since=yesterday&limit=100",
+        "/history.csv?owner=alice&since=yesterday&limit=100",
+        "/history.json?owner=alice&since=yesterday&limit=100",
+    ],
+)
 def test_bad_filter_answers_the_history_page_with_the_field_marked(events, get, url):
     response = get(url)
     assert response.status_code == 400
     text = response.get_data(as_text=True)
-    assert '<nav>' in text and '<form class="filters"' in text
+    assert "<nav>" in text and '<form class="filters"' in text
     assert '<input name="owner" value="alice">' in text
-    assert ('<input name="since" value="yesterday" placeholder="e.g. 2026-03-01"'
-            ' aria-invalid="true" aria-describedby="problem-since">') in text
+    assert (
+        '<input name="since" value="yesterday" placeholder="e.g. 2026-03-01"'
+        ' aria-invalid="true" aria-describedby="problem-since">'
+    ) in text
     assert '<span class="problem" id="problem-since">Not an ISO date or date-time' in text
     assert "<option selected>100</option>" in text
     assert listed_ids(text) == [] and "events match" not in text
@@ -240,19 +288,41 @@ def test_unknown_cursor_offers_the_first_page_with_the_filters(events, get):
 
 # --- one event -------------------------------------------------------------
 
+
 def test_detail_page_shows_every_field(app, client, post, get):
-    body = group_body(UserDefinedDataList=[{"Key": "Department", "Value": "财务"}], Name="周末羽毛球 🏸")
+    body = group_body(
+        UserDefinedDataList=[{"Key": "Department", "Value": "财务"}], Name="周末羽毛球 🏸"
+    )
     post(body)
     text = get("/history/1").get_data(as_text=True)
-    for shown in ("Group.CallbackAfterCreateGroup", "@TGS#2J4SZEAEL", "周末羽毛球 🏸", "Public",
-                  "leckie", "group_root", "bob", "peter", "Department", "财务", "1400000001",
-                  "203.0.113.7", "RESTAPI", "127.0.0.1", "2022-12-09T08:26:54.123Z", "1670574414123"):
+    for shown in (
+        "Group.CallbackAfterCreateGroup",
+        "@TGS#2J4SZEAEL",
+        "周末羽毛球 🏸",
+        "Public",
+        "leckie",
+        "group_root",
+        "bob",
+        "peter",
+        "Department",
+        "财务",
+        "1400000001",
+        "203.0.113.7",
+        "RESTAPI",
+        "127.0.0.1",
+        "2022-12-09T08:26:54.123Z",
+        "1670574414123",
+    ):
         assert shown in text
-    [(digest,)] = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchall()
+    [(digest,)] = (
+        app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event").fetchall()
+    )
     assert digest in text
     assert "0" * 64 in text  # the first row's previous hash
     assert "This row's hash matches its contents and the row before it." in text
-    assert '\n  &#34;GroupId&#34;: &#34;@TGS#2J4SZEAEL&#34;,\n' in text  # the raw body, pretty-printed
+    assert (
+        "\n  &#34;GroupId&#34;: &#34;@TGS#2J4SZEAEL&#34;,\n" in text
+    )  # the raw body, pretty-printed
 
 
 def test_detail_page_says_when_a_row_does_not_verify(app, post, get):
@@ -283,6 +353,7 @@ def test_unknown_event_is_a_404_page(events, get, event_id):
 
 # --- what a page may contain ------------------------------------------------
 
+
 @pytest.mark.parametrize("url", ["/history", "/history/6", "/history?q=script"])
 def test_names_are_escaped(events, get, url):
     text = get(url).get_data(as_text=True)
@@ -304,8 +375,19 @@ def test_unicode_names_are_shown_intact(post, get, name):
     assert name in get("/history/1").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("url", ["/history", "/history/1", "/history.csv", "/history.json", "/quarantine",
-                                 "/no-such-page", "/callback", "/healthz"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/history",
+        "/history/1",
+        "/history.csv",
+        "/history.json",
+        "/quarantine",
+        "/no-such-page",
+        "/callback",
+        "/healthz",
+    ],
+)
 def test_security_headers_are_sent(events, get, url):
     response = get(url)
     assert response.headers["Content-Security-Policy"] == "default-src 'self'"
@@ -324,11 +406,15 @@ def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
     app = make_app(DISPLAY_TIMEZONE="Asia/Shanghai")
     app.test_client().post("/callback", query_string=signed_query(), data=group_body())
     text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
-    assert '<time datetime="2022-12-09T08:26:54.123Z" title="2022-12-09T08:26:54.123Z">2022-12-09 16:26:54.123</time>' in text
+    assert (
+        '<time datetime="2022-12-09T08:26:54.123Z" title="2022-12-09T08:26:54.123Z">2022-12-09 16:26:54.123</time>'
+        in text
+    )
     assert "Event time (Asia/<wbr>Shanghai)" in text
 
 
 # --- chart and integrity strip ----------------------------------------------
+
 
 def test_chart_counts_events_per_day_up_to_the_newest(events, get):
     text = get("/history").get_data(as_text=True)
@@ -345,7 +431,9 @@ def test_chart_follows_the_filter_and_its_dates(events, get):
     titles = re.findall(r"<title>(\d{4}-\d{2}-\d{2}): (\d+) events?</title>", text)
     assert [day for day, _ in titles] == ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"]
     since, until = START + DAY, START + 5 * DAY - 1
-    assert sum(int(n) for _, n in titles) == len(expected_ids(events, type="Public", since=since, until=until))
+    assert sum(int(n) for _, n in titles) == len(
+        expected_ids(events, type="Public", since=since, until=until)
+    )
 
 
 def test_chart_of_an_until_in_the_future_ends_at_the_newest_event(events, get):
@@ -356,8 +444,12 @@ def test_chart_of_an_until_in_the_future_ends_at_the_newest_event(events, get):
 
 def test_integrity_strip_shows_count_and_head(events, app, get):
     text = get("/history").get_data(as_text=True)
-    [(head,)] = app.extensions["tim_audit"]._connection().execute(
-        "SELECT hash FROM event WHERE id = 40").fetchall()
+    [(head,)] = (
+        app.extensions["tim_audit"]
+        ._connection()
+        .execute("SELECT hash FROM event WHERE id = 40")
+        .fetchall()
+    )
     assert "<strong>40</strong> events" in text
     assert f'title="{head}"' in text
     assert "Not verified since this server started." in text
@@ -368,8 +460,15 @@ def test_verification_can_be_run_from_the_page(events, app, client, get):
     assert (response.status_code, response.headers["Location"]) == (303, "/history")
     app.extensions["tim_audit.verifier"].wait(10)
     text = get("/history").get_data(as_text=True)
-    head = app.extensions["tim_audit"]._connection().execute("SELECT hash FROM event WHERE id = 40").fetchone()[0]
-    assert re.search(r"Chain verified at <time[^>]*>[^<]+</time>:\s+40 events, head <code title=\"" + head, text)
+    head = (
+        app.extensions["tim_audit"]
+        ._connection()
+        .execute("SELECT hash FROM event WHERE id = 40")
+        .fetchone()[0]
+    )
+    assert re.search(
+        r"Chain verified at <time[^>]*>[^<]+</time>:\s+40 events, head <code title=\"" + head, text
+    )
 
 
 def test_a_broken_chain_turns_the_strip_red(events, app, get):
@@ -398,6 +497,7 @@ def test_verification_runs_when_due(make_app):
 
 # --- quarantine ------------------------------------------------------------
 
+
 def test_quarantine_page_lists_reason_and_escaped_body(post, get):
     post(b'{"Name": "<script>alert(1)</script>"')
     post(b"[]")
@@ -412,7 +512,10 @@ def test_quarantined_body_downloads_byte_for_byte(post, get):
     post(body)
     response = get("/quarantine/1.raw")
     assert response.data == body
-    assert response.headers["Content-Disposition"] == 'attachment; filename="tim-audit-quarantine-1.body"'
+    assert (
+        response.headers["Content-Disposition"]
+        == 'attachment; filename="tim-audit-quarantine-1.body"'
+    )
 
 
 def test_quarantine_pages_older(post, get):
@@ -440,8 +543,10 @@ def test_conflicting_repeat_and_its_event_link_to_each_other(post, get):
     post(group_body(Name="first"))
     post(group_body(Name="second"))
     text = get("/quarantine").get_data(as_text=True)
-    assert ('<td class="reason">repeat of <a href="/history/1">event 1</a> (same CallbackCommand,'
-            ' GroupId and EventTime) with a different body</td>') in text
+    assert (
+        '<td class="reason">repeat of <a href="/history/1">event 1</a> (same CallbackCommand,'
+        " GroupId and EventTime) with a different body</td>"
+    ) in text
     text = get("/history/1").get_data(as_text=True)
     assert "Conflicting repeats (1)" in text
     assert '<a href="/quarantine?repeat_of=1#q1">quarantined #1</a>' in text
@@ -453,25 +558,52 @@ def test_event_without_repeats_does_not_mention_them(post, get):
     assert "Conflicting repeats" not in get("/history/1").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("reason", [
-    "repeat of event 99999999999999999999999 (same CallbackCommand, GroupId and EventTime) with a different body",
-    "repeat of event -1 (", "repeat of event 0 (", "repeat of event 2", "repeat of event 3x (",
-    "<b>repeat of event 1 (</b>", "",
-])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "repeat of event 99999999999999999999999 (same CallbackCommand, GroupId and EventTime) with a different body",
+        "repeat of event -1 (",
+        "repeat of event 0 (",
+        "repeat of event 2",
+        "repeat of event 3x (",
+        "<b>repeat of event 1 (</b>",
+        "",
+    ],
+)
 def test_odd_repeat_reason_is_shown_as_stored_without_a_link(app, get, reason):
-    app.extensions["tim_audit"].append(Rejection(
-        received_at=START, error_code=0, reason=reason, command=CREATE, query="", peer=None,
-        content_length=None, raw=None))
+    app.extensions["tim_audit"].append(
+        Rejection(
+            received_at=START,
+            error_code=0,
+            reason=reason,
+            command=CREATE,
+            query="",
+            peer=None,
+            content_length=None,
+            raw=None,
+        )
+    )
     response = get("/quarantine")
     assert response.status_code == 200
     text = response.get_data(as_text=True)
-    assert f'<td class="reason">{html.escape(reason, quote=False)}</td>' in text.replace("&#34;", '"')
+    assert f'<td class="reason">{html.escape(reason, quote=False)}</td>' in text.replace(
+        "&#34;", '"'
+    )
 
 
 def test_repeat_link_needs_error_code_zero(app, get):
-    app.extensions["tim_audit"].append(Rejection(
-        received_at=START, error_code=60024, reason="repeat of event 1 (says the sender)", command=CREATE,
-        query="", peer=None, content_length=None, raw=None))
+    app.extensions["tim_audit"].append(
+        Rejection(
+            received_at=START,
+            error_code=60024,
+            reason="repeat of event 1 (says the sender)",
+            command=CREATE,
+            query="",
+            peer=None,
+            content_length=None,
+            raw=None,
+        )
+    )
     assert 'href="/history/1"' not in get("/quarantine").get_data(as_text=True)
 
 
@@ -479,29 +611,48 @@ def test_repeat_link_needs_error_code_zero(app, get):
 def quarantined(app):
     """Six quarantined deliveries, a day apart: three kinds, two commands."""
     log = app.extensions["tim_audit"]
-    kinds = [(60021, CREATE), (60024, CREATE), (0, CREATE), (60021, "Group.CallbackAfterGroupDestroyed"),
-             (60024, CREATE), (0, CREATE)]
+    kinds = [
+        (60021, CREATE),
+        (60024, CREATE),
+        (0, CREATE),
+        (60021, "Group.CallbackAfterGroupDestroyed"),
+        (60024, CREATE),
+        (0, CREATE),
+    ]
     for number, (code, command) in enumerate(kinds):
         reason = "repeat of event 1 (x" if code == 0 and number == 2 else f"reason {number}"
-        log.append(Rejection(received_at=START + number * DAY, error_code=code, reason=reason,
-                             command=command, query=f"n={number}", peer=None, content_length=2, raw=b"{}"))
+        log.append(
+            Rejection(
+                received_at=START + number * DAY,
+                error_code=code,
+                reason=reason,
+                command=command,
+                query=f"n={number}",
+                peer=None,
+                content_length=2,
+                raw=b"{}",
+            )
+        )
 
 
 def quarantine_ids(text):
     return [int(i) for i in re.findall(r'<tr id="q(\d+)">', text)]
 
 
-@pytest.mark.parametrize("query, ids", [
-    ("", [6, 5, 4, 3, 2, 1]),
-    ("error_code=60021", [4, 1]),
-    ("error_code=0", [6, 3]),
-    ("error_code=60020", []),
-    ("command=Group.CallbackAfterGroupDestroyed", [4]),
-    ("repeat_of=1", [3]),
-    ("since=2026-03-03", [6, 5, 4, 3]),
-    ("until=2026-03-02", [2, 1]),
-    ("since=2026-03-02&until=2026-03-05T00:00:00.000Z&error_code=60024", [5, 2]),
-])
+@pytest.mark.parametrize(
+    "query, ids",
+    [
+        ("", [6, 5, 4, 3, 2, 1]),
+        ("error_code=60021", [4, 1]),
+        ("error_code=0", [6, 3]),
+        ("error_code=60020", []),
+        ("command=Group.CallbackAfterGroupDestroyed", [4]),
+        ("repeat_of=1", [3]),
+        ("since=2026-03-03", [6, 5, 4, 3]),
+        ("until=2026-03-02", [2, 1]),
+        ("since=2026-03-02&until=2026-03-05T00:00:00.000Z&error_code=60024", [5, 2]),
+    ],
+)
 def test_quarantine_filter_lists_exactly_the_matching_deliveries(quarantined, get, query, ids):
     text = get(f"/quarantine?{query}").get_data(as_text=True)
     assert quarantine_ids(text) == ids
@@ -519,19 +670,30 @@ def test_quarantine_sums_up_its_filters_each_removable(quarantined, get):
     text = html.unescape(get("/quarantine?error_code=60020&command=x").get_data(as_text=True))
     assert "No quarantined deliveries match" in text and "Export all" not in text
     assert re.findall(r'<span>([^<]+)</span> <q>([^<]+)</q>\s*<a href="([^"]+)"', text)[:2] == [
-        ("ErrorCode", "60020", "/quarantine?command=x"), ("CallbackCommand", "x", "/quarantine?error_code=60020"),
+        ("ErrorCode", "60020", "/quarantine?command=x"),
+        ("CallbackCommand", "x", "/quarantine?error_code=60020"),
     ]
 
 
-@pytest.mark.parametrize("query, field", [
-    ("error_code=x", "error_code"), ("error_code=-1", "error_code"), ("repeat_of=0", "repeat_of"),
-    ("since=soon", "since"), ("until=9999-12-31", "until"), ("limit=0", "limit"), ("before=x", "before"),
-])
-def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(quarantined, get, query, field):
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("error_code=x", "error_code"),
+        ("error_code=-1", "error_code"),
+        ("repeat_of=0", "repeat_of"),
+        ("since=soon", "since"),
+        ("until=9999-12-31", "until"),
+        ("limit=0", "limit"),
+        ("before=x", "before"),
+    ],
+)
+def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(
+    quarantined, get, query, field
+):
     for url in (f"/quarantine?command=keep&{query}", f"/quarantine.csv?command=keep&{query}"):
         response = get(url)
         assert response.status_code == 400
         text = response.get_data(as_text=True)
         assert '<form class="filters"' in text and '<input name="command" value="keep"' in text
-        assert f'<li><code>{field}</code>: ' in text
+        assert f"<li><code>{field}</code>: " in text
         assert quarantine_ids(text) == []

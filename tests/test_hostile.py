@@ -23,15 +23,32 @@ from tim_audit.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 # One app (and database) per test, shared by its examples: each example
 # compares the rows before and after itself.
 hostile = settings(
-    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
-FIELDS = ["CallbackCommand", "GroupId", "Type", "Name", "Operator_Account", "Owner_Account",
-          "MemberList", "UserDefinedDataList", "EventTime"]
+FIELDS = [
+    "CallbackCommand",
+    "GroupId",
+    "Type",
+    "Name",
+    "Operator_Account",
+    "Owner_Account",
+    "MemberList",
+    "UserDefinedDataList",
+    "EventTime",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -39,7 +56,9 @@ json_values = st.recursive(
 def counts(app):
     conn = sqlite3.connect(app.config["DATABASE"])
     try:
-        return conn.execute("SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)").fetchone()
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM quarantine)"
+        ).fetchone()
     finally:
         conn.close()
 
@@ -50,7 +69,11 @@ def answered_in_json(response):
     assert response.mimetype == "application/json"
     answer = response.get_json()
     assert set(answer) == {"ActionStatus", "ErrorInfo", "ErrorCode"}
-    assert (answer["ActionStatus"] == "OK") == (answer["ErrorCode"] == 0) == (response.status_code == 200)
+    assert (
+        (answer["ActionStatus"] == "OK")
+        == (answer["ErrorCode"] == 0)
+        == (response.status_code == 200)
+    )
     return answer
 
 
@@ -85,16 +108,36 @@ def test_a_wrong_value_in_any_field_is_refused_and_kept(app, client, field, valu
         "Name": isinstance(value, str),
         "Operator_Account": isinstance(value, str),
         "Owner_Account": value is None or isinstance(value, str),
-        "MemberList": value is None or (isinstance(value, list) and all(
-            isinstance(m, dict) and isinstance(m.get("Member_Account"), str) and m["Member_Account"]
-            for m in value)),
-        "UserDefinedDataList": value is None or (isinstance(value, list) and all(
-            isinstance(d, dict) and isinstance(d.get("Key"), str) and isinstance(d.get("Value"), str)
-            for d in value)),
-        "EventTime": (isinstance(value, int) and not isinstance(value, bool)
-                      and MIN_EVENT_TIME <= value <= MAX_EVENT_TIME)
-        or (isinstance(value, str) and re.fullmatch("[0-9]{1,15}", value) is not None
-            and MIN_EVENT_TIME <= int(value) <= MAX_EVENT_TIME),
+        "MemberList": value is None
+        or (
+            isinstance(value, list)
+            and all(
+                isinstance(m, dict)
+                and isinstance(m.get("Member_Account"), str)
+                and m["Member_Account"]
+                for m in value
+            )
+        ),
+        "UserDefinedDataList": value is None
+        or (
+            isinstance(value, list)
+            and all(
+                isinstance(d, dict)
+                and isinstance(d.get("Key"), str)
+                and isinstance(d.get("Value"), str)
+                for d in value
+            )
+        ),
+        "EventTime": (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and MIN_EVENT_TIME <= value <= MAX_EVENT_TIME
+        )
+        or (
+            isinstance(value, str)
+            and re.fullmatch("[0-9]{1,15}", value) is not None
+            and MIN_EVENT_TIME <= int(value) <= MAX_EVENT_TIME
+        ),
     }[field]
     try:
         json.dumps(value).encode("utf-8")
@@ -115,10 +158,16 @@ _fresh = itertools.count()
 
 
 @hostile
-@given(extra=st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELDS),
-                             json_values, max_size=4),
-       member_extra=st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k != "Member_Account"),
-                                    json_values, max_size=3))
+@given(
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELDS), json_values, max_size=4
+    ),
+    member_extra=st.dictionaries(
+        st.text(min_size=1, max_size=12).filter(lambda k: k != "Member_Account"),
+        json_values,
+        max_size=3,
+    ),
+)
 def test_unknown_fields_anywhere_are_accepted_and_kept(app, client, extra, member_extra):
     number = next(_fresh)
     body = json.loads(group_body(GroupId=f"@TGS#u{number}", EventTime=1700000000000 + number))
@@ -128,16 +177,24 @@ def test_unknown_fields_anywhere_are_accepted_and_kept(app, client, extra, membe
     response = client.post("/callback", query_string=signed_query(), data=raw)
     assert answered_in_json(response)["ErrorCode"] == 0
     conn = sqlite3.connect(app.config["DATABASE"])
-    stored = conn.execute("SELECT raw FROM event WHERE group_id = ? AND event_time = ?",
-                          (f"@TGS#u{number}", 1700000000000 + number)).fetchone()
+    stored = conn.execute(
+        "SELECT raw FROM event WHERE group_id = ? AND event_time = ?",
+        (f"@TGS#u{number}", 1700000000000 + number),
+    ).fetchone()
     conn.close()
     assert stored is not None and json.loads(stored[0]) == json.loads(raw)
 
 
 @hostile
-@given(query=st.dictionaries(
-    st.sampled_from(["SdkAppid", "CallbackCommand", "RequestTime", "Sign", "ClientIP", "OptPlatform", "x"]),
-    st.text(max_size=80), max_size=7))
+@given(
+    query=st.dictionaries(
+        st.sampled_from(
+            ["SdkAppid", "CallbackCommand", "RequestTime", "Sign", "ClientIP", "OptPlatform", "x"]
+        ),
+        st.text(max_size=80),
+        max_size=7,
+    )
+)
 def test_arbitrary_query_strings_store_nothing(app, client, query):
     before = counts(app)
     answer = answered_in_json(client.post("/callback", query_string=query, data=group_body()))
@@ -148,8 +205,12 @@ def test_arbitrary_query_strings_store_nothing(app, client, query):
 
 
 @hostile
-@given(name=st.text(min_size=1, max_size=20).filter(lambda s: not s.isascii()),
-       encoding=st.sampled_from(["utf-16", "utf-16-le", "utf-32", "utf-8-sig", "gb18030", "euc-kr", "latin-1"]))
+@given(
+    name=st.text(min_size=1, max_size=20).filter(lambda s: not s.isascii()),
+    encoding=st.sampled_from(
+        ["utf-16", "utf-16-le", "utf-32", "utf-8-sig", "gb18030", "euc-kr", "latin-1"]
+    ),
+)
 def test_bodies_not_in_utf8_are_refused(app, client, name, encoding):
     try:
         body = group_body(Name=name).decode("utf-8").encode(encoding)
@@ -172,19 +233,37 @@ def test_bodies_not_in_utf8_are_refused(app, client, name, encoding):
 @hostile
 @given(depth=st.integers(min_value=1, max_value=100_000))
 def test_deep_nesting_is_stored_or_refused_never_an_error(app, client, depth):
-    body = group_body(GroupId=f"@TGS#deep{depth}")[:-1] + b', "deep": ' + b"[" * depth + b"]" * depth + b"}"
+    body = (
+        group_body(GroupId=f"@TGS#deep{depth}")[:-1]
+        + b', "deep": '
+        + b"[" * depth
+        + b"]" * depth
+        + b"}"
+    )
     before = counts(app)
     answer = answered_in_json(client.post("/callback", query_string=signed_query(), data=body))
     if answer["ErrorCode"] == 0:
         assert counts(app)[0] == before[0] + 1
     else:
-        assert answer == {"ActionStatus": "FAIL", "ErrorCode": 60021, "ErrorInfo": "body is not JSON: nested too deeply"}
+        assert answer == {
+            "ActionStatus": "FAIL",
+            "ErrorCode": 60021,
+            "ErrorInfo": "body is not JSON: nested too deeply",
+        }
         assert counts(app)[0] == before[0]
 
 
 @hostile
-@given(number=st.one_of(st.integers(), st.integers(min_value=10**15, max_value=10**400),
-                        st.floats(allow_nan=False), st.just("1e999"), st.just("-0"), st.just("9" * 5000)))
+@given(
+    number=st.one_of(
+        st.integers(),
+        st.integers(min_value=10**15, max_value=10**400),
+        st.floats(allow_nan=False),
+        st.just("1e999"),
+        st.just("-0"),
+        st.just("9" * 5000),
+    )
+)
 def test_huge_numbers_are_refused_or_stored_never_an_error(app, client, number):
     text = number if isinstance(number, str) else json.dumps(number)
     body = group_body(GroupId="@TGS#num")[:-1] + b', "Big": ' + text.encode() + b"}"
@@ -201,7 +280,10 @@ def test_huge_numbers_are_refused_or_stored_never_an_error(app, client, number):
 @hostile
 @given(key=st.sampled_from(FIELDS + ["Other"]), first=json_values, second=json_values)
 def test_duplicate_keys_are_refused(app, client, key, first, second):
-    body = group_body()[:-1] + f', "{key}": {json.dumps(first)}, "{key}": {json.dumps(second)}}}'.encode()
+    body = (
+        group_body()[:-1]
+        + f', "{key}": {json.dumps(first)}, "{key}": {json.dumps(second)}}}'.encode()
+    )
     before = counts(app)
     answer = answered_in_json(client.post("/callback", query_string=signed_query(), data=body))
     assert answer["ErrorCode"] == 60021
@@ -220,11 +302,15 @@ def test_oversized_bodies_get_413_and_are_kept_without_bytes(small_app, size):
     app = small_app
     body = group_body(Name="x" * size, GroupId=f"@TGS#size{next(_fresh)}")
     before = counts(app)
-    answer = answered_in_json(app.test_client().post("/callback", query_string=signed_query(), data=body))
+    answer = answered_in_json(
+        app.test_client().post("/callback", query_string=signed_query(), data=body)
+    )
     if len(body) > 4096:
         assert answer["ErrorCode"] == 60020
         conn = sqlite3.connect(app.config["DATABASE"])
-        assert conn.execute("SELECT raw, content_length FROM quarantine ORDER BY id DESC LIMIT 1").fetchone() == (None, len(body))
+        assert conn.execute(
+            "SELECT raw, content_length FROM quarantine ORDER BY id DESC LIMIT 1"
+        ).fetchone() == (None, len(body))
         conn.close()
         assert counts(app) == (before[0], before[1] + 1)
     else:
@@ -235,7 +321,7 @@ def post_chunked(server, body):
     """POST ``body`` with Transfer-Encoding: chunked over a socket to real
     waitress, which reads it whole and sets Content-Length before the app runs."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
     conn.request("POST", f"/callback?{urlencode(signed_query())}", body=chunks, encode_chunked=True)
     response = conn.getresponse()
     answer = (response.status, json.loads(response.read()))
@@ -250,7 +336,10 @@ def body_of_length(size):
 
 def test_chunked_body_of_exactly_the_limit_is_stored(live_server, rows):
     body = body_of_length(live_server.app.config["MAX_CONTENT_LENGTH"])
-    assert post_chunked(live_server, body) == (200, {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})
+    assert post_chunked(live_server, body) == (
+        200,
+        {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0},
+    )
     assert rows("SELECT raw FROM event") == [(body,)]
 
 
@@ -279,7 +368,9 @@ def captured(client):
 @pytest.mark.parametrize("later", [61, 3600, -61])
 def test_replay_outside_the_window_is_refused(client, captured, rows, later):
     with freeze_time(CAPTURED_AT + timedelta(seconds=later)):
-        response = client.post("/callback", query_string=captured, data=group_body(GroupId="@TGS#replayed"))
+        response = client.post(
+            "/callback", query_string=captured, data=group_body(GroupId="@TGS#replayed")
+        )
     assert (response.status_code, response.get_json()["ErrorCode"]) == (403, 60012)
     assert rows("SELECT group_id FROM event") == [("@TGS#2J4SZEAEL",)]
 
@@ -294,8 +385,20 @@ def test_replay_inside_the_window_is_a_repeat(client, captured, rows, later):
 
 # --- the dashboard ------------------------------------------------------------
 
-DASHBOARD_ARGS = ["group_id", "owner", "operator", "member", "type", "q", "since", "until",
-                  "limit", "before", "after", "x"]
+DASHBOARD_ARGS = [
+    "group_id",
+    "owner",
+    "operator",
+    "member",
+    "type",
+    "q",
+    "since",
+    "until",
+    "limit",
+    "before",
+    "after",
+    "x",
+]
 
 
 @pytest.fixture
@@ -306,8 +409,12 @@ def some_events(post):
 
 
 @hostile
-@given(query=st.dictionaries(st.sampled_from(DASHBOARD_ARGS), st.text(max_size=40) | st.integers().map(str), max_size=6),
-       path=st.sampled_from(["/history", "/history.csv", "/history.json", "/quarantine"]))
+@given(
+    query=st.dictionaries(
+        st.sampled_from(DASHBOARD_ARGS), st.text(max_size=40) | st.integers().map(str), max_size=6
+    ),
+    path=st.sampled_from(["/history", "/history.csv", "/history.json", "/quarantine"]),
+)
 def test_dashboard_query_strings_get_200_or_400(client, some_events, query, path):
     response = client.get(path, query_string=query, headers=CREDENTIALS)
     assert response.status_code in (200, 400)
@@ -318,9 +425,13 @@ def test_dashboard_query_strings_get_200_or_400(client, some_events, query, path
 
 
 @hostile
-@given(segment=st.text(min_size=1, max_size=30).filter(
-    lambda s: "/" not in s and s not in (".", "..", "verify")  # POST /history/verify is a form's
-))
+@given(
+    segment=st.text(min_size=1, max_size=30).filter(
+        lambda s: (
+            "/" not in s and s not in (".", "..", "verify")
+        )  # POST /history/verify is a form's
+    )
+)
 def test_dashboard_paths_get_200_or_404(client, some_events, segment):
     for path in (f"/history/{segment}", f"/quarantine/{segment}.raw"):
         response = client.get(path, headers=CREDENTIALS)

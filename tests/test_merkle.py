@@ -16,11 +16,25 @@ def leaves(path, table):
     conn.row_factory = sqlite3.Row
     try:
         if table == "quarantine":
-            return [chain.canonical(chain.quarantine_values(row))
-                    for row in conn.execute("SELECT * FROM quarantine ORDER BY id")]
-        return [chain.canonical(chain.event_values(row, [m[0] for m in conn.execute(
-            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (row["id"],))]))
-            for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall()]
+            return [
+                chain.canonical(chain.quarantine_values(row))
+                for row in conn.execute("SELECT * FROM quarantine ORDER BY id")
+            ]
+        return [
+            chain.canonical(
+                chain.event_values(
+                    row,
+                    [
+                        m[0]
+                        for m in conn.execute(
+                            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position",
+                            (row["id"],),
+                        )
+                    ],
+                )
+            )
+            for row in conn.execute("SELECT * FROM event ORDER BY id").fetchall()
+        ]
     finally:
         conn.close()
 
@@ -33,11 +47,15 @@ def test_each_event_is_a_leaf_of_its_canonical_bytes_stored_with_its_row(filled,
     data = leaves(filled.path, "event")
     assert len(data) == 5
     assert stored(rows, "event") == list(tlog.all_stored_hashes(data))
-    assert [i for (i,) in rows("SELECT id FROM event_tree ORDER BY id")] == list(range(tlog.stored_hash_count(5)))
+    assert [i for (i,) in rows("SELECT id FROM event_tree ORDER BY id")] == list(
+        range(tlog.stored_hash_count(5))
+    )
 
 
 def test_quarantine_has_a_tree_of_its_own(filled, rows):
-    assert stored(rows, "quarantine") == list(tlog.all_stored_hashes(leaves(filled.path, "quarantine")))
+    assert stored(rows, "quarantine") == list(
+        tlog.all_stored_hashes(leaves(filled.path, "quarantine"))
+    )
 
 
 def test_a_batch_of_many_entries_stores_the_same_hashes_as_one_at_a_time(log, rows):
@@ -46,7 +64,9 @@ def test_a_batch_of_many_entries_stores_the_same_hashes_as_one_at_a_time(log, ro
     log._write(conn, [event(n) for n in range(1, 40)] + [rejection(1), rejection(2)])
     conn.execute("COMMIT")
     assert stored(rows, "event") == list(tlog.all_stored_hashes(leaves(log.path, "event")))
-    assert stored(rows, "quarantine") == list(tlog.all_stored_hashes(leaves(log.path, "quarantine")))
+    assert stored(rows, "quarantine") == list(
+        tlog.all_stored_hashes(leaves(log.path, "quarantine"))
+    )
 
 
 def test_a_repeat_adds_no_leaf(log, rows):
@@ -58,11 +78,13 @@ def test_a_repeat_adds_no_leaf(log, rows):
 def test_tree_tables_are_append_only(filled):
     conn = sqlite3.connect(filled.path)
     try:
-        for statement in ("UPDATE event_tree SET hash = zeroblob(32) WHERE id = 0",
-                          "DELETE FROM quarantine_tree",
-                          "INSERT INTO event_tree (id, hash) VALUES (3, zeroblob(32))",
-                          "INSERT INTO event_tree (id, hash) VALUES (100, zeroblob(32))",
-                          "INSERT INTO event_tree (id, hash) VALUES (8, zeroblob(31))"):
+        for statement in (
+            "UPDATE event_tree SET hash = zeroblob(32) WHERE id = 0",
+            "DELETE FROM quarantine_tree",
+            "INSERT INTO event_tree (id, hash) VALUES (3, zeroblob(32))",
+            "INSERT INTO event_tree (id, hash) VALUES (100, zeroblob(32))",
+            "INSERT INTO event_tree (id, hash) VALUES (8, zeroblob(31))",
+        ):
             with pytest.raises(sqlite3.IntegrityError, match="_tree is append-only"):
                 conn.execute(statement)
     finally:
@@ -75,12 +97,15 @@ def test_the_root_is_the_rfc_root_of_the_rows(filled, rows):
         assert merkle.size(conn, "event") == 5
         data = leaves(filled.path, "event")
         hashes = list(tlog.all_stored_hashes(data))
-        assert merkle.root(conn, "event", 5) == tlog.tree_hash(5, lambda ix: [hashes[i] for i in ix])
+        assert merkle.root(conn, "event", 5) == tlog.tree_hash(
+            5, lambda ix: [hashes[i] for i in ix]
+        )
     finally:
         conn.close()
 
 
 # --- a log made before there were trees -------------------------------------
+
 
 @pytest.fixture
 def treeless(filled, attacker):
@@ -97,7 +122,9 @@ def test_the_first_start_builds_the_trees_and_says_so(treeless, make_app, rows, 
         "built the Merkle trees of this log, once: event tree of 5 leaves, quarantine tree of 2 leaves"
     ]
     assert stored(rows, "event") == list(tlog.all_stored_hashes(leaves(treeless.path, "event")))
-    assert stored(rows, "quarantine") == list(tlog.all_stored_hashes(leaves(treeless.path, "quarantine")))
+    assert stored(rows, "quarantine") == list(
+        tlog.all_stored_hashes(leaves(treeless.path, "quarantine"))
+    )
 
 
 def test_a_later_start_builds_nothing(filled, make_app, caplog):
@@ -112,14 +139,19 @@ def test_verify_passes_on_a_log_whose_trees_are_not_built_yet(treeless):
 
 
 def test_a_log_that_does_not_verify_refuses_to_start_rather_than_build_trees_over_it(
-        treeless, attacker, make_app):
+    treeless, attacker, make_app
+):
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
-    with pytest.raises(StartupError, match="the log does not verify, so its Merkle trees cannot be"
-                       " built over it: event row 2: hash does not match"):
+    with pytest.raises(
+        StartupError,
+        match="the log does not verify, so its Merkle trees cannot be"
+        " built over it: event row 2: hash does not match",
+    ):
         make_app()
 
 
 # --- verify checks the trees ------------------------------------------------
+
 
 def test_verify_names_a_tree_hash_that_was_altered(filled, attacker):
     attacker.execute("UPDATE event_tree SET hash = zeroblob(32) WHERE id = 3")
@@ -132,7 +164,9 @@ def test_verify_names_a_tree_hash_that_was_altered(filled, attacker):
 
 
 def test_verify_catches_the_newest_rows_cut_off_by_the_tree(filled, attacker):
-    attacker.executescript("DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5")
+    attacker.executescript(
+        "DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5"
+    )
     with pytest.raises(chain.ChainBroken) as caught:
         check(filled)
     assert str(caught.value) == (

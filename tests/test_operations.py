@@ -21,6 +21,7 @@ OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
 
 # --- token rotation -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("token", ["old-token", "new-token"])
 def test_any_listed_token_is_accepted(make_app, rows, token):
     client = make_app(CALLBACK_TOKEN=["old-token", "new-token"]).test_client()
@@ -31,40 +32,60 @@ def test_any_listed_token_is_accepted(make_app, rows, token):
 
 def test_an_unlisted_token_is_refused_during_rotation(make_app):
     client = make_app(CALLBACK_TOKEN=["old-token", "new-token"]).test_client()
-    response = client.post("/callback", query_string=signed_query(token="older-token"), data=group_body())
+    response = client.post(
+        "/callback", query_string=signed_query(token="older-token"), data=group_body()
+    )
     assert (response.status_code, response.get_json()["ErrorCode"]) == (403, 60013)
 
 
 # --- behind a reverse proxy ---------------------------------------------------
 
+
 def test_without_proxy_fix_forwarded_headers_are_ignored(client, rows):
-    client.post("/callback", query_string=signed_query(), data=group_body(),
-                headers={"X-Forwarded-For": "198.51.100.9"})
+    client.post(
+        "/callback",
+        query_string=signed_query(),
+        data=group_body(),
+        headers={"X-Forwarded-For": "198.51.100.9"},
+    )
     assert rows("SELECT peer FROM event") == [("127.0.0.1",)]
 
 
 def test_proxy_fix_records_the_client_the_trusted_proxy_saw(make_app, rows):
     client = make_app(PROXY_FIX=1).test_client()
-    client.post("/callback", query_string=signed_query(), data=group_body(),
-                headers={"X-Forwarded-For": "203.0.113.66, 198.51.100.9"})
+    client.post(
+        "/callback",
+        query_string=signed_query(),
+        data=group_body(),
+        headers={"X-Forwarded-For": "203.0.113.66, 198.51.100.9"},
+    )
     assert rows("SELECT peer FROM event") == [("198.51.100.9",)]
 
 
 def test_proxy_fix_counts_hops(make_app, rows):
     client = make_app(PROXY_FIX=2).test_client()
-    client.post("/callback", query_string=signed_query(), data=group_body(),
-                headers={"X-Forwarded-For": "spoofed, 203.0.113.66, 198.51.100.9"})
+    client.post(
+        "/callback",
+        query_string=signed_query(),
+        data=group_body(),
+        headers={"X-Forwarded-For": "spoofed, 203.0.113.66, 198.51.100.9"},
+    )
     assert rows("SELECT peer FROM event") == [("203.0.113.66",)]
 
 
 def test_proxy_fix_applies_to_quarantined_deliveries(make_app, rows):
     client = make_app(PROXY_FIX=1).test_client()
-    client.post("/callback", query_string=signed_query(), data=b"{oops",
-                headers={"X-Forwarded-For": "198.51.100.9"})
+    client.post(
+        "/callback",
+        query_string=signed_query(),
+        data=b"{oops",
+        headers={"X-Forwarded-For": "198.51.100.9"},
+    )
     assert rows("SELECT peer FROM quarantine") == [("198.51.100.9",)]
 
 
 # --- metrics ------------------------------------------------------------------
+
 
 def test_metrics_are_off_by_default(client):
     assert client.get("/metrics").status_code == 404
@@ -122,6 +143,7 @@ def test_metrics_need_no_reviewer_but_are_not_on_the_dashboard(make_app, config)
 
 # --- logs -----------------------------------------------------------------------
 
+
 def server_log(tmp_path, bodies, **settings):
     """Everything waitress-serve printed while it took ``bodies``."""
     env = server_env(tmp_path / "audit.sqlite3", tmp_path)
@@ -130,7 +152,10 @@ def server_log(tmp_path, bodies, **settings):
     with open(tmp_path / "server.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=log,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         try:
             deadline = time.monotonic() + 30
@@ -150,9 +175,25 @@ def test_json_log_lines_carry_the_callback_fields(tmp_path):
     callbacks = [r for r in records if r.get("event") == "callback"]
     assert [c["group_id"] for c in callbacks][-2:] == ["@TGS#2J4SZEAEL", "@TGS#x\ny"]
     last = callbacks[-1]
-    assert set(last) == {"time", "level", "logger", "message", "event", "outcome", "status",
-                         "code", "command", "group_id", "ms"}
-    assert (last["outcome"], last["status"], last["code"], last["level"]) == ("stored", 200, 0, "INFO")
+    assert set(last) == {
+        "time",
+        "level",
+        "logger",
+        "message",
+        "event",
+        "outcome",
+        "status",
+        "code",
+        "command",
+        "group_id",
+        "ms",
+    }
+    assert (last["outcome"], last["status"], last["code"], last["level"]) == (
+        "stored",
+        200,
+        0,
+        "INFO",
+    )
     assert last["time"].endswith("Z")
 
 
@@ -163,6 +204,7 @@ def test_each_callback_is_logged_once_under_waitress(tmp_path):
 
 
 # --- backups --------------------------------------------------------------------
+
 
 def test_backup_is_a_verified_copy(app, post, runner, tmp_path):
     for n in range(5):
@@ -222,7 +264,11 @@ def test_backup_while_callbacks_keep_arriving(tmp_path):
         destination = tmp_path / "backup.sqlite3"
         result = subprocess.run(
             [sys.executable, "-m", "flask", "--app", "tim_audit", "backup", str(destination)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         after = len(acknowledged)
     finally:
@@ -235,8 +281,21 @@ def test_backup_while_callbacks_keep_arriving(tmp_path):
     assert before <= count <= after + 1
     copied = destination.read_bytes()
     verified = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "tim_audit", "verify", "--database", str(destination)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "tim_audit",
+            "verify",
+            "--database",
+            str(destination),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert verified.stdout.splitlines()[-1] == result.stdout.splitlines()[-1]
     assert destination.read_bytes() == copied  # verifying a copy leaves it as it was

@@ -14,7 +14,9 @@ from tim_audit import create_app, db, queries
 # Characters names are drawn from: CJK, Hangul, kana, emoji (with a ZWJ
 # sequence and a skin tone), and letters whose case folding is not 1:1.
 ALPHABET = (
-    list("羽毛球家族群业主设计读书会") + list("공지동아리") + list("レビュー")
+    list("羽毛球家族群业主设计读书会")
+    + list("공지동아리")
+    + list("レビュー")
     + ["🏸", "🎉", "👨\u200d👩\u200d👧", "👍🏽"]
     + list("aAbBsSßẞσΣςİıiIﬁkK ΩωЖж-#1")
 )
@@ -48,7 +50,9 @@ def named(log):
 def scanned(names, q):
     """The ids whose name contains ``q`` as the README defines it, newest first."""
     folded = q.casefold()
-    return [number for number, name in reversed(list(enumerate(names, 1))) if folded in name.casefold()]
+    return [
+        number for number, name in reversed(list(enumerate(names, 1))) if folded in name.casefold()
+    ]
 
 
 def queries_for(names, rng, length, count):
@@ -59,7 +63,7 @@ def queries_for(names, rng, length, count):
         name = rng.choice(names)
         if len(name) >= length:
             start = rng.randrange(len(name) - length + 1)
-            found.append(name[start:start + length])
+            found.append(name[start : start + length])
         found.append("".join(rng.choices(ALPHABET, k=length)))
     return [q.upper() if rng.random() < 0.3 else q for q in found[:count]]
 
@@ -68,8 +72,10 @@ def test_the_name_index_agrees_with_a_plain_scan(named, rows):
     rng = random.Random(6)
     for length in (3, 4, 6):
         for q in queries_for(named, rng, length, 400):
-            indexed = rows("SELECT rowid FROM event_name WHERE event_name MATCH ? ORDER BY rowid DESC",
-                           (queries._phrase(q),))
+            indexed = rows(
+                "SELECT rowid FROM event_name WHERE event_name MATCH ? ORDER BY rowid DESC",
+                (queries._phrase(q),),
+            )
             assert [rowid for (rowid,) in indexed] == scanned(named, q), q
 
 
@@ -80,13 +86,24 @@ def test_name_search_lists_and_counts_what_a_plain_scan_finds(named, get, length
         text = get("/history", query_string={"q": q, "limit": 500}).get_data(as_text=True)
         assert listed_ids(text) == expected[:500], q
         if expected:
-            assert re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1) == f"{len(expected):,}", q
+            assert (
+                re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1)
+                == f"{len(expected):,}"
+            ), q
 
 
-@pytest.mark.parametrize("q, name", [
-    ("STRASSE", "Straße Team"), ("straße", "STRASSE crew"), ("ΣΟΦΊΑ", "σοφία"),
-    ("ﬁ", "FIELD"), ("羽毛球", "周末羽毛球 🏸"), ("羽毛", "周末羽毛球 🏸"), ("🏸", "周末羽毛球 🏸"),
-])
+@pytest.mark.parametrize(
+    "q, name",
+    [
+        ("STRASSE", "Straße Team"),
+        ("straße", "STRASSE crew"),
+        ("ΣΟΦΊΑ", "σοφία"),
+        ("ﬁ", "FIELD"),
+        ("羽毛球", "周末羽毛球 🏸"),
+        ("羽毛", "周末羽毛球 🏸"),
+        ("🏸", "周末羽毛球 🏸"),
+    ],
+)
 def test_name_search_folds_case_as_documented(log, get, q, name):
     append_all(log, [event(1, name=name), event(2, name="other")])
     assert listed_ids(get("/history", query_string={"q": q}).get_data(as_text=True)) == [1]
@@ -102,6 +119,7 @@ def test_a_common_name_is_found_by_walking_the_time_index(log, get, monkeypatch)
 
 # --- counts that say what they are -------------------------------------------
 
+
 def test_a_count_past_the_cap_says_more_than(log, get, monkeypatch):
     monkeypatch.setattr(queries, "COUNT_CAP", 5)
     append_all(log, [event(number, owner="busy") for number in range(1, 9)])
@@ -115,7 +133,9 @@ def test_a_count_that_runs_out_of_time_says_at_least(log, get, monkeypatch):
     monkeypatch.setattr(queries, "COUNT_TIME", 0)
     append_all(log, [event(number, owner="busy") for number in range(1, 301)])
     text = get("/history", query_string={"owner": "busy"}).get_data(as_text=True)
-    found = re.search(r"At least <strong>(\d+)</strong> events? match: counting stopped after 0 ms", text)
+    found = re.search(
+        r"At least <strong>(\d+)</strong> events? match: counting stopped after 0 ms", text
+    )
     assert found and int(found.group(1)) < 300
     assert 'class="chart"' not in text
 
@@ -125,22 +145,33 @@ def test_counts_by_type_and_time_come_exact_from_the_summary(log, get, monkeypat
     hour = queries.HOUR
     start = 1_772_323_200_000  # 2026-03-01T00:00:00Z
     # Every 20 minutes for two days: bounds cut hours in the middle.
-    append_all(log, [
-        event(number, event_time=start + number * hour // 3, type=("Public", "Private")[number % 2])
-        for number in range(1, 145)
-    ])
+    append_all(
+        log,
+        [
+            event(
+                number,
+                event_time=start + number * hour // 3,
+                type=("Public", "Private")[number % 2],
+            )
+            for number in range(1, 145)
+        ],
+    )
     for query, expected in [
-        ({}, 144), ({"type": "Public"}, 72),
+        ({}, 144),
+        ({"type": "Public"}, 72),
         ({"since": "2026-03-01T00:30:00Z", "until": "2026-03-01T05:10:00Z"}, 14),
         ({"type": "Private", "since": "2026-03-01T00:30:00Z", "until": "2026-03-01T05:10:00Z"}, 7),
         ({"since": "2026-03-01T01:05:00Z", "until": "2026-03-01T01:35:00Z"}, 1),
     ]:
         text = get("/history", query_string=query).get_data(as_text=True)
-        assert re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1) == str(expected), query
+        assert re.search(r"<strong>([\d,]+)</strong> events? match", text).group(1) == str(
+            expected
+        ), query
         assert 'class="chart"' in text
 
 
 # --- derived data: rebuilt from the chained rows -------------------------------
+
 
 def test_rebuild_restores_a_dropped_name_index_and_verify_still_passes(filled, runner, get, rows):
     before = runner.invoke(args=["verify"]).output
@@ -167,10 +198,14 @@ def test_rebuild_corrects_a_damaged_summary(filled, runner, get):
     assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE event SET name = 'changed'", "DELETE FROM event WHERE id = 1",
-    "UPDATE event_member SET account = 'mallory'",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE event SET name = 'changed'",
+        "DELETE FROM event WHERE id = 1",
+        "UPDATE event_member SET account = 'mallory'",
+    ],
+)
 def test_chained_rows_stay_append_only_after_a_rebuild(filled, runner, statement):
     assert runner.invoke(args=["rebuild-index"]).exit_code == 0
     conn = sqlite3.connect(filled.path)
@@ -183,7 +218,11 @@ def test_chained_rows_stay_append_only_after_a_rebuild(filled, runner, statement
 
 def test_rebuild_of_a_missing_log_says_so(config, tmp_path):
     missing = tmp_path / "missing.sqlite3"
-    result = create_app({**config, "DATABASE": str(missing)}).test_cli_runner().invoke(args=["rebuild-index"])
+    result = (
+        create_app({**config, "DATABASE": str(missing)})
+        .test_cli_runner()
+        .invoke(args=["rebuild-index"])
+    )
     assert result.exit_code == 1
     assert f"there is no log at {missing}" in result.output
     assert not missing.exists()
@@ -195,19 +234,26 @@ def test_a_log_from_before_the_index_is_indexed_when_opened(make_app, config):
     append_all(log, [event(1, name="Straße"), event(2)])
     log.close()
     conn = sqlite3.connect(config["DATABASE"])
-    for statement in ("DROP TRIGGER event_derived", "DROP TABLE event_name", "DROP TABLE event_hour"):
+    for statement in (
+        "DROP TRIGGER event_derived",
+        "DROP TABLE event_name",
+        "DROP TABLE event_hour",
+    ):
         conn.execute(statement)
     conn.close()
     reopened = make_app().extensions["tim_audit"]
     conn = sqlite3.connect(reopened.path)
     try:
-        assert conn.execute("SELECT rowid FROM event_name WHERE event_name MATCH 'strasse'").fetchall() == [(1,)]
+        assert conn.execute(
+            "SELECT rowid FROM event_name WHERE event_name MATCH 'strasse'"
+        ).fetchall() == [(1,)]
         assert conn.execute("SELECT sum(events) FROM event_hour").fetchone() == (2,)
     finally:
         conn.close()
 
 
 # --- query plans ----------------------------------------------------------------
+
 
 def planned(conn, run):
     """The EXPLAIN QUERY PLAN details of every statement ``run(conn)`` runs."""
@@ -219,7 +265,8 @@ def planned(conn, run):
         conn.set_trace_callback(None)
     return [
         [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
-        for sql in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))
+        for sql in statements
+        if sql.lstrip().upper().startswith(("SELECT", "WITH"))
     ]
 
 
@@ -236,20 +283,39 @@ def planner(log):
 LIST = {"e": "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"}
 PLANS = [
     ("first page", {}, "SCAN e USING INDEX event_by_time"),
-    ("member + type", {"member": "bob", "type": "Public"},
-     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)"),
-    ("member + time", {"member": "bob", "since": 1, "until": 2},
-     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=? AND event_time>? AND event_time<?)"),
-    ("operator + time", {"operator": "administrator", "since": 1, "until": 2},
-     "SEARCH e USING INDEX event_by_operator (operator=? AND event_time>? AND event_time<?)"),
-    ("owner + type", {"owner": "leckie", "type": "Public"}, "SEARCH e USING INDEX event_by_owner (owner=?)"),
+    (
+        "member + type",
+        {"member": "bob", "type": "Public"},
+        "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)",
+    ),
+    (
+        "member + time",
+        {"member": "bob", "since": 1, "until": 2},
+        "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=? AND event_time>? AND event_time<?)",
+    ),
+    (
+        "operator + time",
+        {"operator": "administrator", "since": 1, "until": 2},
+        "SEARCH e USING INDEX event_by_operator (operator=? AND event_time>? AND event_time<?)",
+    ),
+    (
+        "owner + type",
+        {"owner": "leckie", "type": "Public"},
+        "SEARCH e USING INDEX event_by_owner (owner=?)",
+    ),
     ("type", {"type": "Public"}, "SEARCH e USING INDEX event_by_type (type=?)"),
     ("q walked", {"q": "te"}, "SCAN e USING INDEX event_by_time"),
     ("q walked + type", {"q": "te", "type": "Public"}, "SCAN e USING INDEX event_by_time"),
-    ("q walked + operator", {"q": "te", "operator": "administrator"},
-     "SEARCH e USING INDEX event_by_operator (operator=?)"),
-    ("q walked + member", {"q": "te", "member": "bob"},
-     "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)"),
+    (
+        "q walked + operator",
+        {"q": "te", "operator": "administrator"},
+        "SEARCH e USING INDEX event_by_operator (operator=?)",
+    ),
+    (
+        "q walked + member",
+        {"q": "te", "member": "bob"},
+        "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=?)",
+    ),
 ]
 
 
@@ -258,30 +324,51 @@ def test_a_page_reads_the_intended_index_in_list_order(planner, label, filters, 
     [plan] = planned(planner, lambda conn: queries.page(conn, queries.Filters(**filters), 50))
     assert plan[0] == first
     # Ties on EventTime are put in id order as they come; nothing more is sorted.
-    assert [step for step in plan[1:] if "TEMP B-TREE" in step] in ([], ["USE TEMP B-TREE FOR RIGHT PART OF ORDER BY"]), plan
+    assert [step for step in plan[1:] if "TEMP B-TREE" in step] in (
+        [],
+        ["USE TEMP B-TREE FOR RIGHT PART OF ORDER BY"],
+    ), plan
 
 
-@pytest.mark.parametrize("filters", [
-    {"q": "team 1"}, {"q": "team 1", "type": "Public"}, {"q": "team 1", "operator": "administrator"},
-    {"q": "team 1", "member": "bob"}, {"q": "team 1", "owner": "leckie", "since": 1},
-], ids=str)
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"q": "team 1"},
+        {"q": "team 1", "type": "Public"},
+        {"q": "team 1", "operator": "administrator"},
+        {"q": "team 1", "member": "bob"},
+        {"q": "team 1", "owner": "leckie", "since": 1},
+    ],
+    ids=str,
+)
 def test_a_rare_name_is_read_through_the_name_index(planner, filters):
     routed = queries.route(planner, queries.Filters(**filters))
     assert routed.by_id
     [plan] = planned(planner, lambda conn: queries.page(conn, routed, 50))
     assert plan[0] == "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"
     assert plan[1:3] == ["LIST SUBQUERY 1", "SCAN json_each VIRTUAL TABLE INDEX 1:"]
-    assert all(step.startswith(("SEARCH m USING PRIMARY KEY (event_id=?)", "USE TEMP B-TREE FOR ORDER BY")) for step in plan[3:]), plan
+    assert all(
+        step.startswith(("SEARCH m USING PRIMARY KEY (event_id=?)", "USE TEMP B-TREE FOR ORDER BY"))
+        for step in plan[3:]
+    ), plan
 
 
-@pytest.mark.parametrize("filters, index", [
-    ({}, "SCAN event_hour USING COVERING INDEX event_hour_by_type"),
-    ({"type": "Public"}, "SEARCH event_hour USING COVERING INDEX event_hour_by_type (type=?)"),
-    ({"since": queries.HOUR * 10 + 1, "until": queries.HOUR * 20},
-     "SEARCH event_hour USING PRIMARY KEY (hour>? AND hour<?)"),
-], ids=str)
+@pytest.mark.parametrize(
+    "filters, index",
+    [
+        ({}, "SCAN event_hour USING COVERING INDEX event_hour_by_type"),
+        ({"type": "Public"}, "SEARCH event_hour USING COVERING INDEX event_hour_by_type (type=?)"),
+        (
+            {"since": queries.HOUR * 10 + 1, "until": queries.HOUR * 20},
+            "SEARCH event_hour USING PRIMARY KEY (hour>? AND hour<?)",
+        ),
+    ],
+    ids=str,
+)
 def test_a_count_by_type_and_time_reads_the_summary(planner, filters, index):
     plans = planned(planner, lambda conn: queries.count(conn, queries.Filters(**filters)))
     assert plans[0] == [index]
     for edge in plans[1:]:  # the hours cut by since or until
-        assert edge[0].startswith("SEARCH event USING COVERING INDEX event_by_time (event_time>? AND event_time<?)"), edge
+        assert edge[0].startswith(
+            "SEARCH event USING COVERING INDEX event_by_time (event_time>? AND event_time<?)"
+        ), edge

@@ -63,8 +63,11 @@ def serve(tmp_path):
         log = tmp_path / "serve.log"
         with open(log, "ab") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "tim_audit", "serve", *args], cwd=tmp_path, env=env,
-                stdout=subprocess.DEVNULL, stderr=stderr,
+                [sys.executable, "-m", "tim_audit", "serve", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
         processes.append(process)
         deadline = time.monotonic() + 30
@@ -88,13 +91,29 @@ def fill(path, count):
     log.close()
     conn = db.connect(str(path))
     conn.execute("BEGIN IMMEDIATE")
-    log._write(conn, [Event(
-        received_at=1772323200000 + n, command="Group.CallbackAfterCreateGroup",
-        group_id=f"@TGS#fill{n}", type="Public", name=f"filled group {n} " + "x" * 100,
-        operator="administrator", owner="leckie", event_time=1772323200000 + n,
-        members=("bob", "peter"), user_data=None, sdkappid="1400000001", client_ip=None,
-        opt_platform="RESTAPI", peer="127.0.0.1", raw=group_body(GroupId=f"@TGS#fill{n}"),
-    ) for n in range(count)])
+    log._write(
+        conn,
+        [
+            Event(
+                received_at=1772323200000 + n,
+                command="Group.CallbackAfterCreateGroup",
+                group_id=f"@TGS#fill{n}",
+                type="Public",
+                name=f"filled group {n} " + "x" * 100,
+                operator="administrator",
+                owner="leckie",
+                event_time=1772323200000 + n,
+                members=("bob", "peter"),
+                user_data=None,
+                sdkappid="1400000001",
+                client_ip=None,
+                opt_platform="RESTAPI",
+                peer="127.0.0.1",
+                raw=group_body(GroupId=f"@TGS#fill{n}"),
+            )
+            for n in range(count)
+        ],
+    )
     conn.execute("COMMIT")
     conn.close()
 
@@ -112,7 +131,9 @@ def test_serve_runs_ingest_and_review_on_their_own_ports(serve):
 def test_review_runs_in_a_process_of_its_own_and_is_restarted_if_it_dies(serve):
     process, ingest, review = serve()
     children = subprocess.run(
-        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
+        ["pgrep", "-P", str(process.pid)],
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert len(children) == 1
     subprocess.run(["kill", "-9", children[0]], check=True)
@@ -124,7 +145,9 @@ def test_review_runs_in_a_process_of_its_own_and_is_restarted_if_it_dies(serve):
     assert post(ingest, group_body()) == (200, OK)
 
 
-@pytest.mark.parametrize("only, running, absent", [("ingest", "ingest", "review"), ("review", "review", "ingest")])
+@pytest.mark.parametrize(
+    "only, running, absent", [("ingest", "ingest", "review"), ("review", "review", "ingest")]
+)
 def test_only_starts_one_server(serve, tmp_path, only, running, absent):
     fill(tmp_path / "audit.sqlite3", 1)
     process, ingest, review = serve("--only", only, expect=(running,))
@@ -136,11 +159,18 @@ def test_only_starts_one_server(serve, tmp_path, only, running, absent):
 def test_a_port_in_use_stops_serve_with_one_line(serve, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        env = {**server_env(tmp_path / "audit.sqlite3", tmp_path),
-               "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
+        env = {
+            **server_env(tmp_path / "audit.sqlite3", tmp_path),
+            "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{port}",
+            "PYTHONPATH": str(ROOT),
+        }
         result = subprocess.run(
-            [sys.executable, "-m", "tim_audit", "serve"], env=env, cwd=tmp_path,
-            capture_output=True, text=True, timeout=30,
+            [sys.executable, "-m", "tim_audit", "serve"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -178,7 +208,9 @@ def test_stalled_exports_do_not_delay_callbacks(serve, tmp_path):
             sock.close()
 
 
-@pytest.mark.parametrize("name, callback, history", [("app", 403, 401), ("ingest", 403, 404), ("review", 404, 401)])
+@pytest.mark.parametrize(
+    "name, callback, history", [("app", 403, 401), ("ingest", 403, 404), ("review", 404, 401)]
+)
 def test_wsgi_entry_points_serve_their_paths(tmp_path, monkeypatch, name, callback, history):
     """An unsigned callback is refused (403) where /callback is served; an
     unsigned-in reviewer is asked to sign in (401) where /history is."""

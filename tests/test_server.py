@@ -26,7 +26,9 @@ def post_all(server, bodies, connections):
                 answers.append(answer)
         conn.close()
 
-    threads = [threading.Thread(target=worker, args=(bodies[i::connections],)) for i in range(connections)]
+    threads = [
+        threading.Thread(target=worker, args=(bodies[i::connections],)) for i in range(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -38,7 +40,9 @@ def test_a_thousand_callbacks_from_eight_threads_are_all_stored_once(live_server
     bodies = [group_body(GroupId=f"@TGS#load{n}", EventTime=1700000000000 + n) for n in range(1000)]
     answers = post_all(live_server, bodies, connections=8)
     assert answers == [(200, OK)] * 1000
-    assert rows("SELECT count(*), count(DISTINCT group_id), min(id), max(id) FROM event") == [(1000, 1000, 1, 1000)]
+    assert rows("SELECT count(*), count(DISTINCT group_id), min(id), max(id) FROM event") == [
+        (1000, 1000, 1, 1000)
+    ]
     assert rows("SELECT count(*) FROM event_member") == [(2000,)]
     result = runner.invoke(args=["verify"])
     assert (result.exit_code, result.output.split()[:2]) == (0, ["OK", "1000"])

@@ -41,14 +41,25 @@ def test_upper_case_sign_is_accepted():
         signature.check(("xxxxyyyy",), VECTOR.upper(), str(REQUEST_TIME), 60)
 
 
-@pytest.mark.parametrize("request_time", [None, "", "abc", "-1669872112", "1669872112.5", "١٢٣", " 1669872112"])
+@pytest.mark.parametrize(
+    "request_time", [None, "", "abc", "-1669872112", "1669872112.5", "١٢٣", " 1669872112"]
+)
 def test_malformed_request_time_fails(request_time):
     with at(REQUEST_TIME), pytest.raises(signature.BadRequestTime):
         signature.check(("xxxxyyyy",), VECTOR, request_time, 60)
 
 
-@pytest.mark.parametrize("given", [None, "", VECTOR[:-1], VECTOR[:-1] + "0", "é" * 64,
-                                   signature.sign("other", str(REQUEST_TIME))])
+@pytest.mark.parametrize(
+    "given",
+    [
+        None,
+        "",
+        VECTOR[:-1],
+        VECTOR[:-1] + "0",
+        "é" * 64,
+        signature.sign("other", str(REQUEST_TIME)),
+    ],
+)
 def test_wrong_or_missing_sign_fails(given):
     with at(REQUEST_TIME), pytest.raises(signature.BadSign):
         signature.check(("xxxxyyyy",), given, str(REQUEST_TIME), 60)

@@ -12,32 +12,50 @@ from tim_audit import tlog
 # github.com/transparency-dev/merkle (testonly/constants.go, and the proofs
 # of cmd/proofgen/main.go; Apache-2.0): eight leaves and the root hash of
 # each of their first 1..8.
-LEAVES = [bytes.fromhex(leaf) for leaf in (
-    "", "00", "10", "2021", "3031", "40414243",
-    "5051525354555657", "606162636465666768696a6b6c6d6e6f",
-)]
-ROOTS = {size: bytes.fromhex(root) for size, root in enumerate((
-    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
-    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
-    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
-    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
-    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
-), 1)}
-H = {name: bytes.fromhex(value) for name, value in {
-    "leaf1": "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-    "leaf4": "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-    "leaf6": "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-    "0-2": "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-    "2-4": "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-    "4-6": "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-    "6-8": "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-    "0-4": "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    "4-8": "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-    "leaf0": "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-}.items()}
+LEAVES = [
+    bytes.fromhex(leaf)
+    for leaf in (
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
+        "606162636465666768696a6b6c6d6e6f",
+    )
+]
+ROOTS = {
+    size: bytes.fromhex(root)
+    for size, root in enumerate(
+        (
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ),
+        1,
+    )
+}
+H = {
+    name: bytes.fromhex(value)
+    for name, value in {
+        "leaf1": "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+        "leaf4": "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        "leaf6": "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+        "0-2": "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+        "2-4": "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+        "4-6": "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+        "6-8": "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+        "0-4": "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        "4-8": "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        "leaf0": "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    }.items()
+}
 # (index, size, audit path); proofgen counts leaves from 1, these from 0.
 INCLUSION = [
     (0, 1, []),
@@ -60,12 +78,18 @@ CONSISTENCY = [
 PETER_SIGNER = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 PETER = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 ENOCH = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
-PETER_TEXT = ("If you think cryptography is the answer to your problem,\n"
-              "then you don't know what your problem is.\n")
-PETER_SIGNATURE = ("— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FF"
-                   "YC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n")
-ENOCH_SIGNATURE = ("— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGr"
-                   "Q5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n")
+PETER_TEXT = (
+    "If you think cryptography is the answer to your problem,\n"
+    "then you don't know what your problem is.\n"
+)
+PETER_SIGNATURE = (
+    "— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FF"
+    "YC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
+ENOCH_SIGNATURE = (
+    "— EnochRoot rwz+eBzmZa0SO3NbfRGzPCpDckykFXSdeX+MNtCOXm2/5n2tiOHp+vAF1aGr"
+    "Q5ovTG01oOTGwnWLox33WWd1RvMc+QQ=\n"
+)
 PETER_NOTE = (PETER_TEXT + "\n" + PETER_SIGNATURE).encode()
 
 ORIGIN = "im-audit.example.com/1400000001"
@@ -73,6 +97,7 @@ ORIGIN = "im-audit.example.com/1400000001"
 
 # RFC 6962 §2.1, literally: MTH, PATH and PROOF over a list of leaves; the
 # reference the stored-hash functions must agree with.
+
 
 def reference(leaves):
     @functools.cache
@@ -121,24 +146,36 @@ def store(leaves):
 
 def reader(hashes, reads=None):
     """read_hashes over a list, recording each call in ``reads``."""
+
     def read(indexes):
         if reads is not None:
             reads.append(list(indexes))
         return [hashes[index] for index in indexes]
+
     return read
 
 
 def flipped(data, position=0):
-    return data[:position] + bytes([data[position] ^ 1]) + data[position + 1:]
+    return data[:position] + bytes([data[position] ^ 1]) + data[position + 1 :]
 
 
 # Hashes
 
+
 def test_hashes_match_rfc6962_hasher_vectors():
     # From transparency-dev/merkle rfc6962/rfc6962_test.go.
-    assert tlog.leaf_hash(b"").hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-    assert tlog.leaf_hash(b"L123456").hex() == "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
-    assert tlog.node_hash(b"N123", b"N456").hex() == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
+    assert (
+        tlog.leaf_hash(b"").hex()
+        == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+    )
+    assert (
+        tlog.leaf_hash(b"L123456").hex()
+        == "395aa064aa4c29f7010acfe3f25db9485bbd4b91897b6ad7ad547639252b4d56"
+    )
+    assert (
+        tlog.node_hash(b"N123", b"N456").hex()
+        == "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
+    )
 
 
 @pytest.mark.parametrize("size", ROOTS)
@@ -148,7 +185,8 @@ def test_tree_head_matches_the_reference_root(size):
 
 def test_empty_tree_hash_is_the_sha256_of_nothing():
     assert tlog.tree_hash(0, reader([])).hex() == (
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
 
 
 @pytest.mark.parametrize(("index", "size", "proof"), INCLUSION)
@@ -193,10 +231,14 @@ def inclusion_mutations(index, size, proof):
         yield f"flipped proof[{position}]", (size, root, index, leaf, altered)
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(args, id=f"{vector[0]}-{vector[1]}-{name}")
-    for vector in INCLUSION for name, args in inclusion_mutations(*vector)
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(args, id=f"{vector[0]}-{vector[1]}-{name}")
+        for vector in INCLUSION
+        for name, args in inclusion_mutations(*vector)
+    ],
+)
 def test_altered_inclusion_proof_is_refused(args):
     with pytest.raises(tlog.ProofError):
         tlog.verify_inclusion(*args)
@@ -226,17 +268,23 @@ def consistency_mutations(m, n, proof):
         yield f"flipped proof[{position}]", (m, m_root, n, n_root, altered)
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(args, id=f"{vector[0]}-{vector[1]}-{name}")
-    for vector in CONSISTENCY for name, args in consistency_mutations(*vector)
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(args, id=f"{vector[0]}-{vector[1]}-{name}")
+        for vector in CONSISTENCY
+        for name, args in consistency_mutations(*vector)
+    ],
+)
 def test_altered_consistency_proof_is_refused(args):
     with pytest.raises(tlog.ProofError):
         tlog.verify_consistency(*args)
 
 
 def test_inclusion_refusal_says_what_failed():
-    with pytest.raises(tlog.ProofError, match="an inclusion proof of leaf 5 in 8 leaves has 3 hashes, not 2"):
+    with pytest.raises(
+        tlog.ProofError, match="an inclusion proof of leaf 5 in 8 leaves has 3 hashes, not 2"
+    ):
         tlog.verify_inclusion(8, ROOTS[8], 5, tlog.leaf_hash(LEAVES[5]), INCLUSION[2][2][:2])
     with pytest.raises(tlog.ProofError, match="does not lead from the leaf hash to the root hash"):
         tlog.verify_inclusion(8, ROOTS[8], 5, tlog.leaf_hash(LEAVES[4]), INCLUSION[2][2])
@@ -246,7 +294,9 @@ def test_inclusion_refusal_says_what_failed():
 
 def test_consistency_refusal_says_what_failed():
     proof = CONSISTENCY[2][2]
-    with pytest.raises(tlog.ProofError, match="a tree of 6 leaves cannot extend a larger tree of 8"):
+    with pytest.raises(
+        tlog.ProofError, match="a tree of 6 leaves cannot extend a larger tree of 8"
+    ):
         tlog.verify_consistency(8, ROOTS[8], 6, ROOTS[6], proof)
     with pytest.raises(tlog.ProofError, match="root hash of the earlier tree of 6 leaves"):
         tlog.verify_consistency(6, ROOTS[5], 8, ROOTS[8], proof)
@@ -257,6 +307,7 @@ def test_consistency_refusal_says_what_failed():
 
 
 # Stored hashes
+
 
 def test_stored_hashes_follow_gos_layout():
     """Leaf 0; leaf 1 and the subtree 0-2; leaf 2; leaf 3 and the subtrees
@@ -272,15 +323,19 @@ def test_stored_hashes_follow_gos_layout():
 def test_stored_hashes_for_reads_each_completed_left_half_once():
     reads = []
     hashes = store(LEAVES[:7])
-    assert tlog.stored_hashes_for(7, LEAVES[7], reader(hashes, reads)) == store(LEAVES)[len(hashes):]
-    assert reads == [[tlog.stored_hash_index(2, 0), tlog.stored_hash_index(1, 2),
-                      tlog.stored_hash_index(0, 6)]]
+    assert (
+        tlog.stored_hashes_for(7, LEAVES[7], reader(hashes, reads)) == store(LEAVES)[len(hashes) :]
+    )
+    assert reads == [
+        [tlog.stored_hash_index(2, 0), tlog.stored_hash_index(1, 2), tlog.stored_hash_index(0, 6)]
+    ]
 
 
 def test_leaf_that_completes_no_subtree_reads_nothing():
     reads = []
     assert tlog.stored_hashes_for(6, LEAVES[6], reader(store(LEAVES[:6]), reads)) == [
-        tlog.leaf_hash(LEAVES[6])]
+        tlog.leaf_hash(LEAVES[6])
+    ]
     assert reads == []
 
 
@@ -291,8 +346,11 @@ def test_all_stored_hashes_equals_appending_one_leaf_at_a_time():
 
 def test_frontier_indexes_are_the_largest_complete_subtrees():
     assert tlog.frontier_indexes(0) == []
-    assert tlog.frontier_indexes(13) == [tlog.stored_hash_index(3, 0), tlog.stored_hash_index(2, 2),
-                                         tlog.stored_hash_index(0, 12)]
+    assert tlog.frontier_indexes(13) == [
+        tlog.stored_hash_index(3, 0),
+        tlog.stored_hash_index(2, 2),
+        tlog.stored_hash_index(0, 12),
+    ]
 
 
 def test_appending_to_a_tree_from_its_frontier_stores_what_appending_from_the_start_does():
@@ -301,7 +359,10 @@ def test_appending_to_a_tree_from_its_frontier_stores_what_appending_from_the_st
     for size in range(len(leaves)):
         tree = tlog.Appender(size, [hashes[index] for index in tlog.frontier_indexes(size)])
         for n in range(size, len(leaves)):
-            assert tree.append(leaves[n]) == hashes[tlog.stored_hash_count(n):tlog.stored_hash_count(n + 1)]
+            assert (
+                tree.append(leaves[n])
+                == hashes[tlog.stored_hash_count(n) : tlog.stored_hash_count(n + 1)]
+            )
             assert tree.root() == tlog.tree_hash(n + 1, reader(hashes))
 
 
@@ -359,12 +420,20 @@ def test_every_flipped_proof_hash_is_refused(sweep):
         index, m = rng.randrange(n), rng.randint(1, n - 1)
         proof = tlog.inclusion_proof(n, index, reader(hashes))
         for position in range(len(proof)):
-            altered = proof[:position] + [flipped(proof[position], rng.randrange(32))] + proof[position + 1:]
+            altered = (
+                proof[:position]
+                + [flipped(proof[position], rng.randrange(32))]
+                + proof[position + 1 :]
+            )
             with pytest.raises(tlog.ProofError):
                 tlog.verify_inclusion(n, mth(0, n), index, tlog.leaf_hash(leaves[index]), altered)
         proof = tlog.consistency_proof(m, n, reader(hashes))
         for position in range(len(proof)):
-            altered = proof[:position] + [flipped(proof[position], rng.randrange(32))] + proof[position + 1:]
+            altered = (
+                proof[:position]
+                + [flipped(proof[position], rng.randrange(32))]
+                + proof[position + 1 :]
+            )
             with pytest.raises(tlog.ProofError):
                 tlog.verify_consistency(m, mth(0, m), n, mth(0, n), altered)
 
@@ -372,10 +441,12 @@ def test_every_flipped_proof_hash_is_refused(sweep):
 def test_reads_are_one_call_in_increasing_order(sweep):
     leaves, hashes, _ = sweep
     for size in range(1, len(leaves) + 1):
-        for prove in (functools.partial(tlog.tree_hash, size),
-                      functools.partial(tlog.inclusion_proof, size, size // 3),
-                      functools.partial(tlog.consistency_proof, size // 2 or 1, size),
-                      functools.partial(tlog.stored_hashes_for, size - 1, leaves[size - 1])):
+        for prove in (
+            functools.partial(tlog.tree_hash, size),
+            functools.partial(tlog.inclusion_proof, size, size // 3),
+            functools.partial(tlog.consistency_proof, size // 2 or 1, size),
+            functools.partial(tlog.stored_hashes_for, size - 1, leaves[size - 1]),
+        ):
             reads = []
             prove(reader(hashes, reads))
             assert len(reads) <= 1
@@ -419,16 +490,20 @@ def test_proof_of_a_leaf_outside_the_tree_is_a_value_error():
         tlog.consistency_proof(8, 7, reader(store(LEAVES)))
 
 
-@pytest.mark.parametrize("read", [
-    lambda indexes: [],
-    lambda indexes: [b"short"] * len(indexes),
-])
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda indexes: [],
+        lambda indexes: [b"short"] * len(indexes),
+    ],
+)
 def test_storage_missing_hashes_is_a_value_error(read):
     with pytest.raises(ValueError, match="read_hashes returned"):
         tlog.inclusion_proof(8, 3, read)
 
 
 # Keys and signed notes
+
 
 def test_go_signer_key_signs_the_same_note_as_go():
     assert tlog.sign_note(PETER_TEXT, tlog.Signer(PETER_SIGNER)) == PETER_NOTE
@@ -445,9 +520,13 @@ def test_go_note_opens():
 
 
 def test_spec_example_note_opens():
-    verifier = tlog.Verifier("example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k")
-    note = ("This is an example message.\n\n— example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfX"
-            "ppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n").encode()
+    verifier = tlog.Verifier(
+        "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
+    )
+    note = (
+        "This is an example message.\n\n— example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfX"
+        "ppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
+    ).encode()
     assert tlog.open_note(note, [verifier]).text == "This is an example message.\n"
 
 
@@ -482,7 +561,7 @@ def manglings(text):
             if (i, j) != (0, len(text)):
                 yield text[i:j]
     for i in range(len(text)):
-        yield text[:i] + chr(ord(text[i]) + 1) + text[i + 1:]
+        yield text[:i] + chr(ord(text[i]) + 1) + text[i + 1 :]
 
 
 def test_every_mangled_verifier_key_is_malformed():
@@ -497,15 +576,24 @@ def test_every_mangled_signer_key_is_malformed():
             tlog.Signer(mangled)
 
 
-@pytest.mark.parametrize(("key", "message"), [
-    ("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY==", "canonical"),
-    ("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "not an Ed25519 key"),
-    ("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "ID does not match"),
-    ("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10T", "not base64"),
-    ("PeterNeumann+c74f20a3", "not an Ed25519 key"),
-    ("Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "name\\+keyid\\+base64"),
-    ("PeterNeumann+0xc74f20+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "8 hex digits"),
-])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY==", "canonical"),
+        (
+            "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "not an Ed25519 key",
+        ),
+        ("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "ID does not match"),
+        ("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10T", "not base64"),
+        ("PeterNeumann+c74f20a3", "not an Ed25519 key"),
+        (
+            "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+            "name\\+keyid\\+base64",
+        ),
+        ("PeterNeumann+0xc74f20+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW", "8 hex digits"),
+    ],
+)
 def test_malformed_verifier_key_says_what_is_wrong(key, message):
     # The first two are Go's note_test: a wrong length key (whose base64
     # is also not canonical) and an unknown algorithm, each with a key ID
@@ -528,8 +616,10 @@ def test_repeated_signatures_are_counted_once():
 
 def test_note_signed_by_another_key_names_its_signer():
     note = (PETER_TEXT + "\n" + ENOCH_SIGNATURE).encode()
-    with pytest.raises(tlog.UnknownKey, match="not signed by PeterNeumann\\+c74f20a3: its signatures"
-                                              " are by EnochRoot\\+af0cfe78"):
+    with pytest.raises(
+        tlog.UnknownKey,
+        match="not signed by PeterNeumann\\+c74f20a3: its signatures are by EnochRoot\\+af0cfe78",
+    ):
         tlog.open_note(note, [tlog.Verifier(PETER)])
 
 
@@ -541,7 +631,9 @@ def test_note_signed_by_a_key_of_the_same_name_is_unknown():
 
 def test_altered_text_fails_the_signature():
     note = PETER_NOTE.replace(b"answer", b"Answer")
-    with pytest.raises(tlog.BadSignature, match="signature by PeterNeumann\\+c74f20a3 does not verify"):
+    with pytest.raises(
+        tlog.BadSignature, match="signature by PeterNeumann\\+c74f20a3 does not verify"
+    ):
         tlog.open_note(note, [tlog.Verifier(PETER)])
 
 
@@ -559,23 +651,33 @@ def test_bad_signature_by_a_known_key_refuses_the_note_even_beside_a_good_one():
         tlog.open_note(note, [tlog.Verifier(PETER)])
 
 
-@pytest.mark.parametrize(("note", "message"), [
-    # Go's note_test bad messages first.
-    (PETER_TEXT, "no blank line"),
-    (PETER_TEXT + "\n", "does not end with a signature line"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE[:-1], "does not end with a signature line"),
-    ("\x01" + PETER_TEXT + "\n" + PETER_SIGNATURE, "control characters"),
-    ("\xff" + PETER_TEXT + "\n" + PETER_SIGNATURE, None),
-    (PETER_TEXT + "\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqd"
-     "ngotpRZb6KE6RyyBwJnAM=\n", "not base64"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE + "Unexpected line.\n", "a signature line is an em dash"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE * 101, "more than 100 signatures"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("—", "-"), "a signature line is an em dash"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("\n", "\r\n"), "control characters"),
-    (PETER_TEXT + "\n— PeterNeumann x08go/Y\n", "not base64"),
-    (PETER_TEXT + "\n— PeterNeumann x08gow==\n", "too short"),
-    (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("AM=", "AN="), "canonical"),
-])
+@pytest.mark.parametrize(
+    ("note", "message"),
+    [
+        # Go's note_test bad messages first.
+        (PETER_TEXT, "no blank line"),
+        (PETER_TEXT + "\n", "does not end with a signature line"),
+        (PETER_TEXT + "\n" + PETER_SIGNATURE[:-1], "does not end with a signature line"),
+        ("\x01" + PETER_TEXT + "\n" + PETER_SIGNATURE, "control characters"),
+        ("\xff" + PETER_TEXT + "\n" + PETER_SIGNATURE, None),
+        (
+            PETER_TEXT
+            + "\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqd"
+            "ngotpRZb6KE6RyyBwJnAM=\n",
+            "not base64",
+        ),
+        (
+            PETER_TEXT + "\n" + PETER_SIGNATURE + "Unexpected line.\n",
+            "a signature line is an em dash",
+        ),
+        (PETER_TEXT + "\n" + PETER_SIGNATURE * 101, "more than 100 signatures"),
+        (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("—", "-"), "a signature line is an em dash"),
+        (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("\n", "\r\n"), "control characters"),
+        (PETER_TEXT + "\n— PeterNeumann x08go/Y\n", "not base64"),
+        (PETER_TEXT + "\n— PeterNeumann x08gow==\n", "too short"),
+        (PETER_TEXT + "\n" + PETER_SIGNATURE.replace("AM=", "AN="), "canonical"),
+    ],
+)
 def test_malformed_note_says_what_is_wrong(note, message):
     data = b"\xff" + note[1:].encode() if note.startswith("\xff") else note.encode()
     with pytest.raises(tlog.Malformed, match=message or "not UTF-8"):
@@ -596,13 +698,17 @@ def test_note_text_may_hold_blank_lines():
 
 # Checkpoints
 
-SPEC_CHECKPOINT = ("example.com/behind-the-sofa\n20852163\n"
-                   "CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n")
+SPEC_CHECKPOINT = (
+    "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
+)
 
 
 def test_checkpoint_is_formatted_as_in_the_spec():
-    checkpoint = tlog.Checkpoint("example.com/behind-the-sofa", 20852163,
-                                 base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I="))
+    checkpoint = tlog.Checkpoint(
+        "example.com/behind-the-sofa",
+        20852163,
+        base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I="),
+    )
     assert tlog.format_checkpoint(checkpoint) == SPEC_CHECKPOINT
     assert tlog.parse_checkpoint(SPEC_CHECKPOINT) == checkpoint
 
@@ -617,32 +723,38 @@ def test_checkpoint_extension_lines_round_trip():
 ROOT = "CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I="
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("example.com/log\n5\n", "at least three non-empty lines"),
-    (f"\n5\n{ROOT}\n", "at least three non-empty lines"),
-    (f"example.com/log\n5\n{ROOT}\n\nextension\n", "at least three non-empty lines"),
-    (f"example.com/log\n5\n{ROOT}", "does not end with a newline"),
-    (f"example.com/log\n05\n{ROOT}\n", "tree size"),
-    (f"example.com/log\n-5\n{ROOT}\n", "tree size"),
-    (f"example.com/log\n+5\n{ROOT}\n", "tree size"),
-    (f"example.com/log\n٥\n{ROOT}\n", "tree size"),
-    (f"example.com/log\n{2**63}\n{ROOT}\n", "tree size"),
-    (f"example.com/log\n5\n{ROOT[:-4]}\n", "the root hash is 30 bytes"),
-    (f"example.com/log\n5\n{ROOT[:-2]}J=\n", "canonical"),
-    (f"example.com/log\n5\n{ROOT.rstrip('=')}\n", "not base64"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("example.com/log\n5\n", "at least three non-empty lines"),
+        (f"\n5\n{ROOT}\n", "at least three non-empty lines"),
+        (f"example.com/log\n5\n{ROOT}\n\nextension\n", "at least three non-empty lines"),
+        (f"example.com/log\n5\n{ROOT}", "does not end with a newline"),
+        (f"example.com/log\n05\n{ROOT}\n", "tree size"),
+        (f"example.com/log\n-5\n{ROOT}\n", "tree size"),
+        (f"example.com/log\n+5\n{ROOT}\n", "tree size"),
+        (f"example.com/log\n٥\n{ROOT}\n", "tree size"),
+        (f"example.com/log\n{2**63}\n{ROOT}\n", "tree size"),
+        (f"example.com/log\n5\n{ROOT[:-4]}\n", "the root hash is 30 bytes"),
+        (f"example.com/log\n5\n{ROOT[:-2]}J=\n", "canonical"),
+        (f"example.com/log\n5\n{ROOT.rstrip('=')}\n", "not base64"),
+    ],
+)
 def test_malformed_checkpoint_says_what_is_wrong(text, message):
     with pytest.raises(tlog.Malformed, match=message):
         tlog.parse_checkpoint(text)
 
 
-@pytest.mark.parametrize("checkpoint", [
-    tlog.Checkpoint("", 1, ROOTS[1]),
-    tlog.Checkpoint("two\nlines", 1, ROOTS[1]),
-    tlog.Checkpoint(ORIGIN, -1, ROOTS[1]),
-    tlog.Checkpoint(ORIGIN, 1, ROOTS[1][:31]),
-    tlog.Checkpoint(ORIGIN, 1, ROOTS[1], ("",)),
-])
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        tlog.Checkpoint("", 1, ROOTS[1]),
+        tlog.Checkpoint("two\nlines", 1, ROOTS[1]),
+        tlog.Checkpoint(ORIGIN, -1, ROOTS[1]),
+        tlog.Checkpoint(ORIGIN, 1, ROOTS[1][:31]),
+        tlog.Checkpoint(ORIGIN, 1, ROOTS[1], ("",)),
+    ],
+)
 def test_checkpoint_that_cannot_be_written_is_a_value_error(checkpoint):
     with pytest.raises(ValueError, match="a checkpoint is"):
         tlog.format_checkpoint(checkpoint)
@@ -662,7 +774,9 @@ def test_signed_checkpoint_opens_with_its_key(signer):
 
 def test_checkpoint_of_another_origin_is_refused(signer):
     note = tlog.sign_checkpoint(tlog.Checkpoint("im-audit.example.com/other", 8, ROOTS[8]), signer)
-    with pytest.raises(tlog.WrongOrigin, match=f"of the log 'im-audit.example.com/other', not '{ORIGIN}'"):
+    with pytest.raises(
+        tlog.WrongOrigin, match=f"of the log 'im-audit.example.com/other', not '{ORIGIN}'"
+    ):
         tlog.open_checkpoint(note, [signer.verifier])
 
 
@@ -683,22 +797,32 @@ def test_checkpoint_signed_with_another_key_is_refused(signer):
 
 # Proof files
 
+
 def make_proof(signer, index=5, size=8, extra=None):
     """A tlog-proof of leaf ``index`` of LEAVES in a checkpoint of ``size``."""
     hashes = store(LEAVES)
-    note = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, size, tlog.tree_hash(size, reader(hashes))), signer)
+    note = tlog.sign_checkpoint(
+        tlog.Checkpoint(ORIGIN, size, tlog.tree_hash(size, reader(hashes))), signer
+    )
     proof = tlog.inclusion_proof(size, index, reader(hashes))
-    return tlog.format_proof(tlog.Proof(index, proof, note, LEAVES[index] if extra is None else extra))
+    return tlog.format_proof(
+        tlog.Proof(index, proof, note, LEAVES[index] if extra is None else extra)
+    )
 
 
 def test_proof_file_is_formatted_as_in_the_spec(signer):
     note = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 8, ROOTS[8]), signer)
     path = INCLUSION[2][2]
     data = tlog.format_proof(tlog.Proof(5, path, note, LEAVES[5]))
-    assert data == (
-        "c2sp.org/tlog-proof@v1\nextra QEFCQw==\nindex 5\n"
-        + "".join(base64.b64encode(h).decode() + "\n" for h in path) + "\n"
-    ).encode() + note
+    assert (
+        data
+        == (
+            "c2sp.org/tlog-proof@v1\nextra QEFCQw==\nindex 5\n"
+            + "".join(base64.b64encode(h).decode() + "\n" for h in path)
+            + "\n"
+        ).encode()
+        + note
+    )
     assert tlog.parse_proof(data) == tlog.Proof(5, tuple(path), note, LEAVES[5])
 
 
@@ -715,14 +839,22 @@ def test_spec_example_proof_parses():
         "— example.com/fancylog hI2DJw[...]1roloI=\n— witness1.example mJirIklj[...]qY9v2B/5bg==\n"
         "— witness2.example TnKKVHLX[...]xwYwrSjgow==\n— witness3.example S4X82uH5[...]3oEcROGLFQ==\n"
     ).encode()
-    hashes = ["gSKyXoYZUgZ6jduWYrkDOARinOMGJveXjgMkBTcdPlQ=", "B95lDa8R83lS8n0eG+o0buTxRKQTYFi//1U8anccXmA=",
-              "EKNzoDWG8LGC0Yp9o+sv3qllpMP9uHQ9B20KNL+Q1zs=", "RoopEkOdqkYqMB4MJXrbt/hMjOxsVn0IrWjpz1ZMMes=",
-              "AHCioX9nLjsrse6YhjRRmk1WUEirVOLLRoOQ6vfO5vk="]
+    hashes = [
+        "gSKyXoYZUgZ6jduWYrkDOARinOMGJveXjgMkBTcdPlQ=",
+        "B95lDa8R83lS8n0eG+o0buTxRKQTYFi//1U8anccXmA=",
+        "EKNzoDWG8LGC0Yp9o+sv3qllpMP9uHQ9B20KNL+Q1zs=",
+        "RoopEkOdqkYqMB4MJXrbt/hMjOxsVn0IrWjpz1ZMMes=",
+        "AHCioX9nLjsrse6YhjRRmk1WUEirVOLLRoOQ6vfO5vk=",
+    ]
     extra = "YWdlLXYxLjIuMS1kYXJ3aW4tYXJtNjQudGFyLmd6kYXJ3aW4tYXJ"
-    example = (f"c2sp.org/tlog-proof@v1\nextra {extra}\nindex 73894\n" + "".join(h + "\n" for h in hashes)
-               + "\n").encode() + checkpoint
+    example = (
+        f"c2sp.org/tlog-proof@v1\nextra {extra}\nindex 73894\n"
+        + "".join(h + "\n" for h in hashes)
+        + "\n"
+    ).encode() + checkpoint
     assert tlog.parse_proof(example) == tlog.Proof(
-        73894, tuple(base64.b64decode(h) for h in hashes), checkpoint, base64.b64decode(extra))
+        73894, tuple(base64.b64decode(h) for h in hashes), checkpoint, base64.b64decode(extra)
+    )
 
 
 def test_check_proof_says_what_it_proved(signer):
@@ -733,7 +865,10 @@ def test_check_proof_says_what_it_proved(signer):
 def test_check_proof_of_every_leaf_of_every_size(signer):
     for size in range(1, 9):
         for index in range(size):
-            assert tlog.check_proof(make_proof(signer, index, size), str(signer.verifier)).leaf == LEAVES[index]
+            assert (
+                tlog.check_proof(make_proof(signer, index, size), str(signer.verifier)).leaf
+                == LEAVES[index]
+            )
 
 
 def test_every_altered_byte_of_a_proof_file_is_refused(signer):
@@ -770,7 +905,9 @@ def test_proof_checked_with_another_key_is_refused(signer):
 
 def test_proof_of_another_origin_is_refused(signer):
     with pytest.raises(tlog.WrongOrigin):
-        tlog.check_proof(make_proof(signer), str(signer.verifier), origin="im-audit.example.com/other")
+        tlog.check_proof(
+            make_proof(signer), str(signer.verifier), origin="im-audit.example.com/other"
+        )
 
 
 def test_proof_without_leaf_data_is_refused(signer):
@@ -784,17 +921,20 @@ def test_proof_checked_with_a_malformed_key_is_refused(signer):
         tlog.check_proof(make_proof(signer), "not a key")
 
 
-@pytest.mark.parametrize(("replace", "message"), [
-    ((b"c2sp.org/tlog-proof@v1", b"c2sp.org/tlog-proof@v2"), "does not start with the line"),
-    ((b"index 5\n", b""), "no index line"),
-    ((b"index 5", b"index 05"), "the index is not a decimal number"),
-    ((b"index 5", b"index  5"), "the index is not a decimal number"),
-    ((b"extra QEFCQw==\nindex 5", b"index 5\nextra QEFCQw=="), "proof hash 1 is not base64"),
-    ((b"extra QEFCQw==", b"extra QEFCQw="), "the extra data is not base64"),
-    ((b"extra QEFCQw==", b"extra QEFCQx=="), "canonical"),
-    ((b"\n\n", b"\n"), "no blank line before its checkpoint"),
-    ((b"index 5\n", "index 5\nвосемь\n".encode()), "not ASCII"),
-])
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ((b"c2sp.org/tlog-proof@v1", b"c2sp.org/tlog-proof@v2"), "does not start with the line"),
+        ((b"index 5\n", b""), "no index line"),
+        ((b"index 5", b"index 05"), "the index is not a decimal number"),
+        ((b"index 5", b"index  5"), "the index is not a decimal number"),
+        ((b"extra QEFCQw==\nindex 5", b"index 5\nextra QEFCQw=="), "proof hash 1 is not base64"),
+        ((b"extra QEFCQw==", b"extra QEFCQw="), "the extra data is not base64"),
+        ((b"extra QEFCQw==", b"extra QEFCQx=="), "canonical"),
+        ((b"\n\n", b"\n"), "no blank line before its checkpoint"),
+        ((b"index 5\n", "index 5\nвосемь\n".encode()), "not ASCII"),
+    ],
+)
 def test_malformed_proof_file_says_what_is_wrong(signer, replace, message):
     data = make_proof(signer).replace(*replace)
     with pytest.raises(tlog.Malformed, match=message):
@@ -802,6 +942,7 @@ def test_malformed_proof_file_says_what_is_wrong(signer, replace, message):
 
 
 # Hashes one per line (consistency proofs)
+
 
 def test_hashes_are_one_base64_line_each():
     proof = CONSISTENCY[2][2]
@@ -815,13 +956,16 @@ def test_no_hashes_is_an_empty_text():
     assert tlog.parse_hashes(b"") == []
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (f"{ROOT}".encode(), "does not end with a newline"),
-    (f"{ROOT}\r\n".encode(), "hash 1 is not base64"),
-    (f"{ROOT}\n\n{ROOT}\n".encode(), "hash 2 is 0 bytes"),
-    (f"{ROOT}\n{ROOT[:-4]}\n".encode(), "hash 2 is 30 bytes"),
-    (f"{ROOT}\n\u00e9\n".encode(), "not ASCII"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (f"{ROOT}".encode(), "does not end with a newline"),
+        (f"{ROOT}\r\n".encode(), "hash 1 is not base64"),
+        (f"{ROOT}\n\n{ROOT}\n".encode(), "hash 2 is 0 bytes"),
+        (f"{ROOT}\n{ROOT[:-4]}\n".encode(), "hash 2 is 30 bytes"),
+        (f"{ROOT}\n\u00e9\n".encode(), "not ASCII"),
+    ],
+)
 def test_malformed_hashes_say_what_is_wrong(data, message):
     with pytest.raises(tlog.Malformed, match=message):
         tlog.parse_hashes(data)

@@ -28,17 +28,33 @@ def go(tmp_path_factory):
             pytest.fail(message)
         pytest.skip(message)
     build = tmp_path_factory.mktemp("go")
-    env = {"PATH": os.environ["PATH"], "HOME": str(build), "GOPATH": str(GOPATH),
-           "GO111MODULE": "off", "GOPROXY": "off", "GOENV": "off", "GOFLAGS": "",
-           "GOCACHE": str(build / "cache"), "GOTMPDIR": str(build)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(build),
+        "GOPATH": str(GOPATH),
+        "GO111MODULE": "off",
+        "GOPROXY": "off",
+        "GOENV": "off",
+        "GOFLAGS": "",
+        "GOCACHE": str(build / "cache"),
+        "GOTMPDIR": str(build),
+    }
     program = build / "interop"
     # GOPATH mode builds a package outside GOPATH only from a relative path.
-    result = subprocess.run([go, "build", "-o", str(program), "./interop"], cwd=Path(__file__).parent,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [go, "build", "-o", str(program), "./interop"],
+        cwd=Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
 
     def run(*args):
-        return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [str(program), *map(str, args)], capture_output=True, text=True, timeout=30
+        )
 
     return run
 
@@ -73,7 +89,9 @@ class Evidence:
         """Write the files; their paths, as the interop program takes them."""
         files = {
             "key.vkey": f"{self.signer.verifier}\n".encode(),
-            "event.tlog-proof": tlog.format_proof(tlog.Proof(self.index, self.proof, self.note, self.leaf)),
+            "event.tlog-proof": tlog.format_proof(
+                tlog.Proof(self.index, self.proof, self.note, self.leaf)
+            ),
             "old.checkpoint": self.old_note,
             "consistency.txt": tlog.format_hashes(self.consistency),
         }
@@ -86,7 +104,7 @@ def flips(data):
     """``data`` with its first, middle and last byte altered in turn (the
     tests of tlog alone alter every byte of a proof file)."""
     for position in sorted({0, len(data) // 2, len(data) - 1}):
-        yield data[:position] + bytes([data[position] ^ 0x41]) + data[position + 1:]
+        yield data[:position] + bytes([data[position] ^ 0x41]) + data[position + 1 :]
 
 
 def refused(go, evidence, reason):
@@ -120,7 +138,9 @@ def test_go_refuses_altered_bytes_of_the_signed_root(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
     note = evidence.note
     for root in flips(evidence.checkpoint.root):
-        evidence.note = note.replace(base64.b64encode(evidence.checkpoint.root), base64.b64encode(root))
+        evidence.note = note.replace(
+            base64.b64encode(evidence.checkpoint.root), base64.b64encode(root)
+        )
         refused(go, evidence, "checkpoint: invalid signature")
 
 
@@ -136,7 +156,7 @@ def test_go_refuses_altered_bytes_of_the_inclusion_proof(go, tmp_path, signer):
     proof = list(evidence.proof)
     for position, digest in enumerate(proof):
         for altered in flips(digest):
-            evidence.proof = proof[:position] + [altered] + proof[position + 1:]
+            evidence.proof = proof[:position] + [altered] + proof[position + 1 :]
             refused(go, evidence, "inclusion proof of record 9 in tree 13")
 
 
@@ -158,26 +178,32 @@ def test_go_refuses_altered_bytes_of_the_consistency_proof(go, tmp_path, signer)
     consistency = list(evidence.consistency)
     for position, digest in enumerate(consistency):
         for altered in flips(digest):
-            evidence.consistency = consistency[:position] + [altered] + consistency[position + 1:]
+            evidence.consistency = consistency[:position] + [altered] + consistency[position + 1 :]
             refused(go, evidence, "consistency proof from 7 to 13")
 
 
 def test_go_refuses_an_earlier_checkpoint_of_a_rewritten_log(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
     for root in flips(evidence.old_checkpoint.root):
-        evidence.old_note = tlog.sign_checkpoint(evidence.old_checkpoint._replace(root=root), signer)
+        evidence.old_note = tlog.sign_checkpoint(
+            evidence.old_checkpoint._replace(root=root), signer
+        )
         refused(go, evidence, "consistency proof from 7 to 13: invalid transparency proof")
 
 
 def test_go_refuses_a_checkpoint_signed_with_another_key(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
-    evidence.note = tlog.sign_checkpoint(evidence.checkpoint, tlog.Signer(tlog.generate_key(ORIGIN)[0]))
+    evidence.note = tlog.sign_checkpoint(
+        evidence.checkpoint, tlog.Signer(tlog.generate_key(ORIGIN)[0])
+    )
     refused(go, evidence, "checkpoint: note has no verifiable signatures")
 
 
 def test_go_refuses_a_checkpoint_of_another_origin(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
-    evidence.note = tlog.sign_checkpoint(evidence.checkpoint._replace(origin="elsewhere.example/1"), signer)
+    evidence.note = tlog.sign_checkpoint(
+        evidence.checkpoint._replace(origin="elsewhere.example/1"), signer
+    )
     refused(go, evidence, 'origin "elsewhere.example/1" is not the key\'s name')
 
 
@@ -188,7 +214,10 @@ def test_key_and_note_made_by_go_verify_here(go, tmp_path):
     assert result.returncode == 0, result.stderr
     signer_key, verifier_key, note = result.stdout.split("\n", 2)
     verifier = tlog.Verifier(verifier_key)
-    assert tlog.open_checkpoint(note.encode(), [verifier]) == (tlog.parse_checkpoint(text), verifier)
+    assert tlog.open_checkpoint(note.encode(), [verifier]) == (
+        tlog.parse_checkpoint(text),
+        verifier,
+    )
     assert str(tlog.Signer(signer_key).verifier) == verifier_key
     assert tlog.sign_note(text, tlog.Signer(signer_key)) == note.encode()
 
@@ -197,10 +226,13 @@ def test_stored_hashes_are_laid_out_as_gos(go):
     leaves = [f"leaf {n}".encode() for n in range(100)]
     result = go("tree", len(leaves))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [base64.b64encode(h).decode() for h in tlog.all_stored_hashes(leaves)]
+    assert result.stdout.split() == [
+        base64.b64encode(h).decode() for h in tlog.all_stored_hashes(leaves)
+    ]
 
 
 # --- what the service itself serves ------------------------------------------
+
 
 @pytest.fixture
 def served(go, make_app, instance_path, tmp_path):
@@ -254,15 +286,17 @@ def test_go_refuses_what_the_service_serves_with_any_byte_flipped(go, served, tm
     them. tim-audit's own parser refuses those too (canonical base64 only)."""
     data = served[name]
     key = served["key.vkey"].decode().strip()
-    check = {"event.tlog-proof": lambda data: tlog.check_proof(data, key),
-             "old.checkpoint": lambda data: tlog.open_checkpoint(data, [tlog.Verifier(key)]),
-             "consistency.txt": tlog.parse_hashes}[name]
+    check = {
+        "event.tlog-proof": lambda data: tlog.check_proof(data, key),
+        "old.checkpoint": lambda data: tlog.open_checkpoint(data, [tlog.Verifier(key)]),
+        "consistency.txt": tlog.parse_hashes,
+    }[name]
     for position in range(len(data)):
-        flipped = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1:]
+        flipped = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
         (tmp_path / name).write_bytes(flipped)
         result = go("verify", *(tmp_path / n for n in served))
         if result.returncode == 0:
-            assert flipped[position + 1:position + 2] == b"=", (name, position)
+            assert flipped[position + 1 : position + 2] == b"=", (name, position)
             with pytest.raises(tlog.Malformed, match="not base64 in its canonical form"):
                 check(flipped)
         else:

@@ -9,7 +9,18 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import (
-    auditlog, auth, callback, checkpoints, cli, config, db, evidence, health, history, integrity, logs,
+    auditlog,
+    auth,
+    callback,
+    checkpoints,
+    cli,
+    config,
+    db,
+    evidence,
+    health,
+    history,
+    integrity,
+    logs,
     metrics,
 )
 from .auditlog import open_log
@@ -58,7 +69,9 @@ def _create(test_config, *, ingest, review):
         instance_relative_config=True,
         instance_path=os.path.abspath(instance_path) if instance_path else None,
     )
-    app.config.from_mapping(config.DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3"))
+    app.config.from_mapping(
+        config.DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3")
+    )
     config.from_instance_file(app.config)
     app.config.from_prefixed_env("TIM_AUDIT")
     if test_config is not None:
@@ -73,7 +86,8 @@ def _create(test_config, *, ingest, review):
     if ingest:
         app.extensions["tim_audit"] = auditlog.AuditLog(
             os.path.abspath(app.config["DATABASE"]),
-            key=app.config["AUDIT_HMAC_KEY"], timeout=app.config["STORAGE_TIMEOUT"],
+            key=app.config["AUDIT_HMAC_KEY"],
+            timeout=app.config["STORAGE_TIMEOUT"],
             notary=checkpoints.notary(app.config),
         )
         app.register_blueprint(callback.bp)

@@ -20,8 +20,16 @@ from flask import current_app
 from . import db, derived, merkle
 from .config import StartupError
 from .chain import (
-    EVENT_COLUMNS, GENESIS, MEMBER_COLUMNS, QUARANTINE_COLUMNS, ChainBroken, canonical, chain_kind,
-    event_values, link, member_rows,
+    EVENT_COLUMNS,
+    GENESIS,
+    MEMBER_COLUMNS,
+    QUARANTINE_COLUMNS,
+    ChainBroken,
+    canonical,
+    chain_kind,
+    event_values,
+    link,
+    member_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,7 +167,9 @@ class AuditLog:
                 return
             self._conn = self._connect()
             try:
-                self._conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+                self._conn.executescript(
+                    resources.files(__package__).joinpath("schema.sql").read_text()
+                )
                 self._check_chain_kind()
                 merkle.build(self._conn, self.key)
                 if self.notary is not None:
@@ -362,7 +372,11 @@ class AuditLog:
             receipts = self._write(conn, [job.entry])
         except Exception as exc:
             self._abandon()
-            job.finish(error=StorageUnavailable(str(exc)) if isinstance(exc, sqlite3.OperationalError) else exc)
+            job.finish(
+                error=StorageUnavailable(str(exc))
+                if isinstance(exc, sqlite3.OperationalError)
+                else exc
+            )
             return
         self._finish([job], receipts)
 
@@ -395,7 +409,9 @@ class AuditLog:
         if self._wal_frames < WAL_CHECKPOINT_FRAMES:
             return
         try:
-            busy, frames, copied = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, frames, copied = (
+                self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            )
         except sqlite3.Error:
             return  # tried again after the next batch
         if not busy and frames == copied:
@@ -456,7 +472,9 @@ class AuditLog:
                 continue
             event_id += 1
             row = vars(entry) | {
-                "id": event_id, "name_folded": entry.name.casefold(), "member_count": len(entry.members),
+                "id": event_id,
+                "name_folded": entry.name.casefold(),
+                "member_count": len(entry.members),
             }
             data = canonical(event_values(row, entry.members))
             event_hash = link(self.key, event_hash, data)
@@ -528,7 +546,9 @@ def open_log(app):
         try:
             os.makedirs(directory)
         except OSError as exc:
-            raise StartupError(f"cannot create the instance folder {directory}: {exc.strerror}") from None
+            raise StartupError(
+                f"cannot create the instance folder {directory}: {exc.strerror}"
+            ) from None
     if not os.access(directory, os.W_OK):
         raise StartupError(
             f"the directory {directory} is not writable by this user: SQLite"

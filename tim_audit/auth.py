@@ -67,7 +67,9 @@ class Reviewers:
             self._count_recent(address)
             # As slow as a wrong password when the name is unknown, so that
             # names cannot be probed.
-            correct = check_password_hash(stored or self._decoy_hash(), password) and stored is not None
+            correct = (
+                check_password_hash(stored or self._decoy_hash(), password) and stored is not None
+            )
             if correct:
                 self._checked[name] = digest
             else:
@@ -96,8 +98,10 @@ class Reviewers:
         failures = self._failures.pop(address, None) or deque(maxlen=self.max_failures)
         failures.append(now)
         self._failures[address] = failures
-        while (len(self._failures) > MAX_ADDRESSES
-               or next(iter(self._failures.values()))[-1] < now - FAILURE_WINDOW):
+        while (
+            len(self._failures) > MAX_ADDRESSES
+            or next(iter(self._failures.values()))[-1] < now - FAILURE_WINDOW
+        ):
             self._failures.popitem(last=False)
 
     def _decoy_hash(self):
@@ -118,7 +122,9 @@ def require_reviewer():
     if credentials is None or credentials.type != "basic":
         return _challenge(configured=True)
     try:
-        if not reviewers.check(credentials.username or "", credentials.password or "", request.remote_addr):
+        if not reviewers.check(
+            credentials.username or "", credentials.password or "", request.remote_addr
+        ):
             return _challenge(configured=True)
     except TooManyFailures:
         page = render_template("unauthorized.html", configured=True, locked=FAILURE_WINDOW)

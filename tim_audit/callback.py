@@ -90,8 +90,11 @@ def _process(received_at, started):
         return refusal.outcome()
     if command is None:
         return Outcome(
-            "command_mismatch", 400, ErrorCode.COMMAND_MISMATCH,
-            "CallbackCommand is missing from the URL", None,
+            "command_mismatch",
+            400,
+            ErrorCode.COMMAND_MISMATCH,
+            "CallbackCommand is missing from the URL",
+            None,
         )
     if command not in RECORDED:
         return Outcome("ignored", 200, ErrorCode.OK, "", None)
@@ -114,7 +117,9 @@ def _process(received_at, started):
                 ErrorCode.OK,
                 f"repeat of event {receipt.id} (same CallbackCommand, GroupId and"
                 " EventTime) with a different body",
-                raw, received_at, started,
+                raw,
+                received_at,
+                started,
             )
     except (StorageUnavailable, StorageUncertain) as exc:
         return _unavailable(exc, event.group_id)
@@ -125,7 +130,8 @@ def _authenticate(args):
     config = current_app.config
     if not config["SDKAPPID"]:
         raise Refusal(
-            503, ErrorCode.NOT_CONFIGURED,
+            503,
+            ErrorCode.NOT_CONFIGURED,
             "tim-audit is not configured: set SDKAPPID to this app's SDKAppID",
         )
     if args.get("SdkAppid") != config["SDKAPPID"]:
@@ -135,7 +141,9 @@ def _authenticate(args):
     if config["CALLBACK_TOKEN"]:
         try:
             signature.check(
-                config["CALLBACK_TOKEN"], args.get("Sign"), args.get("RequestTime"),
+                config["CALLBACK_TOKEN"],
+                args.get("Sign"),
+                args.get("RequestTime"),
                 config["SIGN_MAX_AGE"],
             )
         except signature.SignatureError as exc:
@@ -160,7 +168,8 @@ def _deserialize(command, raw, received_at):
     body = _parse_json(raw)
     if body.get("CallbackCommand") != command:
         raise Refusal(
-            400, ErrorCode.COMMAND_MISMATCH,
+            400,
+            ErrorCode.COMMAND_MISMATCH,
             "CallbackCommand in the body does not match the one in the URL",
         )
     try:
@@ -214,7 +223,9 @@ def _parse_json(raw):
             raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constants
         )
     except UnicodeDecodeError as exc:
-        raise Refusal(400, ErrorCode.NOT_JSON, f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise Refusal(
+            400, ErrorCode.NOT_JSON, f"body is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
     except RecursionError:
         raise Refusal(400, ErrorCode.NOT_JSON, "body is not JSON: nested too deeply") from None
     except ValueError as exc:
@@ -243,16 +254,19 @@ def _describe(messages):
 
 
 def _quarantine(code, reason, raw, received_at, started):
-    current_log().append(Rejection(
-        received_at=received_at,
-        error_code=int(code),
-        reason=reason,
-        command=request.args.get("CallbackCommand"),
-        query=urlencode([(k, v) for k, v in request.args.items(multi=True) if k != "Sign"]),
-        peer=request.remote_addr,
-        content_length=request.content_length,
-        raw=raw,
-    ), started)
+    current_log().append(
+        Rejection(
+            received_at=received_at,
+            error_code=int(code),
+            reason=reason,
+            command=request.args.get("CallbackCommand"),
+            query=urlencode([(k, v) for k, v in request.args.items(multi=True) if k != "Sign"]),
+            peer=request.remote_addr,
+            content_length=request.content_length,
+            raw=raw,
+        ),
+        started,
+    )
 
 
 def _unavailable(exc, group_id=None):
@@ -260,13 +274,19 @@ def _unavailable(exc, group_id=None):
     may still land, say that instead (a retry is recognised as a repeat)."""
     if isinstance(exc, StorageUncertain):
         return Outcome(
-            "storage_uncertain", 500, ErrorCode.STORAGE_UNCERTAIN,
+            "storage_uncertain",
+            500,
+            ErrorCode.STORAGE_UNCERTAIN,
             f"the audit log did not confirm this write in time ({exc}); it may have"
-            " been recorded, and a retry is recognised as a repeat", group_id,
+            " been recorded, and a retry is recognised as a repeat",
+            group_id,
         )
     return Outcome(
-        "storage_unavailable", 503, ErrorCode.STORAGE_UNAVAILABLE,
-        f"the audit log cannot store this now ({exc}); nothing was recorded", group_id,
+        "storage_unavailable",
+        503,
+        ErrorCode.STORAGE_UNAVAILABLE,
+        f"the audit log cannot store this now ({exc}); nothing was recorded",
+        group_id,
     )
 
 
@@ -284,8 +304,12 @@ def _log(outcome, seconds):
     }
     current_app.logger.info(
         "callback outcome=%s status=%d code=%d command=%s group_id=%s ms=%.2f",
-        outcome.name, outcome.status, outcome.code, json.dumps(fields["command"], ensure_ascii=False),
-        json.dumps(outcome.group_id, ensure_ascii=False), fields["ms"],
+        outcome.name,
+        outcome.status,
+        outcome.code,
+        json.dumps(fields["command"], ensure_ascii=False),
+        json.dumps(outcome.group_id, ensure_ascii=False),
+        fields["ms"],
         extra={"fields": {"event": "callback", **fields}},
     )
 
@@ -293,12 +317,18 @@ def _log(outcome, seconds):
 def _answer(status, code, info):
     if code == ErrorCode.OK and not info:
         return current_app.response_class(_OK, status, mimetype="application/json")
-    body = {"ActionStatus": "OK" if code == ErrorCode.OK else "FAIL", "ErrorInfo": info, "ErrorCode": int(code)}
+    body = {
+        "ActionStatus": "OK" if code == ErrorCode.OK else "FAIL",
+        "ErrorInfo": info,
+        "ErrorCode": int(code),
+    }
     return jsonify(body), status
 
 
 # The answer to nearly every callback, serialized once.
-_OK = json.dumps({"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}, separators=(",", ":")).encode()
+_OK = json.dumps(
+    {"ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": ""}, separators=(",", ":")
+).encode()
 
 
 @bp.errorhandler(Exception)

@@ -22,20 +22,41 @@ GENESIS = "0" * 64
 # refuses any other type there; tables made before that are not, and there
 # only verify notices a value that changed type.
 EVENT_TYPES = {
-    "id": "INTEGER", "received_at": "INTEGER", "command": "TEXT", "group_id": "TEXT",
-    "type": "TEXT", "name": "TEXT", "name_folded": "TEXT", "operator": "TEXT",
-    "owner": "TEXT or NULL", "event_time": "INTEGER", "member_count": "INTEGER",
-    "user_data": "TEXT or NULL", "sdkappid": "TEXT", "client_ip": "TEXT or NULL",
-    "opt_platform": "TEXT or NULL", "peer": "TEXT or NULL", "raw": "BLOB",
+    "id": "INTEGER",
+    "received_at": "INTEGER",
+    "command": "TEXT",
+    "group_id": "TEXT",
+    "type": "TEXT",
+    "name": "TEXT",
+    "name_folded": "TEXT",
+    "operator": "TEXT",
+    "owner": "TEXT or NULL",
+    "event_time": "INTEGER",
+    "member_count": "INTEGER",
+    "user_data": "TEXT or NULL",
+    "sdkappid": "TEXT",
+    "client_ip": "TEXT or NULL",
+    "opt_platform": "TEXT or NULL",
+    "peer": "TEXT or NULL",
+    "raw": "BLOB",
 }
 QUARANTINE_TYPES = {
-    "id": "INTEGER", "received_at": "INTEGER", "error_code": "INTEGER", "reason": "TEXT",
-    "command": "TEXT or NULL", "query": "TEXT", "peer": "TEXT or NULL",
-    "content_length": "INTEGER or NULL", "raw": "BLOB or NULL",
+    "id": "INTEGER",
+    "received_at": "INTEGER",
+    "error_code": "INTEGER",
+    "reason": "TEXT",
+    "command": "TEXT or NULL",
+    "query": "TEXT",
+    "peer": "TEXT or NULL",
+    "content_length": "INTEGER or NULL",
+    "raw": "BLOB or NULL",
 }
 MEMBER_TYPES = {
-    "event_id": "INTEGER", "position": "INTEGER", "account": "TEXT",
-    "event_time": "INTEGER", "duplicate": "INTEGER",
+    "event_id": "INTEGER",
+    "position": "INTEGER",
+    "account": "TEXT",
+    "event_time": "INTEGER",
+    "duplicate": "INTEGER",
 }
 
 EVENT_COLUMNS = tuple(EVENT_TYPES)
@@ -141,7 +162,9 @@ def event_values(row, members):
     for position, account in enumerate(members):
         if not isinstance(account, str) or isinstance(account, NotUtf8):
             raise ChainBroken(
-                "event_member", row["id"], f"account at position {position} is {_shown(account)}, expected TEXT"
+                "event_member",
+                row["id"],
+                f"account at position {position} is {_shown(account)}, expected TEXT",
             )
     return values + list(members)
 
@@ -160,8 +183,7 @@ def link(key, previous, data):
 
 
 def is_hash(text):
-    return (isinstance(text, str) and len(text) == 64
-            and all(c in "0123456789abcdef" for c in text))
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def chain_kind(key):
@@ -212,7 +234,11 @@ def parse_anchor(text):
         counts, hashes = words[:1], words[1:]
     else:
         counts, hashes = [], []
-    if not counts or not all(c.isascii() and c.isdigit() for c in counts) or not all(map(is_hash, hashes)):
+    if (
+        not counts
+        or not all(c.isascii() and c.isdigit() for c in counts)
+        or not all(map(is_hash, hashes))
+    ):
         raise ValueError(
             "an anchor is the last line of an earlier verify"
             " (OK COUNT HASH quarantine COUNT HASH), or COUNT:HASH"
@@ -239,7 +265,9 @@ def verify(conn, key=None, anchor=None, trees=None):
     anchor = anchor or Heads(None, None)
     trees = trees or {}
     with tolerant_text(conn), _snapshot(conn):
-        events, event_head, at_event_anchor = _verify_events(conn, key, anchor.events, trees.get("event"))
+        events, event_head, at_event_anchor = _verify_events(
+            conn, key, anchor.events, trees.get("event")
+        )
         quarantined, quarantine_head, at_quarantine_anchor = _verify_quarantine(
             conn, key, anchor.quarantined, trees.get("quarantine")
         )
@@ -247,7 +275,11 @@ def verify(conn, key=None, anchor=None, trees=None):
         _check_anchor("event", events, at_event_anchor, anchor.events, anchor.event_head)
     if anchor.quarantined is not None:
         _check_anchor(
-            "quarantine", quarantined, at_quarantine_anchor, anchor.quarantined, anchor.quarantine_head
+            "quarantine",
+            quarantined,
+            at_quarantine_anchor,
+            anchor.quarantined,
+            anchor.quarantine_head,
         )
     return Heads(events, event_head, quarantined, quarantine_head)
 
@@ -274,14 +306,17 @@ def verify_event(conn, event_id, key=None):
             before = conn.execute("SELECT hash FROM event WHERE id = ?", (event_id - 1,)).fetchone()
             members = conn.execute(
                 f"SELECT {', '.join(MEMBER_COLUMNS)} FROM event_member WHERE event_id = ?"
-                " ORDER BY position", (event_id,),
+                " ORDER BY position",
+                (event_id,),
             ).fetchall()
         finally:
             conn.execute("ROLLBACK")
     if event_id == 1:
         previous = GENESIS
     elif before is None:
-        raise ChainBroken("event", event_id, f"expected row {event_id - 1} before it: rows are missing")
+        raise ChainBroken(
+            "event", event_id, f"expected row {event_id - 1} before it: rows are missing"
+        )
     elif not is_hash(before[0]):
         raise ChainBroken("event", event_id - 1, "its hash is not 64 lowercase hex digits")
     else:
@@ -299,7 +334,8 @@ def _check_event(row, stored, previous, key, tree=None):
     digest = _next_link("event", row, previous, event_values(row, accounts), key, tree)
     if stored != list(member_rows(row["id"], accounts, row["event_time"])):
         raise ChainBroken(
-            "event_member", row["id"],
+            "event_member",
+            row["id"],
             "member rows do not match the event (position, event_time or duplicate)",
         )
     return digest
@@ -325,7 +361,8 @@ def _verify_events(conn, key, anchor_count, tree):
         while member is not None and member["event_id"] <= row["id"]:
             if member["event_id"] < row["id"]:
                 raise ChainBroken(
-                    "event_member", member["event_id"],
+                    "event_member",
+                    member["event_id"],
                     "member rows belong to no event",
                 )
             stored.append(tuple(member))
@@ -360,15 +397,16 @@ def _check_anchor(table, count, at_anchor, anchor_count, anchor_hash):
     the anchor's count has the anchor's hash."""
     if count < anchor_count:
         raise ChainBroken(
-            table, anchor_count,
+            table,
+            anchor_count,
             f"missing: the log has {count} rows but the anchor records"
             f" {anchor_count}, so it was truncated",
         )
     if at_anchor != anchor_hash:
         raise ChainBroken(
-            table, anchor_count,
-            "its hash differs from the anchor, so the log was rewritten"
-            " up to this row",
+            table,
+            anchor_count,
+            "its hash differs from the anchor, so the log was rewritten up to this row",
         )
 
 

@@ -69,7 +69,8 @@ def latest(conn, table="event"):
     """The newest checkpoint of ``table``'s tree, or None."""
     return conn.execute(
         "SELECT id, tree, size, root, signed_at, key, note FROM checkpoint WHERE tree = ?"
-        " ORDER BY id DESC LIMIT 1", (table,),
+        " ORDER BY id DESC LIMIT 1",
+        (table,),
     ).fetchone()
 
 
@@ -77,7 +78,8 @@ def covering(conn, event_id):
     """The oldest event checkpoint whose tree includes event ``event_id``."""
     return conn.execute(
         "SELECT id, tree, size, root, signed_at, key, note FROM checkpoint"
-        " WHERE tree = 'event' AND size >= ? ORDER BY id LIMIT 1", (event_id,),
+        " WHERE tree = 'event' AND size >= ? ORDER BY id LIMIT 1",
+        (event_id,),
     ).fetchone()
 
 
@@ -182,10 +184,17 @@ class Notary:
             except (ValueError, tlog.ProofError) as exc:
                 logger.error(
                     "refusing to sign the %s tree of %d leaves: it does not extend checkpoint"
-                    " %d of %d leaves: %s", table, size, previous["id"], previous["size"], exc,
+                    " %d of %d leaves: %s",
+                    table,
+                    size,
+                    previous["id"],
+                    previous["size"],
+                    exc,
                 )
                 return None
-        note = tlog.sign_checkpoint(tlog.Checkpoint(origin(self.origin, table), size, root), self.signer)
+        note = tlog.sign_checkpoint(
+            tlog.Checkpoint(origin(self.origin, table), size, root), self.signer
+        )
         conn.execute(
             "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
             (table, size, root, int(time.time() * 1000), key, note),
@@ -254,6 +263,9 @@ def _count(value, name):
 def notary(config):
     """The ingest server's notary, as configured."""
     return Notary(
-        os.path.abspath(config["DATABASE"]), config["CHECKPOINT_KEY"], config["LOG_ORIGIN"],
-        config["CHECKPOINT_INTERVAL"], config["CHECKPOINT_DIR"],
+        os.path.abspath(config["DATABASE"]),
+        config["CHECKPOINT_KEY"],
+        config["LOG_ORIGIN"],
+        config["CHECKPOINT_INTERVAL"],
+        config["CHECKPOINT_DIR"],
     )

@@ -35,22 +35,29 @@ def init_db_command():
 @click.command("verify")
 @with_appcontext
 @click.option(
-    "--anchor", metavar="LINE",
+    "--anchor",
+    metavar="LINE",
     help="The last line of an earlier verify (or its older COUNT:HASH form):"
     " also fail unless the log still extends both heads it records.",
 )
 @click.option(
-    "--database", type=click.Path(exists=True, dir_okay=False),
+    "--database",
+    type=click.Path(exists=True, dir_okay=False),
     help="Verify this file (a backup, say), read-only, instead of DATABASE.",
 )
 @click.option(
-    "--checkpoint", "checkpoint_file", type=click.File("rb"),
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.File("rb"),
     help="A checkpoint kept off the box: also fail unless it is signed by a key of this"
     " log and the trees still extend it (a consistency proof to their current size).",
 )
-@click.option("--key", metavar="VERIFIER_KEY",
-              help="Check --checkpoint's signature with this verifier key only, not with"
-              " the keys that signed this log's checkpoints.")
+@click.option(
+    "--key",
+    metavar="VERIFIER_KEY",
+    help="Check --checkpoint's signature with this verifier key only, not with"
+    " the keys that signed this log's checkpoints.",
+)
 def verify_command(anchor, database, checkpoint_file, key):
     """Walk both hash chains and recompute both Merkle trees. Prints 'OK
     <events> <event-head> quarantine <count> <quarantine-head>' and exits 0
@@ -80,7 +87,9 @@ def _check_kept(conn, trees, note, key):
     recomputed from the rows; what it proved, or TlogError."""
     log_origin = current_app.config["LOG_ORIGIN"]
     if log_origin is None:
-        raise click.UsageError("--checkpoint needs LOG_ORIGIN, the origin this log's checkpoints name")
+        raise click.UsageError(
+            "--checkpoint needs LOG_ORIGIN, the origin this log's checkpoints name"
+        )
     if key is not None:
         keys = [key]
     else:
@@ -92,7 +101,9 @@ def _check_kept(conn, trees, note, key):
     checkpoint, signer = _open_any(note, verifiers, log_origin)
     table = "event" if checkpoint.origin == log_origin else "quarantine"
     if not trees:
-        raise tlog.ProofError("the log has no Merkle trees yet: the ingest server builds them when it starts")
+        raise tlog.ProofError(
+            "the log has no Merkle trees yet: the ingest server builds them when it starts"
+        )
     tree = trees[table]
     if checkpoint.size > tree.size:
         raise tlog.ProofError(
@@ -102,14 +113,18 @@ def _check_kept(conn, trees, note, key):
     if checkpoint.size:
         proof = tlog.consistency_proof(checkpoint.size, tree.size, merkle.reader(conn, table))
         tlog.verify_consistency(checkpoint.size, checkpoint.root, tree.size, tree.root, proof)
-    return (f"checkpoint {checkpoint.origin} {checkpoint.size} signed by {signer.key_id}:"
-            f" the {table} tree of {tree.size} leaves extends it")
+    return (
+        f"checkpoint {checkpoint.origin} {checkpoint.size} signed by {signer.key_id}:"
+        f" the {table} tree of {tree.size} leaves extends it"
+    )
 
 
 def _open_any(note, verifiers, log_origin):
     """The checkpoint, for either tree's origin, signed by one of ``verifiers``."""
     if not verifiers:
-        raise tlog.UnknownKey("this log has no checkpoint and no --key was given to check the file with")
+        raise tlog.UnknownKey(
+            "this log has no checkpoint and no --key was given to check the file with"
+        )
     for origin in (log_origin, checkpoints.origin(log_origin, "quarantine")):
         try:
             return tlog.open_checkpoint(note, verifiers, origin)
@@ -133,8 +148,10 @@ def keygen_command():
             " the key is named after it"
         )
     verifier = _new_key(config["CHECKPOINT_KEY"], config["LOG_ORIGIN"])
-    click.echo(f"Wrote the checkpoint signing key to {config['CHECKPOINT_KEY']}. Its verifier key,"
-               " for auditors:")
+    click.echo(
+        f"Wrote the checkpoint signing key to {config['CHECKPOINT_KEY']}. Its verifier key,"
+        " for auditors:"
+    )
     click.echo(verifier)
 
 
@@ -158,7 +175,9 @@ def rotate_key_command():
     with open(checkpoints.rotation_path(path), "w", encoding="ascii") as file:
         file.write(f"{old.verifier}\n{verifier}\n")
     click.echo(f"Moved the old key to {retired}: keep it offline or destroy it.")
-    click.echo(f"Wrote a new key to {path}; restart the ingest server to sign with it. Its verifier key:")
+    click.echo(
+        f"Wrote a new key to {path}; restart the ingest server to sign with it. Its verifier key:"
+    )
     click.echo(verifier)
 
 
@@ -167,7 +186,9 @@ def _new_key(path, log_origin):
     try:
         checkpoints.write_key(path, signer)
     except FileExistsError:
-        raise click.ClickException(f"{path} exists; a key is never overwritten (see rotate-key)") from None
+        raise click.ClickException(
+            f"{path} exists; a key is never overwritten (see rotate-key)"
+        ) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
     return verifier
@@ -198,8 +219,13 @@ def consistency_proof_command(first, last):
 
 @click.command("check-proof")
 @click.argument("proof_file", metavar="FILE", type=click.File("rb"))
-@click.option("--key", "verifier_key", required=True, metavar="VERIFIER_KEY",
-              help="The log's verifier key, name+keyid+base64.")
+@click.option(
+    "--key",
+    "verifier_key",
+    required=True,
+    metavar="VERIFIER_KEY",
+    help="The log's verifier key, name+keyid+base64.",
+)
 @click.option("--origin", help="The log's origin; by default the key's name.")
 def check_proof_command(proof_file, verifier_key, origin):
     """Check a .tlog-proof file: its checkpoint's signature and origin, and
@@ -230,7 +256,9 @@ def backup_command(destination):
         raise click.UsageError(f"{destination} exists; back up to a new file")
     folder = os.path.dirname(os.path.abspath(destination))
     if not os.path.isdir(folder):
-        raise click.UsageError(f"the folder {folder} does not exist; create it, or back up into one that does")
+        raise click.UsageError(
+            f"the folder {folder} does not exist; create it, or back up into one that does"
+        )
     partial = f"{destination}.partial"
     started = time.monotonic()
     source = _read_only(current_app.config["DATABASE"])
@@ -252,7 +280,9 @@ def backup_command(destination):
     copy.close()
     os.replace(partial, destination)
     size = os.path.getsize(destination)
-    click.echo(f"backed up {heads.events} events to {destination} ({size:,} bytes) in {time.monotonic() - started:.1f} s")
+    click.echo(
+        f"backed up {heads.events} events to {destination} ({size:,} bytes) in {time.monotonic() - started:.1f} s"
+    )
     click.echo(heads.line())
 
 
@@ -272,19 +302,24 @@ def rebuild_index_command():
         raise click.ClickException(f"cannot rebuild the index: {exc}") from None
     finally:
         conn.close()
-    click.echo(f"rebuilt the name index and hourly counts of {events} events in {time.monotonic() - started:.1f} s")
+    click.echo(
+        f"rebuilt the name index and hourly counts of {events} events in {time.monotonic() - started:.1f} s"
+    )
 
 
 @click.command("send-sample")
 @with_appcontext
 @click.argument("url")
 @click.option(
-    "--body", "body_file", type=click.File("rb"),
+    "--body",
+    "body_file",
+    type=click.File("rb"),
     help="Send this file's bytes instead of the built-in sample, as they are: a file"
     " that is not a JSON object is sent too, to see it quarantined.",
 )
 @click.option(
-    "--command", metavar="COMMAND",
+    "--command",
+    metavar="COMMAND",
     help="CallbackCommand for the URL. Default: the body's, or"
     f" {CREATE_GROUP} when the body does not name one.",
 )
@@ -318,7 +353,9 @@ def send_sample_command(url, body_file, command):
         query["RequestTime"] = str(now)
         query["Sign"] = signature.sign(config["CALLBACK_TOKEN"][0], str(now))
     request = urllib.request.Request(  # noqa: S310 (the URL is http or https, checked above)
-        f"{url}?{urllib.parse.urlencode(query)}", data=raw, method="POST",
+        f"{url}?{urllib.parse.urlencode(query)}",
+        data=raw,
+        method="POST",
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
     try:
@@ -376,7 +413,16 @@ def _sample_body(now):
 
 
 def init_app(app):
-    for command in (init_db_command, verify_command, backup_command, rebuild_index_command,
-                    send_sample_command, hash_password_command, keygen_command, rotate_key_command,
-                    consistency_proof_command, check_proof_command):
+    for command in (
+        init_db_command,
+        verify_command,
+        backup_command,
+        rebuild_index_command,
+        send_sample_command,
+        hash_password_command,
+        keygen_command,
+        rotate_key_command,
+        consistency_proof_command,
+        check_proof_command,
+    ):
         app.cli.add_command(command)

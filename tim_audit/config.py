@@ -68,7 +68,11 @@ def from_instance_file(config):
     except OSError as exc:
         raise StartupError(f"cannot read {path}: {exc.strerror}") from None
     except Exception as exc:
-        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == path]
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if frame.filename == path
+        ]
         raise StartupError(f"{path}, line {lines[-1]}: {type(exc).__name__}: {exc}") from None
 
 
@@ -185,14 +189,17 @@ class Settings(Schema):
     """What each key must be; check() says which one is wrong and how."""
 
     SDKAPPID = _SdkAppId(
-        allow_none=True, **_must("your app's SDKAppID, a positive whole number of at most 10 digits")
+        allow_none=True,
+        **_must("your app's SDKAppID, a positive whole number of at most 10 digits"),
     )
     CALLBACK_TOKEN = _Tokens()
     SIGN_MAX_AGE = _whole(0, "a whole number of at least 0")
     MAX_CONTENT_LENGTH = _whole(1, "a whole number of at least 1")
     STORAGE_TIMEOUT = fields.Float(
         validate=validate.Range(min=0.5, max=1.2),
-        **_must("seconds between 0.5 and 1.2 (every callback is answered within 1.5 s; Tencent waits 2 s)"),
+        **_must(
+            "seconds between 0.5 and 1.2 (every callback is answered within 1.5 s; Tencent waits 2 s)"
+        ),
     )
     AUDIT_HMAC_KEY = _Key(allow_none=True, **_must("a string of at least 16 bytes", secret=True))
     DASHBOARD_USERS = _Reviewers()
@@ -203,7 +210,9 @@ class Settings(Schema):
     VERIFY_INTERVAL = _whole(0, "whole seconds (0: only when asked)")
     PROXY_FIX = _whole(0, "the number of trusted proxies in front (0: none)")
     METRICS = _flag()
-    LOG_FORMAT = fields.String(validate=validate.OneOf(["text", "json"]), **_must('"text" or "json"'))
+    LOG_FORMAT = fields.String(
+        validate=validate.OneOf(["text", "json"]), **_must('"text" or "json"')
+    )
     DATABASE = fields.String(**_must("the path of the SQLite file"))
     INGEST_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8080"))
     REVIEW_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8081"))
@@ -212,7 +221,8 @@ class Settings(Schema):
     MAX_EXPORTS = _whole(1, "a whole number of at least 1")
     LOGIN_FAILURES = _whole(1, "a whole number of at least 1")
     LOG_ORIGIN = fields.String(
-        allow_none=True, validate=_origin,
+        allow_none=True,
+        validate=_origin,
         **_must("the log's name, without spaces or '+', such as im-audit.example.com/1400000001"),
     )
     CHECKPOINT_KEY = fields.String(**_must("the path of the checkpoint signing key file"))

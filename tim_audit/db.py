@@ -22,9 +22,7 @@ def connect(path, *, readonly=False, timeout=1.0):
         uri = pathlib.Path(path).absolute().as_uri() + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
     else:
-        conn = sqlite3.connect(
-            path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA journal_size_limit = 16777216")  # the WAL file, after a burst

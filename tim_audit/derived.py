@@ -18,7 +18,9 @@ def _schema_statements():
     """schema.sql one statement at a time, to run inside a transaction
     (executescript would commit first)."""
     statement = ""
-    for line in resources.files(__package__).joinpath("schema.sql").read_text().splitlines(keepends=True):
+    for line in (
+        resources.files(__package__).joinpath("schema.sql").read_text().splitlines(keepends=True)
+    ):
         statement += line
         if sqlite3.complete_statement(statement):
             yield statement
@@ -54,12 +56,14 @@ def rebuild(conn):
         try:
             conn.execute(
                 "INSERT INTO event_name (rowid, name_folded)"
-                " SELECT id, name_folded FROM event WHERE id BETWEEN ? AND ?", bounds,
+                " SELECT id, name_folded FROM event WHERE id BETWEEN ? AND ?",
+                bounds,
             )
             conn.execute(
                 "INSERT INTO event_hour (hour, type, events)"
                 " SELECT event_time / 3600000, type, count(*) FROM event WHERE id BETWEEN ? AND ?"
-                " GROUP BY 1, 2 ON CONFLICT DO UPDATE SET events = events + excluded.events", bounds,
+                " GROUP BY 1, 2 ON CONFLICT DO UPDATE SET events = events + excluded.events",
+                bounds,
             )
         except BaseException:
             conn.execute("ROLLBACK")

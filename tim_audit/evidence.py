@@ -90,18 +90,27 @@ def listing():
     try:
         args = history._load(history.PageArgs)
     except history.BadQuery as exc:
-        abort(400, description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()))
+        abort(
+            400,
+            description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()),
+        )
     rows = _checkpoints(get_db(), args["limit"], args["before"])
     older = rows[-1]["id"] if len(rows) == args["limit"] else None
-    return render_template("checkpoints.html", integrity=history._integrity(get_db()),
-                           rows=rows, older=older, limit=args["limit"])
+    return render_template(
+        "checkpoints.html",
+        integrity=history._integrity(get_db()),
+        rows=rows,
+        older=older,
+        limit=args["limit"],
+    )
 
 
 def _checkpoints(conn, limit, before):
     try:
         return conn.execute(
             "SELECT id, tree, size, root, signed_at, key FROM checkpoint WHERE id < ?"
-            " ORDER BY id DESC LIMIT ?", (before or 2**63 - 1, limit),
+            " ORDER BY id DESC LIMIT ?",
+            (before or 2**63 - 1, limit),
         ).fetchall()
     except sqlite3.OperationalError:
         return []
@@ -109,13 +118,22 @@ def _checkpoints(conn, limit, before):
 
 @bp.get("/checkpoints/<int:checkpoint_id>.checkpoint")
 def checkpoint_note(checkpoint_id):
-    row = get_db().execute(
-        "SELECT tree, size, note FROM checkpoint WHERE id = ?", (min(checkpoint_id, 2**63 - 1),)
-    ).fetchone()
+    row = (
+        get_db()
+        .execute(
+            "SELECT tree, size, note FROM checkpoint WHERE id = ?", (min(checkpoint_id, 2**63 - 1),)
+        )
+        .fetchone()
+    )
     if row is None:
         abort(404, description=f"There is no checkpoint {checkpoint_id}.")
-    return Response(bytes(row["note"]), mimetype="text/plain", headers={
-        "Content-Disposition": f'attachment; filename="{row["tree"]}-{row["size"]}.checkpoint"'})
+    return Response(
+        bytes(row["note"]),
+        mimetype="text/plain",
+        headers={
+            "Content-Disposition": f'attachment; filename="{row["tree"]}-{row["size"]}.checkpoint"'
+        },
+    )
 
 
 @bp.get("/history/<int:event_id>.tlog-proof")
@@ -125,16 +143,24 @@ def proof(event_id):
     if queries.event(conn, min(event_id, 2**63 - 1)) is None:
         abort(404, description=f"There is no event {event_id}.")
     if latest is None or event_id > latest["size"]:
-        abort(404, description=(
-            f"Event {event_id} is not in a signed checkpoint yet; the next one is signed"
-            " within CHECKPOINT_INTERVAL seconds of its arrival."
-        ))
+        abort(
+            404,
+            description=(
+                f"Event {event_id} is not in a signed checkpoint yet; the next one is signed"
+                " within CHECKPOINT_INTERVAL seconds of its arrival."
+            ),
+        )
     try:
         data = proof_file(conn, latest, event_id)
     except chain.ChainBroken as exc:
         abort(409, description=f"No proof: the log does not verify here: {exc}")
-    return Response(data, mimetype="text/plain", headers={
-        "Content-Disposition": f'attachment; filename="tim-audit-event-{event_id}.tlog-proof"'})
+    return Response(
+        data,
+        mimetype="text/plain",
+        headers={
+            "Content-Disposition": f'attachment; filename="tim-audit-event-{event_id}.tlog-proof"'
+        },
+    )
 
 
 def proof_file(conn, checkpoint, event_id):
@@ -142,13 +168,17 @@ def proof_file(conn, checkpoint, event_id):
     with the event's canonical bytes as its extra data."""
     hashes = tlog.inclusion_proof(checkpoint["size"], event_id - 1, merkle.reader(conn, "event"))
     leaf = merkle.leaf(conn, event_id)
-    return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), bytes(checkpoint["note"]), leaf))
+    return tlog.format_proof(
+        tlog.Proof(event_id - 1, tuple(hashes), bytes(checkpoint["note"]), leaf)
+    )
 
 
 @bp.get("/history.evidence")
 def export_evidence():
     if _latest_checkpoint() is None:
-        abort(404, description="No checkpoint has been signed yet: there is nothing to prove against.")
+        abort(
+            404, description="No checkpoint has been signed yet: there is nothing to prove against."
+        )
     return history._export("events", "zip", archive_chunks, "application/zip")
 
 
@@ -179,11 +209,19 @@ def _readme(latest, count, newer):
     checkpoint = tlog.parse_checkpoint(bytes(latest["note"]).decode().partition("\n\n")[0] + "\n")
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
     return README.format(
-        origin=checkpoint.origin, rule="=" * (30 + len(checkpoint.origin)), count=count,
+        origin=checkpoint.origin,
+        rule="=" * (30 + len(checkpoint.origin)),
+        count=count,
         filters=json.dumps(asked, ensure_ascii=False) if asked else "no filter (all events)",
-        size=latest["size"], signed_at=history.utc(latest["signed_at"]), key_id=key_id(latest["key"]),
-        newer=(f"\n{newer} newer matching events are not in this checkpoint yet and are"
-               " left out: export again after the next checkpoint.") if newer else "",
+        size=latest["size"],
+        signed_at=history.utc(latest["signed_at"]),
+        key_id=key_id(latest["key"]),
+        newer=(
+            f"\n{newer} newer matching events are not in this checkpoint yet and are"
+            " left out: export again after the next checkpoint."
+        )
+        if newer
+        else "",
     )
 
 

@@ -125,7 +125,9 @@ def _chunks(conn, columns, filters):
     head, _ = queries.head(conn)
     selection = filters.select()
     selection = dataclasses.replace(
-        selection, where=f"{selection.where} AND +{selection.id} <= ?", params=[*selection.params, head]
+        selection,
+        where=f"{selection.where} AND +{selection.id} <= ?",
+        params=[*selection.params, head],
     )
     cursor = conn.cursor()
     cursor.row_factory = None
@@ -211,8 +213,17 @@ def _member_list(joined):
 # need not be UTF-8: "body" is it as text (undecodable bytes as U+FFFD), and
 # "body_base64" its exact bytes; both empty when it was too large to keep.
 QUARANTINE_CSV_HEADER = (
-    "id", "received_at", "error_code", "reason", "command", "query", "peer",
-    "content_length", "body", "body_base64", "hash",
+    "id",
+    "received_at",
+    "error_code",
+    "reason",
+    "command",
+    "query",
+    "peer",
+    "content_length",
+    "body",
+    "body_base64",
+    "hash",
 )
 
 
@@ -290,8 +301,20 @@ def quarantine_json_chunks(conn, filters, counter):
 def _quarantine_object(row):
     row_id, received_at, error_code, reason, command, query, peer, length, raw, digest = row
     body, body_base64 = _bodies(raw)
-    return json.dumps({
-        "id": row_id, "ReceivedAt": received_at, "ErrorCode": error_code, "Reason": reason,
-        "CallbackCommand": command, "Query": query, "Peer": peer, "ContentLength": length,
-        "Body": body, "BodyBase64": body_base64, "Hash": digest,
-    }, ensure_ascii=False, default=_blob)
+    return json.dumps(
+        {
+            "id": row_id,
+            "ReceivedAt": received_at,
+            "ErrorCode": error_code,
+            "Reason": reason,
+            "CallbackCommand": command,
+            "Query": query,
+            "Peer": peer,
+            "ContentLength": length,
+            "Body": body,
+            "BodyBase64": body_base64,
+            "Hash": digest,
+        },
+        ensure_ascii=False,
+        default=_blob,
+    )

@@ -28,5 +28,7 @@ def healthz():
     configured = bool(current_app.config["SDKAPPID"])
     problem = log and (log.stalled() or log.failure and f"the last write failed: {log.failure}")
     if problem:
-        return jsonify(status="unavailable", events=events, configured=configured, error=problem), 503
+        return jsonify(
+            status="unavailable", events=events, configured=configured, error=problem
+        ), 503
     return jsonify(status="ok", events=events, configured=configured)

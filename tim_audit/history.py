@@ -13,10 +13,26 @@ import time
 from zoneinfo import ZoneInfo
 
 from flask import (
-    Blueprint, Response, abort, current_app, g, redirect, render_template, request,
-    stream_with_context, url_for,
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
 )
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates_schema,
+)
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import chain, exports, queries
@@ -38,17 +54,30 @@ _ID = validate.Range(min=1, max=2**63 - 1)
 
 # The filters of each list, in the order the summary names them.
 HISTORY_FILTERS = {
-    "group_id": "GroupId", "owner": "Owner", "operator": "Operator", "member": "Initial member",
-    "type": "Type", "q": "Name contains", "since": "Since", "until": "Until",
+    "group_id": "GroupId",
+    "owner": "Owner",
+    "operator": "Operator",
+    "member": "Initial member",
+    "type": "Type",
+    "q": "Name contains",
+    "since": "Since",
+    "until": "Until",
 }
 QUARANTINE_FILTERS = {
-    "error_code": "ErrorCode", "command": "CallbackCommand", "repeat_of": "Repeat of event",
-    "since": "Received since", "until": "Received until",
+    "error_code": "ErrorCode",
+    "command": "CallbackCommand",
+    "repeat_of": "Repeat of event",
+    "since": "Received since",
+    "until": "Received until",
 }
 # What each ErrorCode kept in quarantine means, for the Kind filter.
 QUARANTINE_KINDS = {
-    0: "repeat with a different body", 60020: "body too large", 60021: "body not JSON",
-    60022: "JSON but not an object", 60023: "CallbackCommand differs", 60024: "invalid fields",
+    0: "repeat with a different body",
+    60020: "body too large",
+    60021: "body not JSON",
+    60022: "JSON but not an object",
+    60023: "CallbackCommand differs",
+    60024: "invalid fields",
 }
 # The reason callback.py gives a conflicting repeat; the rest of it is fixed text.
 _REPEAT_OF = re.compile(r"repeat of event ([1-9][0-9]{0,17}) \(")
@@ -140,7 +169,9 @@ def _load(schema):
     try:
         args = schema().load(request.args.to_dict())
     except ValidationError as exc:
-        raise BadQuery({field: " ".join(problems) for field, problems in exc.messages.items()}) from None
+        raise BadQuery(
+            {field: " ".join(problems) for field, problems in exc.messages.items()}
+        ) from None
     for name, end in (("since", False), ("until", True)):
         if args.get(name) is not None:
             args[name] = _milliseconds(name, *args[name], end=end)
@@ -176,19 +207,28 @@ def index():
 @bp.get("/history")
 def events():
     conn = get_db()
-    context = {"integrity": _integrity(conn), "total": None, "chart": None,
-               "page": queries.Page([], None, None), "count_time_ms": round(queries.COUNT_TIME * 1000)}
+    context = {
+        "integrity": _integrity(conn),
+        "total": None,
+        "chart": None,
+        "page": queries.Page([], None, None),
+        "count_time_ms": round(queries.COUNT_TIME * 1000),
+    }
     try:
         args = _load(HistoryArgs)
         filters = queries.route(conn, _history_filters(args))
         context["total"] = queries.count(conn, filters)
         if context["total"].value:
-            context["page"] = queries.page(conn, filters, args["limit"], args["before"], args["after"])
+            context["page"] = queries.page(
+                conn, filters, args["limit"], args["before"], args["after"]
+            )
             # Per-day counts cost no more than the count when that was exact.
             if context["total"].kind == "exact":
                 context["chart"] = _chart(conn, filters)
     except BadQuery as exc:
-        return _list_page("history.html", "history.events", HISTORY_FILTERS, context, exc.problems), 400
+        return _list_page(
+            "history.html", "history.events", HISTORY_FILTERS, context, exc.problems
+        ), 400
     except queries.UnknownCursor as exc:
         cursor = "before" if request.args.get("before") else "after"
         problems = {cursor: f"There is no event {exc.args[0]} to page from."}
@@ -201,14 +241,23 @@ def _list_page(template, endpoint, names, context, problems=None):
     with a link that drops it), and what is wrong with any of them."""
     kept = _query_string(names)
     active = [
-        {"name": name, "label": label, "value": kept[name],
-         "remove": url_for(endpoint, **{k: v for k, v in kept.items() if k != name})}
-        for name, label in names.items() if name in kept
+        {
+            "name": name,
+            "label": label,
+            "value": kept[name],
+            "remove": url_for(endpoint, **{k: v for k, v in kept.items() if k != name}),
+        }
+        for name, label in names.items()
+        if name in kept
     ]
     return render_template(
-        template, form={name: request.args.get(name, "") for name in (*names, "limit")}, active=active,
-        problems=problems or {}, query_string=kept,
-        clear=url_for(endpoint, **{k: v for k, v in kept.items() if k == "limit"}), **context,
+        template,
+        form={name: request.args.get(name, "") for name in (*names, "limit")},
+        active=active,
+        problems=problems or {},
+        query_string=kept,
+        clear=url_for(endpoint, **{k: v for k, v in kept.items() if k == "limit"}),
+        **context,
     )
 
 
@@ -219,8 +268,14 @@ def _integrity(conn):
     head_id, head_hash = queries.head(conn)
     last = verifier.last
     covered = head_id if last is None or last.failure else last.count
-    return {"total": head_id, "head_id": head_id, "head_hash": head_hash,
-            "last": last, "running": verifier.running, "newer": head_id - covered}
+    return {
+        "total": head_id,
+        "head_id": head_id,
+        "head_hash": head_hash,
+        "last": last,
+        "running": verifier.running,
+        "newer": head_id - covered,
+    }
 
 
 def _query_string(names):
@@ -247,7 +302,9 @@ def _chart(conn, filters):
     if filters.until is not None:  # an until in the future would chart empty days
         end = min(until, queries.newest(conn, queries.Filters(until=MAX_EVENT_TIME)))
     last_day = _instant(end).astimezone(zone).date()
-    first_day = max(last_day - datetime.timedelta(days=CHART_DAYS - 1), _instant(since).astimezone(zone).date())
+    first_day = max(
+        last_day - datetime.timedelta(days=CHART_DAYS - 1), _instant(since).astimezone(zone).date()
+    )
     days = []
     day = first_day
     while day <= last_day:
@@ -259,7 +316,10 @@ def _chart(conn, filters):
         day = following
     unbounded = dataclasses.replace(filters, since=None, until=None)
     counts = queries.per_day(conn, unbounded, [(start, stop) for _, start, stop in days])
-    return {"days": [(day, n) for (day, _, _), n in zip(days, counts, strict=True)], "max": max(counts)}
+    return {
+        "days": [(day, n) for (day, _, _), n in zip(days, counts, strict=True)],
+        "max": max(counts),
+    }
 
 
 @bp.get("/history/<int:event_id>")
@@ -364,16 +424,30 @@ def _export(what, extension, chunks, mimetype):
         finally:
             slot()
             current_app.logger.info(
-                "export reviewer=%s what=%s format=%s rows=%d filters=%s", json.dumps(reviewer),
-                what, extension, counter["rows"], json.dumps(asked, ensure_ascii=False),
-                extra={"fields": {"event": "export", "reviewer": reviewer, "what": what,
-                                  "format": extension, "rows": counter["rows"], "filters": asked}},
+                "export reviewer=%s what=%s format=%s rows=%d filters=%s",
+                json.dumps(reviewer),
+                what,
+                extension,
+                counter["rows"],
+                json.dumps(asked, ensure_ascii=False),
+                extra={
+                    "fields": {
+                        "event": "export",
+                        "reviewer": reviewer,
+                        "what": what,
+                        "format": extension,
+                        "rows": counter["rows"],
+                        "filters": asked,
+                    }
+                },
             )
 
     response = Response(
         stream_with_context(stream()),
         mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="tim-audit-{what}-{stamp}.{extension}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="tim-audit-{what}-{stamp}.{extension}"'
+        },
     )
     # Also when the server closes a response it never started to send.
     response.call_on_close(slot)
@@ -386,10 +460,13 @@ def _export_slot():
     called: a stalled download holds a thread, and these bound how many."""
     running = current_app.extensions["tim_audit.exports"]
     if not running.acquire(blocking=False):
-        abort(429, description=(
-            f"{current_app.config['MAX_EXPORTS']} exports are running already;"
-            " try again when one has finished."
-        ))
+        abort(
+            429,
+            description=(
+                f"{current_app.config['MAX_EXPORTS']} exports are running already;"
+                " try again when one has finished."
+            ),
+        )
     held = [running]
     return lambda: held and held.pop().release()
 
@@ -405,15 +482,24 @@ def verify():
 @bp.get("/quarantine")
 def quarantine():
     conn = get_db()
-    context = {"integrity": _integrity(conn), "total": None, "rows": [], "older": None,
-               "kinds": QUARANTINE_KINDS}
+    context = {
+        "integrity": _integrity(conn),
+        "total": None,
+        "rows": [],
+        "older": None,
+        "kinds": QUARANTINE_KINDS,
+    }
     try:
         args = _load(QuarantineArgs)
         filters = _quarantine_filters(args)
         context["total"] = queries.quarantine_count(conn, filters)
-        context["rows"], context["older"] = queries.quarantined(conn, filters, args["limit"], args["before"])
+        context["rows"], context["older"] = queries.quarantined(
+            conn, filters, args["limit"], args["before"]
+        )
     except BadQuery as exc:
-        return _list_page("quarantine.html", "history.quarantine", QUARANTINE_FILTERS, context, exc.problems), 400
+        return _list_page(
+            "quarantine.html", "history.quarantine", QUARANTINE_FILTERS, context, exc.problems
+        ), 400
     return _list_page("quarantine.html", "history.quarantine", QUARANTINE_FILTERS, context)
 
 
@@ -423,8 +509,11 @@ def quarantined_body(row_id):
     if row is None or row["raw"] is None:
         abort(404, description=f"No body is kept for quarantined delivery {row_id}.")
     return Response(
-        exports.as_bytes(row["raw"]), mimetype="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'},
+        exports.as_bytes(row["raw"]),
+        mimetype="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'
+        },
     )
 
 
@@ -468,7 +557,7 @@ def repeat_of(reason):
     """(event id, the rest of the reason) when ``reason`` is a conflicting
     repeat's, else None. It is stored data, so anything else is shown as is."""
     found = _REPEAT_OF.match(reason) if isinstance(reason, str) else None
-    return (int(found.group(1)), reason[found.end(1):]) if found else None
+    return (int(found.group(1)), reason[found.end(1) :]) if found else None
 
 
 @bp.app_context_processor

@@ -53,7 +53,9 @@ class Verifier:
 
     def start_if_due(self):
         last = self.last
-        if self.interval and (last is None or time.time() * 1000 - last.finished_at >= self.interval * 1000):
+        if self.interval and (
+            last is None or time.time() * 1000 - last.finished_at >= self.interval * 1000
+        ):
             self.start()
 
     def wait(self, timeout=None):
@@ -80,6 +82,10 @@ class Verifier:
             logger.exception("verification stopped")
             failure = f"verification stopped: {type(exc).__name__}: {exc}"
         self.last = Verification(
-            int(time.time() * 1000), time.monotonic() - started,
-            heads.events, heads.event_head, heads.quarantined, failure,
+            int(time.time() * 1000),
+            time.monotonic() - started,
+            heads.events,
+            heads.event_head,
+            heads.quarantined,
+            failure,
         )

@@ -30,9 +30,7 @@ def append(conn, table, size, leaves):
     tree = tlog.Appender(size, reader(conn, table)(tlog.frontier_indexes(size)))
     first = tlog.stored_hash_count(size)
     hashes = [digest for data in leaves for digest in tree.append(data)]
-    conn.executemany(
-        f"INSERT INTO {table}_tree (id, hash) VALUES (?, ?)", enumerate(hashes, first)
-    )
+    conn.executemany(f"INSERT INTO {table}_tree (id, hash) VALUES (?, ?)", enumerate(hashes, first))
 
 
 def reader(conn, table):
@@ -49,7 +47,9 @@ def reader(conn, table):
         ).fetchall()
         if [row[0] for row in rows] != list(indexes):
             missing = sorted(set(indexes) - {row[0] for row in rows})
-            raise chain.ChainBroken(f"{table}_tree", missing[0], "a stored hash of the tree is missing")
+            raise chain.ChainBroken(
+                f"{table}_tree", missing[0], "a stored hash of the tree is missing"
+            )
         return [row[1] for row in rows]
 
     return read_hashes
@@ -77,9 +77,12 @@ def leaf(conn, event_id):
     ChainBroken if a value is not of its column's type."""
     with chain.tolerant_text(conn):
         row = conn.execute("SELECT * FROM event WHERE id = ?", (event_id,)).fetchone()
-        members = [member[0] for member in conn.execute(
-            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
-        )]
+        members = [
+            member[0]
+            for member in conn.execute(
+                "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
+            )
+        ]
     return chain.canonical(chain.event_values(row, members))
 
 
@@ -89,8 +92,10 @@ def build(conn, key):
     transaction. Returns {table: leaves} for each tree built."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = {table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
-                for table in TABLES}
+        rows = {
+            table: conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+            for table in TABLES
+        }
         missing = [table for table in TABLES if rows[table] and not size(conn, table)]
         if missing:
             chain.verify(conn, key, trees={table: _Builder(conn, table) for table in missing})
@@ -140,16 +145,21 @@ def verify(conn, key=None, anchor=None):
 def _has_trees(conn):
     """False for a log made before there were trees, which this version's
     ingest server has not opened yet (it builds them on its first start)."""
-    tables = {row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('event_tree', 'checkpoint')"
-    )}
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('event_tree', 'checkpoint')"
+        )
+    }
     if tables != {"event_tree", "checkpoint"}:
         return False
-    return bool(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM event_tree) OR EXISTS (SELECT 1 FROM quarantine_tree)"
-        " OR EXISTS (SELECT 1 FROM checkpoint)"
-        " OR NOT (EXISTS (SELECT 1 FROM event) OR EXISTS (SELECT 1 FROM quarantine))"
-    ).fetchone()[0])
+    return bool(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM event_tree) OR EXISTS (SELECT 1 FROM quarantine_tree)"
+            " OR EXISTS (SELECT 1 FROM checkpoint)"
+            " OR NOT (EXISTS (SELECT 1 FROM event) OR EXISTS (SELECT 1 FROM quarantine))"
+        ).fetchone()[0]
+    )
 
 
 class Check:
@@ -182,7 +192,8 @@ class Check:
                 )
             if stored[1] != digest:
                 raise chain.ChainBroken(
-                    self.table, row_id,
+                    self.table,
+                    row_id,
                     f"the Merkle tree does not match the rows up to it ({self.table}_tree"
                     f" hash {stored[0]} differs from the one recomputed)",
                 )
@@ -191,7 +202,8 @@ class Check:
         extra = self._next_stored()
         if extra is not None:
             raise chain.ChainBroken(
-                f"{self.table}_tree", extra[0],
+                f"{self.table}_tree",
+                extra[0],
                 f"the tree has hashes beyond those of its {self.tree.size} rows: rows were removed",
             )
         self.root = self.tree.root()

@@ -9,7 +9,13 @@ each scrape.
 import sqlite3
 
 from flask import Blueprint, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from . import db
@@ -26,13 +32,16 @@ class Metrics:
     def __init__(self, path):
         self.registry = CollectorRegistry()
         self.callbacks = Counter(
-            "tim_audit_callbacks", "Callbacks answered, by outcome.", ["outcome"],
+            "tim_audit_callbacks",
+            "Callbacks answered, by outcome.",
+            ["outcome"],
             registry=self.registry,
         )
         for outcome in OUTCOMES:
             self.callbacks.labels(outcome)
         self.seconds = Histogram(
-            "tim_audit_callback_seconds", "Time from receiving a callback to answering it.",
+            "tim_audit_callback_seconds",
+            "Time from receiving a callback to answering it.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0),
             registry=self.registry,
         )
@@ -62,7 +71,9 @@ class _LogSize:
         except sqlite3.Error:
             return
         yield GaugeMetricFamily("tim_audit_events", "Events in the audit log.", value=events)
-        yield GaugeMetricFamily("tim_audit_quarantined", "Deliveries in quarantine.", value=quarantined)
+        yield GaugeMetricFamily(
+            "tim_audit_quarantined", "Deliveries in quarantine.", value=quarantined
+        )
 
 
 @bp.get("/metrics")

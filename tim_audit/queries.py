@@ -56,7 +56,9 @@ class Selection:
             where = f" AND {self.bound} <= ? AND ({self.bound} < ? OR {self.id} < ?)"
         else:
             where = f" AND {self.bound} >= ? AND ({self.bound} > ? OR {self.id} > ?)"
-        return dataclasses.replace(self, where=self.where + where, params=[*self.params, time, time, ident])
+        return dataclasses.replace(
+            self, where=self.where + where, params=[*self.params, time, time, ident]
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +103,10 @@ class Filters:
         unindexed = "+" if by_id else ""
         type_first = not (unindexed or self.group_id or self.owner or self.operator or self.q)
         for column, value in (
-            ("e.group_id", self.group_id), ("e.owner", self.owner),
-            ("e.operator", self.operator), ("e.type" if type_first else "+e.type", self.type),
+            ("e.group_id", self.group_id),
+            ("e.owner", self.owner),
+            ("e.operator", self.operator),
+            ("e.type" if type_first else "+e.type", self.type),
         ):
             if value is not None:
                 clauses.append(f"{unindexed}{column} = ?")
@@ -128,7 +132,9 @@ class Filters:
         if self.until is not None:
             clauses.append(f"{unindexed}{time} <= ?")
             params.append(self.until)
-        return Selection(source, " AND ".join(clauses) or "1", params, time, ident, unindexed + time)
+        return Selection(
+            source, " AND ".join(clauses) or "1", params, time, ident, unindexed + time
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +156,9 @@ def page(conn, filters, limit, before=None, after=None):
     cursor = before if before is not None else after
     order = "ASC" if after is not None else "DESC"
     if cursor is not None:
-        position = conn.execute("SELECT event_time, id FROM event WHERE id = ?", (cursor,)).fetchone()
+        position = conn.execute(
+            "SELECT event_time, id FROM event WHERE id = ?", (cursor,)
+        ).fetchone()
         if position is None:
             raise UnknownCursor(cursor)
         selection = selection.past(*position, older=before is not None)
@@ -167,7 +175,9 @@ def page(conn, filters, limit, before=None, after=None):
         return Page(rows, None, None)
     if after is not None:
         return Page(rows, rows[0]["id"] if more else None, rows[-1]["id"])
-    return Page(rows, rows[0]["id"] if before is not None else None, rows[-1]["id"] if more else None)
+    return Page(
+        rows, rows[0]["id"] if before is not None else None, rows[-1]["id"] if more else None
+    )
 
 
 def _phrase(q):
@@ -183,9 +193,13 @@ def route(conn, filters):
     which meets a page of such common names soon."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
-    ids = [row[0] for row in conn.execute(
-        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?", (_phrase(filters.q), COUNT_CAP + 1)
-    )]
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
+            (_phrase(filters.q), COUNT_CAP + 1),
+        )
+    ]
     return dataclasses.replace(filters, name_found=tuple(ids))
 
 
@@ -228,12 +242,16 @@ def count(conn, filters):
 
 def _summarised(filters):
     """Whether event_hour can answer for ``filters``: type and time only."""
-    return all(getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q"))
+    return all(
+        getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q")
+    )
 
 
 def _name_only(filters):
-    return all(getattr(filters, name) is None for name in (
-        "group_id", "owner", "operator", "member", "type", "since", "until"))
+    return all(
+        getattr(filters, name) is None
+        for name in ("group_id", "owner", "operator", "member", "type", "since", "until")
+    )
 
 
 def summed(conn, type, since, until):
@@ -265,7 +283,8 @@ def _indexed(conn, type, since, until):
             "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ?", (since, until)
         ).fetchone()[0]
     return conn.execute(
-        "SELECT count(*) FROM event WHERE type = ? AND event_time BETWEEN ? AND ?", (type, since, until)
+        "SELECT count(*) FROM event WHERE type = ? AND event_time BETWEEN ? AND ?",
+        (type, since, until),
     ).fetchone()[0]
 
 
@@ -293,13 +312,20 @@ def per_day(conn, filters, days):
         return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
     # A name search whose count was exact has all its matches' ids.
     found = filters.name_found
-    selection = filters.select(need_event=False, by_id=found is not None and len(found) <= COUNT_CAP or None)
-    times = sorted(row[0] for row in conn.execute(
-        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-        f" AND {selection.bound} >= ? AND {selection.bound} < ?",
-        selection.params + [days[0][0], days[-1][1]],
-    ))
-    return [bisect.bisect_left(times, stop) - bisect.bisect_left(times, start) for start, stop in days]
+    selection = filters.select(
+        need_event=False, by_id=found is not None and len(found) <= COUNT_CAP or None
+    )
+    times = sorted(
+        row[0]
+        for row in conn.execute(
+            f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
+            f" AND {selection.bound} >= ? AND {selection.bound} < ?",
+            selection.params + [days[0][0], days[-1][1]],
+        )
+    )
+    return [
+        bisect.bisect_left(times, stop) - bisect.bisect_left(times, start) for start, stop in days
+    ]
 
 
 def event(conn, event_id):
@@ -307,9 +333,12 @@ def event(conn, event_id):
 
 
 def members(conn, event_id):
-    return [row[0] for row in conn.execute(
-        "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
-    )]
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
+        )
+    ]
 
 
 def previous_hash(conn, event_id):
@@ -352,8 +381,10 @@ class QuarantineFilters:
         index but its id, so each filter is a scan of it."""
         clauses, params = [], []
         for clause, value in (
-            ("error_code = ?", self.error_code), ("command = ?", self.command),
-            ("received_at >= ?", self.since), ("received_at <= ?", self.until),
+            ("error_code = ?", self.error_code),
+            ("command = ?", self.command),
+            ("received_at >= ?", self.since),
+            ("received_at <= ?", self.until),
         ):
             if value is not None:
                 clauses.append(clause)

@@ -81,7 +81,8 @@ class AfterCreateGroup(Body):
     EventTime = Milliseconds(
         required=True,
         validate=validate.Range(
-            min=MIN_EVENT_TIME, max=MAX_EVENT_TIME,
+            min=MIN_EVENT_TIME,
+            max=MAX_EVENT_TIME,
             error="Not a time from 2000-01-01 to 2099-12-31 (UTC) in ms since the epoch.",
         ),
     )

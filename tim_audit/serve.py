@@ -36,7 +36,8 @@ REVIEW_NICENESS = 10
 
 @click.command("serve")
 @click.option(
-    "--only", type=click.Choice(["ingest", "review"]),
+    "--only",
+    type=click.Choice(["ingest", "review"]),
     help="Run just one server, for example as one of two systemd units.",
 )
 @click.option("--review-fd", type=int, hidden=True)
@@ -74,14 +75,19 @@ def listen(config, key):
     host, _, port = config[key].rpartition(":")
     try:
         family, _, _, _, address = socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE,
+            host.strip("[]"),
+            int(port),
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
         )[0]
     except socket.gaierror as exc:
         raise StartupError(f"cannot listen on {key} {config[key]}: {exc.strerror}") from None
     try:
         return socket.create_server(address, family=family, backlog=1024)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}") from None
+        raise StartupError(
+            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
+        ) from None
 
 
 def run(app, sock, threads, body_limit):
@@ -91,8 +97,13 @@ def run(app, sock, threads, body_limit):
     host, port = sock.getsockname()[:2]
     app.logger.info("serving %s on http://%s:%d with %d threads", app.name, host, port, threads)
     waitress.serve(
-        app, sockets=[sock], threads=threads, max_request_body_size=body_limit,
-        outbuf_high_watermark=1024 * 1024, ident="tim-audit", _quiet=True,
+        app,
+        sockets=[sock],
+        threads=threads,
+        max_request_body_size=body_limit,
+        outbuf_high_watermark=1024 * 1024,
+        ident="tim-audit",
+        _quiet=True,
     )
 
 
@@ -104,6 +115,7 @@ def _stop_with_parent(fd):
     """Stop when the parent is gone, however it went: the end of a pipe
     only the parent holds open reads empty then. An orphaned review server
     would keep REVIEW_LISTEN, and the next serve could not start."""
+
     def wait():
         os.read(fd, 1)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -130,8 +142,19 @@ class ReviewProcess:
         # -P: the working directory is not put on sys.path, so the child
         # runs the same installed tim_audit as this process.
         return subprocess.Popen(  # noqa: S603 (this interpreter, fixed arguments)
-            [sys.executable, "-P", "-m", "tim_audit", "serve", "--only", "review",
-             "--review-fd", str(fds[0]), "--parent-fd", str(fds[1])],
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "tim_audit",
+                "serve",
+                "--only",
+                "review",
+                "--review-fd",
+                str(fds[0]),
+                "--parent-fd",
+                str(fds[1]),
+            ],
             pass_fds=fds,
         )
 

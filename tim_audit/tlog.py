@@ -119,8 +119,10 @@ def stored_hashes_for(n, data, read_hashes):
     its left half to the hash just made; those left halves (at most
     log2 n) are read with one call to ``read_hashes``.
     """
-    lefts = _read(read_hashes, [stored_hash_index(level, (n >> level) - 1)
-                                for level in reversed(range(_completed(n)))])
+    lefts = _read(
+        read_hashes,
+        [stored_hash_index(level, (n >> level) - 1) for level in reversed(range(_completed(n)))],
+    )
     hashes = [leaf_hash(data)]
     for left in reversed(lefts):
         hashes.append(node_hash(left, hashes[-1]))
@@ -380,7 +382,9 @@ class Signer:
             raise Malformed("a signer key is PRIVATE+KEY+name+keyid+base64")
         _, _, name, key_id, key = parts
         if not (_valid_name(name) and _KEY_ID.fullmatch(key_id)):
-            raise Malformed("a signer key is PRIVATE+KEY+name+keyid+base64, the key ID being 8 hex digits")
+            raise Malformed(
+                "a signer key is PRIVATE+KEY+name+keyid+base64, the key ID being 8 hex digits"
+            )
         raw = _decode(key, "the signer key")
         if raw[:1] != _ED25519 or len(raw) != 33:
             raise Malformed("the signer key is not an Ed25519 key (type 0x01 and a 32-byte seed)")
@@ -405,8 +409,10 @@ def generate_key(name):
     public = private.public_key().public_bytes_raw()
     key_id = _key_id(name, public).hex()
     seed = private.private_bytes_raw()
-    return (f"PRIVATE+KEY+{name}+{key_id}+{_encode(_ED25519 + seed)}",
-            f"{name}+{key_id}+{_encode(_ED25519 + public)}")
+    return (
+        f"PRIVATE+KEY+{name}+{key_id}+{_encode(_ED25519 + seed)}",
+        f"{name}+{key_id}+{_encode(_ED25519 + public)}",
+    )
 
 
 class Note(NamedTuple):
@@ -438,7 +444,7 @@ def open_note(note, verifiers):
     split = decoded.rfind("\n\n")
     if split < 0:
         raise Malformed("the note has no blank line before its signatures")
-    text, block = decoded[:split + 1], decoded[split + 2:]
+    text, block = decoded[: split + 1], decoded[split + 2 :]
     if not block.endswith("\n"):
         raise Malformed("the note does not end with a signature line")
     lines = block[:-1].split("\n")
@@ -451,7 +457,9 @@ def open_note(note, verifiers):
         dash, _, rest = line.partition(" ")
         name, _, signature = rest.partition(" ")
         if dash != "\u2014" or not _valid_name(name):
-            raise Malformed("a signature line is an em dash, a space, a key name, a space and base64")
+            raise Malformed(
+                "a signature line is an em dash, a space, a key name, a space and base64"
+            )
         signature = _decode(signature, f"the signature by {name}")
         if len(signature) < 5:
             raise Malformed(f"the signature by {name} is too short")
@@ -497,10 +505,15 @@ def format_checkpoint(checkpoint):
     any extension lines."""
     origin, size, root, extensions = checkpoint
     lines = [origin, str(size), _encode(root), *extensions]
-    if (any(not line or "\n" in line for line in lines)
-            or not 0 <= size <= _MAX_COUNT or len(root) != HASH_SIZE):
-        raise ValueError("a checkpoint is an origin, a tree size, a 32-byte root hash and"
-                         " extension lines, none of them empty or with a newline")
+    if (
+        any(not line or "\n" in line for line in lines)
+        or not 0 <= size <= _MAX_COUNT
+        or len(root) != HASH_SIZE
+    ):
+        raise ValueError(
+            "a checkpoint is an origin, a tree size, a 32-byte root hash and"
+            " extension lines, none of them empty or with a newline"
+        )
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -509,10 +522,16 @@ def parse_checkpoint(text):
         raise Malformed("the checkpoint does not end with a newline")
     lines = text[:-1].split("\n")
     if len(lines) < 3 or "" in lines:
-        raise Malformed("a checkpoint is at least three non-empty lines: origin, tree size and root hash")
+        raise Malformed(
+            "a checkpoint is at least three non-empty lines: origin, tree size and root hash"
+        )
     origin, size, root, *extensions = lines
-    return Checkpoint(origin, _parse_count(size, "the tree size"),
-                      _decode_hash(root, "the root hash"), tuple(extensions))
+    return Checkpoint(
+        origin,
+        _parse_count(size, "the tree size"),
+        _decode_hash(root, "the root hash"),
+        tuple(extensions),
+    )
 
 
 def sign_checkpoint(checkpoint, signer):
@@ -580,8 +599,9 @@ def parse_proof(data):
     if not lines or not lines[0].startswith("index "):
         raise Malformed("the proof has no index line")
     index = _parse_count(lines.pop(0).removeprefix("index "), "the index")
-    hashes = tuple(_decode_hash(line, f"proof hash {number}")
-                   for number, line in enumerate(lines, 1))
+    hashes = tuple(
+        _decode_hash(line, f"proof hash {number}") for number, line in enumerate(lines, 1)
+    )
     return Proof(index, hashes, checkpoint, extra)
 
 
@@ -594,8 +614,9 @@ def check_proof(data, verifier_key, origin=None):
     if proof.extra is None:
         raise Malformed("the proof has no extra line: it carries no leaf data to check")
     checkpoint, _ = open_checkpoint(proof.checkpoint, [verifier], origin)
-    verify_inclusion(checkpoint.size, checkpoint.root, proof.index,
-                     leaf_hash(proof.extra), proof.hashes)
+    verify_inclusion(
+        checkpoint.size, checkpoint.root, proof.index, leaf_hash(proof.extra), proof.hashes
+    )
     return Proved(proof.index, checkpoint.size, checkpoint.origin, verifier.key_id, proof.extra)
 
 
