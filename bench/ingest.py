@@ -191,6 +191,9 @@ def main():
         "TIM_AUDIT_SDKAPPID": SDKAPPID,
         "TIM_AUDIT_CALLBACK_TOKEN": json.dumps(TOKEN),
         "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{ports['tim-audit']}",
+        # wrk signs once per run: a --soak longer than a minute needs the
+        # wider window (the signature check itself is unchanged).
+        "TIM_AUDIT_SIGN_MAX_AGE": str(max(60, args.soak + 60)),
         "TIM_AUDIT_INGEST_THREADS": str(THREADS),
         "NAIVE_DB": str(naive_database),
     }
