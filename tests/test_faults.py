@@ -277,15 +277,22 @@ conn.execute("ROLLBACK")
 """
 
 
-def test_locked_database_answers_503_within_a_second_and_a_half(live_server, rows):
+def hold_lock(database):
+    """Another process holding the database's write lock, until it reads a
+    line on its stdin (``holder.communicate("done\\n")``)."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
+        [sys.executable, "-c", HOLD_LOCK, database],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_locked_database_answers_503_within_a_second_and_a_half(live_server, rows):
+    holder = hold_lock(live_server.app.config["DATABASE"])
     try:
-        assert holder.stdout.readline() == "locked\n"
         timings = []
 
         def one(n):
@@ -375,13 +382,7 @@ def test_callbacks_answered_503_under_a_lock_are_never_stored_and_a_retry_is_sto
     """The lock is let go around the callbacks' deadline, when the writer
     gets it with jobs whose callers are giving up: each is either stored and
     answered 200, or answered 503 and never stored."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline() == "locked\n"
+    holder = hold_lock(live_server.app.config["DATABASE"])
     answers = {}
 
     def one(n):
@@ -462,13 +463,7 @@ def test_a_lock_let_go_between_deadlines_stores_the_later_callbacks_and_refuses_
     which it lets go when the first ones have less than SEAL_MARGIN left:
     the writer gets the lock with both kinds queued, refuses the first
     (503, never stored) and commits the rest (200)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, live_server.app.config["DATABASE"]],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline() == "locked\n"
+    holder = hold_lock(live_server.app.config["DATABASE"])
     answers = {}
 
     def one(n):
