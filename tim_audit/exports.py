@@ -186,10 +186,18 @@ def csv_chunks(conn, filters, counter):
 
 def json_chunks(conn, filters, counter):
     """A JSON array with one object per event."""
+    return _json_array(
+        ([document for _, document in objects] for objects in json_objects(conn, filters)), counter
+    )
+
+
+def _json_array(chunks, counter):
+    """Chunks (lists) of JSON documents as one JSON array, streamed a chunk
+    at a time; ``counter["rows"]`` counts what was sent."""
     separator = "[\n"
-    for objects in json_objects(conn, filters):
-        counter["rows"] += len(objects)
-        yield (separator + ",\n".join(document for _, document in objects)).encode("utf-8")
+    for documents in chunks:
+        counter["rows"] += len(documents)
+        yield (separator + ",\n".join(documents)).encode("utf-8")
         separator = ",\n"
     yield b"[]\n" if separator == "[\n" else b"\n]\n"
 
@@ -290,12 +298,9 @@ def quarantine_csv_chunks(conn, filters, counter):
 
 def quarantine_json_chunks(conn, filters, counter):
     """The quarantined deliveries as a JSON array, newest first."""
-    separator = "[\n"
-    for rows in _quarantined(conn, filters):
-        counter["rows"] += len(rows)
-        yield (separator + ",\n".join(_quarantine_object(row) for row in rows)).encode("utf-8")
-        separator = ",\n"
-    yield b"[]\n" if separator == "[\n" else b"\n]\n"
+    return _json_array(
+        ([_quarantine_object(row) for row in rows] for rows in _quarantined(conn, filters)), counter
+    )
 
 
 def _quarantine_object(row):
