@@ -28,7 +28,6 @@ CHUNK_ROWS = 250
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_FORMULA_STARTS_SQL = "(" + ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS) + ")"
 
 
 # Only a tampered row of a log made before STRICT tables holds a BLOB where
@@ -46,54 +45,95 @@ def _stored(expression):
     )
 
 
-def _guard(expression):
-    """SQL: ``expression`` with a ' in front when it would start a formula,
-    a BLOB as X'...'."""
-    return (
-        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
-        f" WHEN substr({expression}, 1, 1) IN {_FORMULA_STARTS_SQL}"
-        f" THEN '''' || {expression} ELSE {expression} END"
-    )
-
-
 # 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in ms: the times
 # ISO 8601 (and Python's datetime) can write.
 FIRST_ISO_MS, LAST_ISO_MS = -62135596800000, 253402300799999
 
 
-def _iso(expression):
+def _iso(expression, otherwise=None):
     """SQL: milliseconds as UTC ISO 8601 with milliseconds, in integers only
     (floored, so -1 is 23:59:59.999 the day before); a value outside the
-    years 1 to 9999, which only a tampered row can hold, is written as stored."""
+    years 1 to 9999, which only a tampered row can hold, is written as stored,
+    or as the SQL ``otherwise`` makes it."""
     millis = f"(({expression}) % 1000 + 1000) % 1000"
     return (
         f"CASE WHEN {expression} BETWEEN {FIRST_ISO_MS} AND {LAST_ISO_MS}"
         f" THEN strftime('%Y-%m-%dT%H:%M:%S', (({expression}) - {millis}) / 1000, 'unixepoch')"
         f" || '.' || printf('%03d', {millis}) || 'Z'"
-        f" ELSE CAST({_stored(expression)} AS TEXT) END"
+        f" ELSE {otherwise or f'CAST({_stored(expression)} AS TEXT)'} END"
     )
 
 
-CSV_COLUMNS = (
-    ("id", "e.id"),
-    ("event_time", _iso("e.event_time")),
-    ("event_time_ms", _stored("e.event_time")),
-    ("group_id", _guard("e.group_id")),
-    ("type", _guard("e.type")),
-    ("name", _guard("e.name")),
-    ("owner", _guard("e.owner")),
-    ("operator", _guard("e.operator")),
-    ("member_count", _stored("e.member_count")),
-    ("members", None),  # filled in per chunk
-    ("user_data", _guard("e.user_data")),
-    ("received_at", _iso("e.received_at")),
-    ("sdkappid", _guard("e.sdkappid")),
-    ("client_ip", _guard("e.client_ip")),
-    ("opt_platform", _guard("e.opt_platform")),
-    ("peer", _guard("e.peer")),
-    ("hash", _stored("e.hash")),
+# What makes csv.writer quote a cell (QUOTE_MINIMAL, lines ended by \r\n).
+CSV_QUOTED = ('"', ",", "\r", "\n")
+_NEEDS_QUOTES = " OR ".join(f"instr({{0}}, char({ord(c)}))" for c in CSV_QUOTED)
+_FORMULA_CODES = ", ".join(str(ord(start)) for start in FORMULA_STARTS)
+
+
+def _csv_cell(expression, guard=True):
+    """SQL: ``expression`` as one CSV cell, as csv.writer writes it: NULL
+    as nothing, text in quotes when it must be and (``guard``) with a ' in
+    front when it would start a formula, a BLOB as X'...'."""
+    prefix = f"iif(unicode({expression}) IN ({_FORMULA_CODES}), '''', '')" if guard else "''"
+    return (
+        f"CASE typeof({expression})"
+        f" WHEN 'text' THEN CASE WHEN {_NEEDS_QUOTES.format(expression)}"
+        f""" THEN '"' || {prefix} || replace({expression}, '"', '""') || '"'"""
+        f" ELSE {prefix} || {expression} END"
+        f" WHEN 'null' THEN '' WHEN 'blob' THEN {_blob_literal(expression)}"
+        f" ELSE {expression} END"
+    )
+
+
+def _csv_text(text):
+    """Python: ``text`` as one CSV cell, as _csv_cell writes text."""
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
+    if any(character in text for character in CSV_QUOTED):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+CSV_HEADER = (
+    "id",
+    "event_time",
+    "event_time_ms",
+    "group_id",
+    "type",
+    "name",
+    "owner",
+    "operator",
+    "member_count",
+    "members",
+    "user_data",
+    "received_at",
+    "sdkappid",
+    "client_ip",
+    "opt_platform",
+    "peer",
+    "hash",
 )
-_MEMBERS_AT = [name for name, _ in CSV_COLUMNS].index("members")
+# A row is built by SQLite as the cells before the members and the cells
+# after them: a few string operations, where csv.writer would take a Python
+# object per cell. The members, read per chunk, go in between.
+_CSV_ROW = ", ".join(
+    " || ',' || ".join(cells)
+    for cells in (
+        [
+            "e.id",
+            _iso("e.event_time", otherwise=_csv_cell("e.event_time", guard=False)),
+            _csv_cell("e.event_time", guard=False),
+            *(_csv_cell(f"e.{name}") for name in ("group_id", "type", "name", "owner", "operator")),
+            _csv_cell("e.member_count", guard=False),
+        ],
+        [
+            _csv_cell("e.user_data"),
+            _iso("e.received_at", otherwise=_csv_cell("e.received_at", guard=False)),
+            *(_csv_cell(f"e.{name}") for name in ("sdkappid", "client_ip", "opt_platform", "peer")),
+            _csv_cell("e.hash", guard=False),
+        ],
+    )
+)
 
 # Tencent's names for the callback's fields, ours for the rest; MemberList
 # goes between the two halves.
@@ -164,24 +204,23 @@ _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 
 def csv_chunks(conn, filters, counter):
     """UTF-8 CSV (with a BOM, so spreadsheets read CJK names right), a
-    header row, then the rows; ``counter["rows"]`` counts what was sent."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    buffer.write("\ufeff")
-    writer.writerow(name for name, _ in CSV_COLUMNS)
-    for rows in _chunks(conn, ", ".join(sql for _, sql in CSV_COLUMNS if sql), filters):
+    header row, then the rows; ``counter["rows"]`` counts what was sent.
+    The header goes with the first rows, read (as the export's extent is
+    fixed) before anything is sent."""
+    header = "\ufeff" + ",".join(CSV_HEADER) + "\r\n"
+    for rows in _chunks(conn, _CSV_ROW, filters):
         members = _members(conn, rows, _stored("account"), ";")
-        for event_id, *cells, _ in rows:
-            joined = members.get(event_id, "")
-            if joined.startswith(FORMULA_STARTS):
-                joined = "'" + joined
-            cells.insert(_MEMBERS_AT, joined)
-            writer.writerow(cells)
         counter["rows"] += len(rows)
-        yield buffer.getvalue().encode("utf-8")
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue().encode("utf-8")
+        yield (
+            header
+            + "".join(
+                f"{before},{_csv_text(members.get(event_id, ''))},{after}\r\n"
+                for event_id, before, after, _ in rows
+            )
+        ).encode("utf-8")
+        header = ""
+    if header:
+        yield header.encode("utf-8")
 
 
 def json_chunks(conn, filters, counter):
