@@ -17,7 +17,7 @@ import pytest
 
 from conftest import event, rewrite
 from test_exports import started, truncate_wal
-from tim_audit import StartupError, create_app, db, exports, tlog
+from tim_audit import StartupError, create_app, db, evidence, exports, tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -337,6 +337,23 @@ def test_the_evidence_archive_holds_each_events_json_and_proof(signed, get, keye
         assert proved.index == number - 1
         assert json.loads(archive.read(f"events/{number}.json"))["id"] == number
     assert "check-proof" in archive.read("README.txt").decode()
+
+
+def test_the_evidence_archive_is_the_zip_zipfile_writes_with_every_zipinfo_kept(
+    signed, get, monkeypatch
+):
+    monkeypatch.setattr(exports, "CHUNK_ROWS", 2)
+    served = get("/history.evidence").data
+    read = zipfile.ZipFile(io.BytesIO(served))
+    assert read.testzip() is None
+    out = evidence._Chunks()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as plain:
+        for member in read.infolist():
+            info = zipfile.ZipInfo(member.filename, member.date_time)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            plain.writestr(info, read.read(member))
+    assert len(read.infolist()) == 13
+    assert out.take() == served
 
 
 def test_events_newer_than_the_checkpoint_are_left_out_and_the_readme_says_so(signed, get, filled):

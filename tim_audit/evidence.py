@@ -2,10 +2,13 @@
 latest checkpoint, an archive of the filtered events with their proofs,
 and the list of checkpoints. Behind the same sign-in as the dashboard."""
 
+import array
 import contextlib
+import copy
 import io
 import json
 import sqlite3
+import time
 import zipfile
 
 from flask import Blueprint, Response, abort, render_template, request
@@ -184,25 +187,78 @@ def export_evidence():
 
 def archive_chunks(conn, filters, counter):
     """The evidence archive of ``filters``, streamed: the zip is written to
-    a buffer that is emptied after every event, so memory stays flat."""
+    a buffer that is emptied after every chunk of events, and its members
+    are remembered as _Members, so memory stays flat."""
     latest = checkpoints.latest(conn)
     out = _Chunks()
     archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
-    archive.writestr("checkpoint", bytes(latest["note"]))
-    archive.writestr("verifier.key", f"{latest['key']}\n")
+    archive.filelist, archive.NameToInfo = _Members(), _Names()
+    made = time.localtime()[:6]
+
+    def add(name, data):
+        info = zipfile.ZipInfo(name, made)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        archive.writestr(info, data)
+
+    add("checkpoint", bytes(latest["note"]))
+    add("verifier.key", f"{latest['key']}\n")
     newer = 0
     for objects in exports.json_objects(conn, filters):
         for event_id, document in objects:
             if event_id > latest["size"]:
                 newer += 1
                 continue
-            archive.writestr(f"events/{event_id}.json", document + "\n")
-            archive.writestr(f"events/{event_id}.tlog-proof", proof_file(conn, latest, event_id))
+            add(f"events/{event_id}.json", document + "\n")
+            add(f"events/{event_id}.tlog-proof", proof_file(conn, latest, event_id))
             counter["rows"] += 1
         yield out.take()
-    archive.writestr("README.txt", _readme(latest, counter["rows"], newer))
+    add("README.txt", _readme(latest, counter["rows"], newer))
     archive.close()
     yield out.take()
+
+
+class _Members:
+    """zipfile's list of an archive's members (ZipFile.filelist), which it
+    reads once, to write the central directory at the end. A ZipInfo takes
+    about 1 KB, so an archive of 10k events would hold 20 MB of them; this
+    keeps each member's name and the four numbers that tell members apart
+    when all are written alike (add() in archive_chunks), and gives them
+    back as ZipInfo one at a time."""
+
+    def __init__(self):
+        self._like = None
+        self._names = bytearray()
+        self._ends = array.array("Q")
+        self._numbers = array.array("Q")
+
+    def append(self, info):
+        self._like = self._like or copy.copy(info)
+        self._names += info.filename.encode()
+        self._ends.append(len(self._names))
+        self._numbers.extend((info.header_offset, info.CRC, info.compress_size, info.file_size))
+
+    def __len__(self):
+        return len(self._ends)
+
+    def __iter__(self):
+        start = 0
+        for number, end in enumerate(self._ends):
+            info = copy.copy(self._like)
+            info.filename = info.orig_filename = self._names[start:end].decode()
+            (info.header_offset, info.CRC, info.compress_size, info.file_size) = self._numbers[
+                4 * number : 4 * number + 4
+            ]
+            start = end
+            yield info
+
+
+class _Names(dict):
+    """zipfile's name -> ZipInfo map (ZipFile.NameToInfo), which it only
+    asks, while writing, whether a name is taken: here none is kept, as
+    every name is unique (an event's id, or one of the fixed files)."""
+
+    def __setitem__(self, name, info):
+        pass
 
 
 def _readme(latest, count, newer):
@@ -227,20 +283,22 @@ def _readme(latest, count, newer):
 
 class _Chunks(io.RawIOBase):
     """A write-only stream that hands over what was written to it; zipfile
-    writes to such an unseekable stream with data descriptors."""
+    writes to such an unseekable stream with data descriptors. One buffer:
+    the central directory comes as four small writes per member, which as
+    separate bytes objects would take several times their size."""
 
     def __init__(self):
         super().__init__()
-        self._parts = []
+        self._buffer = bytearray()
 
     def writable(self):
         return True
 
     def write(self, data):
-        self._parts.append(bytes(data))
+        self._buffer += data
         return len(data)
 
     def take(self):
-        data = b"".join(self._parts)
-        self._parts = []
+        data = bytes(self._buffer)
+        self._buffer.clear()
         return data
