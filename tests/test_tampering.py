@@ -341,6 +341,30 @@ EXPORTED = {
         "soon",
         old_schema=True,
     ),
+    "event_time REAL": Exported(
+        "UPDATE event SET event_time = 0.1 + 0.2 WHERE id = 2",
+        "event_time_ms",
+        "EventTime",
+        "0.30000000000000004",
+        0.30000000000000004,
+        old_schema=True,
+    ),
+    "event_time REAL not finite": Exported(
+        "UPDATE event SET event_time = -1e308 * 10 WHERE id = 2",
+        "event_time_ms",
+        "EventTime",
+        "-inf",
+        "-Inf",
+        old_schema=True,
+    ),
+    "event_time TEXT of a formula": Exported(
+        "UPDATE event SET event_time = '=1+1' WHERE id = 2",
+        "event_time",
+        "EventTime",
+        "'=1+1",
+        "=1+1",
+        old_schema=True,
+    ),
     "received_at BLOB": Exported(
         "UPDATE event SET received_at = X'FF' WHERE id = 2",
         "received_at",
@@ -358,6 +382,23 @@ EXPORTED = {
         old_schema=True,
     ),
 }
+
+
+@pytest.mark.parametrize(
+    "statement, column, exported",
+    [
+        ("UPDATE event SET member_count = 1e19 WHERE id = 2", "member_count", "1e+19"),
+        ("UPDATE event SET event_time = '=1+1' WHERE id = 2", "event_time_ms", "'=1+1"),
+        ("UPDATE event SET hash = '-1' WHERE id = 2", "hash", "'-1"),
+    ],
+)
+def test_csv_export_writes_a_tampered_cell_whole_and_guards_it_in_any_column(
+    old_schema, filled, attacker, get, statement, column, exported
+):
+    attacker.execute(statement)
+    header, *records = csv.reader(io.StringIO(download(get, "/history.csv").decode("utf-8")[1:]))
+    by_id = {record[0]: dict(zip(header, record, strict=True)) for record in records}
+    assert by_id["2"][column] == exported
 
 
 @pytest.fixture(params=EXPORTED.values(), ids=EXPORTED.keys())

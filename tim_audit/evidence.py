@@ -187,8 +187,9 @@ def export_evidence():
 
 def archive_chunks(conn, filters, counter):
     """The evidence archive of ``filters``, streamed: the zip is written to
-    a buffer that is emptied after every chunk of events, and its members
-    are remembered as _Members, so memory stays flat."""
+    a buffer that is emptied after every chunk of events. What stays is
+    what the central directory at the end needs (_Members): about 130
+    bytes an event, then the directory itself."""
     latest = checkpoints.latest(conn)
     out = _Chunks()
     archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
@@ -222,8 +223,9 @@ class _Members:
     reads once, to write the central directory at the end. A ZipInfo takes
     about 1 KB, so an archive of 10k events would hold 20 MB of them; this
     keeps each member's name and the four numbers that tell members apart
-    when all are written alike (add() in archive_chunks), and gives them
-    back as ZipInfo one at a time."""
+    when all are written alike (add() in archive_chunks) and none is large
+    enough (2 GiB) for a zip64 header of its own, and gives them back as
+    ZipInfo one at a time."""
 
     def __init__(self):
         self._like = None

@@ -70,11 +70,12 @@ _NEEDS_QUOTES = " OR ".join(f"instr({{0}}, char({ord(c)}))" for c in CSV_QUOTED)
 _FORMULA_CODES = ", ".join(str(ord(start)) for start in FORMULA_STARTS)
 
 
-def _csv_cell(expression, guard=True):
+def _csv_cell(expression):
     """SQL: ``expression`` as one CSV cell, as csv.writer writes it: NULL
-    as nothing, text in quotes when it must be and (``guard``) with a ' in
-    front when it would start a formula, a BLOB as X'...'."""
-    prefix = f"iif(unicode({expression}) IN ({_FORMULA_CODES}), '''', '')" if guard else "''"
+    as nothing, text in quotes when it must be and with a ' in front when it
+    would start a formula, a BLOB as X'...', a number as SQLite writes it (the
+    numeric columns are left to _csv_value, as a REAL would lose digits)."""
+    prefix = f"iif(unicode({expression}) IN ({_FORMULA_CODES}), '''', '')"
     return (
         f"CASE typeof({expression})"
         f" WHEN 'text' THEN CASE WHEN {_NEEDS_QUOTES.format(expression)}"
@@ -92,6 +93,20 @@ def _csv_text(text):
     if any(character in text for character in CSV_QUOTED):
         return '"' + text.replace('"', '""') + '"'
     return text
+
+
+def _csv_value(value):
+    """Python: a value of a numeric column as one CSV cell. A REAL (only a
+    tampered row of a log made before STRICT tables holds one) is written
+    as csv.writer writes a float, whole, where SQLite would round it to 15
+    digits; anything else as _csv_cell writes it."""
+    if type(value) is int:
+        return str(value)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return _blob(value)
+    return repr(value) if isinstance(value, float) else _csv_text(value)
 
 
 CSV_HEADER = (
@@ -113,27 +128,43 @@ CSV_HEADER = (
     "peer",
     "hash",
 )
-# A row is built by SQLite as the cells before the members and the cells
-# after them: a few string operations, where csv.writer would take a Python
-# object per cell. The members, read per chunk, go in between.
+# SQLite builds each row's runs of cells: a few string operations, where
+# csv.writer would take a Python object per cell. Between the runs go the
+# two numbers, which Python writes (_csv_value), and the members, which are
+# read per chunk.
 _CSV_ROW = ", ".join(
-    " || ',' || ".join(cells)
-    for cells in (
-        [
-            "e.id",
-            _iso("e.event_time", otherwise=_csv_cell("e.event_time", guard=False)),
-            _csv_cell("e.event_time", guard=False),
-            *(_csv_cell(f"e.{name}") for name in ("group_id", "type", "name", "owner", "operator")),
-            _csv_cell("e.member_count", guard=False),
-        ],
-        [
-            _csv_cell("e.user_data"),
-            _iso("e.received_at", otherwise=_csv_cell("e.received_at", guard=False)),
-            *(_csv_cell(f"e.{name}") for name in ("sdkappid", "client_ip", "opt_platform", "peer")),
-            _csv_cell("e.hash", guard=False),
-        ],
-    )
+    [
+        f"e.id || ',' || {_iso('e.event_time', otherwise=_csv_cell('e.event_time'))}",
+        "e.event_time",
+        " || ',' || ".join(
+            _csv_cell(f"e.{name}") for name in ("group_id", "type", "name", "owner", "operator")
+        ),
+        "e.member_count",
+        " || ',' || ".join(
+            [
+                _csv_cell("e.user_data"),
+                _iso("e.received_at", otherwise=_csv_cell("e.received_at")),
+                *(
+                    _csv_cell(f"e.{name}")
+                    for name in ("sdkappid", "client_ip", "opt_platform", "peer", "hash")
+                ),
+            ]
+        ),
+    ]
 )
+
+
+def _json_number(expression):
+    """SQL: a numeric column for json_object. A REAL (tampering) whole, in
+    17 digits where json_object writes 15, and as a string when it is not
+    finite, which JSON cannot hold; anything else as _stored writes it."""
+    digits = f"printf('%!.17g', {expression})"
+    return (
+        f"CASE WHEN typeof({expression}) <> 'real' THEN {_stored(expression)}"
+        f" WHEN abs({expression}) <= 1.7976931348623157e308 THEN json({digits})"
+        f" ELSE {digits} END"
+    )
+
 
 # Tencent's names for the callback's fields, ours for the rest; MemberList
 # goes between the two halves.
@@ -149,7 +180,7 @@ _JSON_TAIL = (
     "json_object("
     "'UserDefinedDataList', CASE WHEN typeof(e.user_data) = 'text' AND json_valid(e.user_data)"
     f" THEN json(e.user_data) ELSE {_stored('e.user_data')} END,"
-    f" 'EventTime', {_stored('e.event_time')},"
+    f" 'EventTime', {_json_number('e.event_time')},"
     f" 'ReceivedAt', {_iso('e.received_at')},"
     f" 'SdkAppid', {_stored('e.sdkappid')}, 'ClientIP', {_stored('e.client_ip')},"
     f" 'OptPlatform', {_stored('e.opt_platform')}, 'Peer', {_stored('e.peer')},"
@@ -214,8 +245,9 @@ def csv_chunks(conn, filters, counter):
         yield (
             header
             + "".join(
-                f"{before},{_csv_text(members.get(event_id, ''))},{after}\r\n"
-                for event_id, before, after, _ in rows
+                f"{first},{_csv_value(event_time)},{accounts},{_csv_value(member_count)},"
+                f"{_csv_text(members.get(event_id, ''))},{rest}\r\n"
+                for event_id, first, event_time, accounts, member_count, rest, _ in rows
             )
         ).encode("utf-8")
         header = ""
