@@ -117,6 +117,29 @@ def test_a_common_name_is_found_by_walking_the_time_index(log, get, monkeypatch)
     assert "<strong>20</strong> events match" in text
 
 
+@pytest.mark.parametrize(
+    "filters, by_id",
+    [
+        ({}, False),
+        ({"type": "Public"}, False),
+        ({"operator": "administrator"}, True),
+        ({"owner": "leckie"}, True),
+        ({"member": "bob"}, True),
+        ({"since": 1}, True),
+    ],
+    ids=str,
+)
+def test_a_common_name_with_a_filter_off_the_time_index_is_read_by_id(
+    planner, monkeypatch, filters, by_id
+):
+    monkeypatch.setattr(queries, "SPARSE_NAMES", 1)
+    routed = queries.route(planner, queries.Filters(q="team 1", **filters))
+    assert 1 < len(routed.name_found) <= queries.COUNT_CAP
+    assert routed.by_id is by_id
+    [plan] = planned(planner, lambda conn: queries.page(conn, routed, 50))
+    assert (plan[0] == "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)") is by_id
+
+
 # --- counts that say what they are -------------------------------------------
 
 

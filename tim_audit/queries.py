@@ -80,8 +80,19 @@ class Filters:
 
     @property
     def by_id(self):
-        """Whether q's few matches are read by id (else: the time walk)."""
-        return self.name_found is not None and len(self.name_found) <= SPARSE_NAMES
+        """Whether q's matches are read by id (else: the time walk). A few
+        always are. With a filter the time index does not carry (any but
+        type), all of them are when they were all found (COUNT_CAP at most):
+        the walk would read the table for every name match until that
+        filter fills a page, which has no bound."""
+        if self.name_found is None:
+            return False
+        if len(self.name_found) <= SPARSE_NAMES:
+            return True
+        return len(self.name_found) <= COUNT_CAP and any(
+            getattr(self, name) is not None
+            for name in ("group_id", "owner", "operator", "member", "since", "until")
+        )
 
     def select(self, need_event=True, by_id=None):
         """The rows these filters match, as ``event AS e``.
@@ -188,9 +199,10 @@ def _phrase(q):
 
 def route(conn, filters):
     """``filters`` with their name search looked up in the trigram index
-    once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES,
-    they are read by id; more are found by walking the EventTime index,
-    which meets a page of such common names soon."""
+    once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES
+    (or, with other filters, COUNT_CAP; see Filters.by_id), they are read by
+    id; more are found by walking the EventTime index, which meets a page
+    of such common names soon."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
     ids = [
