@@ -163,6 +163,31 @@ def test_a_count_that_runs_out_of_time_says_at_least(log, get, monkeypatch):
     assert 'class="chart"' not in text
 
 
+def test_a_name_lookup_that_runs_out_of_time_says_at_least_and_still_lists_the_newest(
+    log, get, monkeypatch
+):
+    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])
+    text = get("/history", query_string={"q": "team 1", "limit": 3}).get_data(as_text=True)
+    found = re.search(
+        r"At least <strong>(\d+)</strong> events? match: counting stopped after 0 ms", text
+    )
+    assert found and int(found.group(1)) < 300
+    assert listed_ids(text) == [599, 597, 595]
+    assert 'class="chart"' not in text
+
+
+def test_a_name_lookup_with_a_filter_off_the_time_index_is_never_cut_short(log, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])
+    conn = db.connect(log.path, readonly=True)
+    try:
+        routed = queries.route(conn, queries.Filters(q="team 1", operator="administrator"))
+    finally:
+        conn.close()
+    assert (routed.name_at_least, len(routed.name_found)) == (None, 300)
+
+
 def test_counts_by_type_and_time_come_exact_from_the_summary(log, get, monkeypatch):
     monkeypatch.setattr(queries, "COUNT_CAP", 1)
     hour = queries.HOUR

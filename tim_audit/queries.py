@@ -75,8 +75,10 @@ class Filters:
     since: int | None = None
     until: int | None = None
     # Set by route(): the ids of the events whose name has q, as many as
-    # COUNT_CAP + 1 (None: not looked up in the trigram index).
+    # COUNT_CAP + 1 (None: not looked up in the trigram index, or the lookup
+    # ran out of time, having found name_at_least).
     name_found: tuple | None = None
+    name_at_least: int | None = None
 
     @property
     def by_id(self):
@@ -89,7 +91,12 @@ class Filters:
             return False
         if len(self.name_found) <= SPARSE_NAMES:
             return True
-        return len(self.name_found) <= COUNT_CAP and any(
+        return len(self.name_found) <= COUNT_CAP and self.off_time_index
+
+    @property
+    def off_time_index(self):
+        """Whether a filter asks for a column the EventTime index lacks."""
+        return any(
             getattr(self, name) is not None
             for name in ("group_id", "owner", "operator", "member", "since", "until")
         )
@@ -202,16 +209,31 @@ def route(conn, filters):
     once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES
     (or, with other filters, COUNT_CAP; see Filters.by_id), they are read by
     id; more are found by walking the EventTime index, which meets a page
-    of such common names soon."""
+    of such common names soon.
+
+    The lookup reads every candidate of the query's trigrams, which grows
+    with the log for a rare name made of common parts ("atlas 77"). When
+    only the walk would use its ids (no filter off the EventTime index), it
+    stops after COUNT_TIME, and the count says "at least" what it found."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
-    ids = [
-        row[0]
-        for row in conn.execute(
-            "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
-            (_phrase(filters.q), COUNT_CAP + 1),
-        )
-    ]
+    rows = conn.execute(
+        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
+        (_phrase(filters.q), COUNT_CAP + 1),
+    )
+    if filters.off_time_index:
+        return dataclasses.replace(filters, name_found=tuple(row[0] for row in rows))
+    ids = []
+    deadline = clock.monotonic() + COUNT_TIME
+    conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
+    try:
+        ids.extend(row[0] for row in rows)
+    except sqlite3.OperationalError:
+        if clock.monotonic() <= deadline:
+            raise
+        return dataclasses.replace(filters, name_at_least=len(ids))
+    finally:
+        conn.set_progress_handler(None, 0)
     return dataclasses.replace(filters, name_found=tuple(ids))
 
 
@@ -229,6 +251,8 @@ def count(conn, filters):
     time are asked for; otherwise counted, within COUNT_CAP and COUNT_TIME."""
     if _summarised(filters):
         return Count(summed(conn, filters.type, filters.since, filters.until))
+    if filters.name_at_least is not None and _name_only(filters):
+        return Count(filters.name_at_least, "at least")
     if filters.name_found is not None and _name_only(filters):
         found = len(filters.name_found)
         return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
