@@ -12,6 +12,7 @@ on one group in five; a few late deliveries out of EventTime order.
 """
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -25,6 +26,8 @@ from tim_audit import db  # noqa: E402
 from tim_audit.auditlog import AuditLog, Event  # noqa: E402
 
 DAY_MS = 86_400_000
+# The WAL a batch may leave before the next batch is made smaller.
+WAL_TARGET = 32 * 2**20
 END = 1_795_910_400_000  # 2026-11-28T00:00:00Z
 TYPES = [("Public", 35), ("Private", 30), ("ChatRoom", 15), ("AVChatRoom", 10), ("Community", 10)]
 PLATFORMS = ["RESTAPI", "Android", "iOS", "Web", "Windows", "Mac", "iPad"]
@@ -114,10 +117,12 @@ def events(count, days, seed=1):
 
 
 def build(path, count, days=730, batch=2000, seed=1, progress=False):
-    """Append ``count`` events to the log at ``path``, ``batch`` to a
+    """Append ``count`` events to the log at ``path``, up to ``batch`` to a
     transaction, through the writer's own _write; a checkpoint after each
-    keeps the WAL small, as the writer's _bound_wal does. Returns (seconds,
-    largest WAL in bytes)."""
+    keeps the WAL small, as the writer's _bound_wal does. A batch dirties
+    more index pages the larger the log, so it is halved whenever its
+    commit left more than WAL_TARGET in the WAL. Returns (seconds, largest
+    WAL in bytes)."""
     log = AuditLog(str(path))
     log.open()
     log.close()
@@ -128,15 +133,19 @@ def build(path, count, days=730, batch=2000, seed=1, progress=False):
     conn.execute("PRAGMA cache_size = -1048576")
     started = time.monotonic()
     largest_wal = written = 0
+    pending = events(count, days, seed)
     try:
-        for chunk in _chunks(events(count, days, seed), batch):
+        while chunk := list(itertools.islice(pending, batch)):
             conn.execute("BEGIN IMMEDIATE")
             log._write(conn, chunk)
             conn.execute("COMMIT")
-            largest_wal = max(largest_wal, os.path.getsize(f"{path}-wal"))
+            wal = os.path.getsize(f"{path}-wal")
+            largest_wal = max(largest_wal, wal)
+            if wal > WAL_TARGET:
+                batch = max(batch // 2, 1)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            written += len(chunk)
-            if progress and written % 100_000 == 0:
+            before, written = written, written + len(chunk)
+            if progress and written // 100_000 > before // 100_000:
                 print(f"  {written:,} events, {time.monotonic() - started:.0f} s", file=sys.stderr)
         # No ANALYZE: the service never runs it, so the queries are planned
         # here as on a real log (and as the query plan tests check).
@@ -144,17 +153,6 @@ def build(path, count, days=730, batch=2000, seed=1, progress=False):
     finally:
         conn.close()
     return time.monotonic() - started, largest_wal
-
-
-def _chunks(items, size):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def main():
