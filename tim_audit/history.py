@@ -217,13 +217,16 @@ def events():
     try:
         args = _load(HistoryArgs)
         filters = queries.route(conn, _history_filters(args))
-        context["total"] = queries.count(conn, filters)
-        if context["total"].value:
-            context["page"] = queries.page(
+        context["total"] = total = queries.count(conn, filters)
+        # A count cut short may have stopped before its first match.
+        if total.value or total.kind != "exact":
+            context["page"] = page = queries.page(
                 conn, filters, args["limit"], args["before"], args["after"]
             )
+            if total.kind == "at least" and not (args["before"] or args["after"]):
+                context["total"] = queries.Count(max(total.value, len(page.rows)), total.kind)
             # Per-day counts cost no more than the count when that was exact.
-            if context["total"].kind == "exact":
+            if total.kind == "exact":
                 context["chart"] = _chart(conn, filters)
     except BadQuery as exc:
         return _list_page(

@@ -83,8 +83,8 @@ class Filters:
     @property
     def by_id(self):
         """Whether q's matches are read by id (else: the time walk). A few
-        always are. With a filter the time index does not carry (any but
-        type), all of them are when they were all found (COUNT_CAP at most):
+        always are. With a filter on a column the EventTime index does not
+        carry, all of them are when they were all found (COUNT_CAP at most):
         the walk would read the table for every name match until that
         filter fills a page, which has no bound."""
         if self.name_found is None:
@@ -97,8 +97,7 @@ class Filters:
     def off_time_index(self):
         """Whether a filter asks for a column the EventTime index lacks."""
         return any(
-            getattr(self, name) is not None
-            for name in ("group_id", "owner", "operator", "member", "since", "until")
+            getattr(self, name) is not None for name in ("group_id", "owner", "operator", "member")
         )
 
     def select(self, need_event=True, by_id=None):
@@ -212,29 +211,38 @@ def route(conn, filters):
     of such common names soon.
 
     The lookup reads every candidate of the query's trigrams, which grows
-    with the log for a rare name made of common parts ("atlas 77"). When
-    only the walk would use its ids (no filter off the EventTime index), it
-    stops after COUNT_TIME, and the count says "at least" what it found."""
+    with the log for a rare name made of common parts ("atlas 77"). Once it
+    has found more than SPARSE_NAMES, so that the walk is the plan anyway
+    unless a filter off the EventTime index needs them all, it stops after
+    COUNT_TIME, and the count says "at least" what it found. The deadline
+    is checked between rows: a lookup that finds nothing for long is not
+    cut short."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
-    rows = conn.execute(
-        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
-        (_phrase(filters.q), COUNT_CAP + 1),
-    )
-    if filters.off_time_index:
-        return dataclasses.replace(filters, name_found=tuple(row[0] for row in rows))
     ids = []
     deadline = clock.monotonic() + COUNT_TIME
-    conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
+    if not filters.off_time_index:
+        conn.set_progress_handler(
+            lambda: len(ids) > SPARSE_NAMES and clock.monotonic() > deadline, 100
+        )
     try:
-        ids.extend(row[0] for row in rows)
-    except sqlite3.OperationalError:
-        if clock.monotonic() <= deadline:
+        for row in conn.execute(
+            "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
+            (_phrase(filters.q), COUNT_CAP + 1),
+        ):
+            ids.append(row[0])
+    except sqlite3.OperationalError as exc:
+        if not _interrupted(exc):
             raise
         return dataclasses.replace(filters, name_at_least=len(ids))
     finally:
         conn.set_progress_handler(None, 0)
     return dataclasses.replace(filters, name_found=tuple(ids))
+
+
+def _interrupted(exc):
+    """Whether SQLite stopped because a progress handler asked it to."""
+    return getattr(exc, "sqlite_errorname", None) == "SQLITE_INTERRUPT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,18 +265,17 @@ def count(conn, filters):
         found = len(filters.name_found)
         return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
     selection = filters.select(need_event=False)
-    rows = conn.execute(
-        f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
-        selection.params + [COUNT_CAP + 1],
-    )
     found = 0
     deadline = clock.monotonic() + COUNT_TIME
     conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
     try:
-        for _ in rows:
+        for _ in conn.execute(
+            f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
+            selection.params + [COUNT_CAP + 1],
+        ):
             found += 1
-    except sqlite3.OperationalError:
-        if clock.monotonic() <= deadline:
+    except sqlite3.OperationalError as exc:
+        if not _interrupted(exc):
             raise
         return Count(found, "at least")
     finally:
