@@ -22,7 +22,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,15 +50,26 @@ def percentiles(samples):
     return statistics.median(samples) * 1000, samples[int(len(samples) * 0.99)] * 1000
 
 
-def sign_checkpoint(path, directory):
+def sign_checkpoint(path):
     """Open the log (building its trees the first time) and sign a checkpoint
-    with a throwaway key, so that proofs and the archive have one."""
+    with the bench's key, kept beside the log (PATH.checkpoint.key) so that
+    a later run signs with it again; a log whose latest checkpoint a key
+    since lost signed is rotated to it on purpose, as rotate-key does."""
     started = time.monotonic()
-    key = os.path.join(directory, "checkpoint.key")
-    checkpoints.write_key(key, tlog.generate_key(ORIGIN)[0])
+    key = f"{path}.checkpoint.key"
+    if not os.path.exists(key):
+        checkpoints.write_key(key, tlog.generate_key(ORIGIN)[0])
     notary = checkpoints.Notary(path, key, ORIGIN, 3600)
     log = AuditLog(path, notary=notary)
-    log.open()
+    try:
+        log.open()
+    except checkpoints.KeyRefused:
+        conn = db.connect(path, readonly=True)
+        [latest] = conn.execute("SELECT key FROM checkpoint ORDER BY id DESC LIMIT 1").fetchone()
+        conn.close()
+        with open(checkpoints.rotation_path(key), "w", encoding="ascii") as file:
+            file.write(f"{latest}\n{checkpoints.read_signer(key, ORIGIN).verifier}\n")
+        log.open()
     opened = time.monotonic() - started
     conn = db.connect(path)
     try:
@@ -135,8 +145,7 @@ def main():
     parser.add_argument("--export-events", type=int, default=10_000)
     args = parser.parse_args()
     rng = random.Random(1)
-    with tempfile.TemporaryDirectory() as directory:
-        opened = sign_checkpoint(args.path, directory)
+    opened = sign_checkpoint(args.path)
     print(f"open (builds the trees the first time) and sign: {opened:.1f} s")
     size, inclusion, consistency = proofs(args.path, args.runs, rng)
     print(f"{size:,} events")
