@@ -433,6 +433,10 @@ def main():
                 "--setting",
                 "sql_time_limit_ms",
                 "60000",
+                # Its CSV export otherwise stops at 100 MB.
+                "--setting",
+                "max_csv_mb",
+                "0",
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(work / "datasette.log", "wb"),

@@ -178,6 +178,17 @@ def test_a_name_lookup_that_runs_out_of_time_says_at_least_and_still_lists_the_n
     assert 'class="chart"' not in text
 
 
+@pytest.mark.parametrize("filters", [{}, {"operator": "administrator"}], ids=str)
+def test_a_name_with_the_trigrams_of_q_apart_is_not_found(log, get, filters):
+    append_all(
+        log,
+        [event(1, name="Project Atlas 77"), event(2, name="atlas 5 has 77"), event(3, name="x")],
+    )
+    text = get("/history", query_string={"q": "atlas 77", **filters}).get_data(as_text=True)
+    assert listed_ids(text) == [1]
+    assert "<strong>1</strong> event matches" in text
+
+
 def test_a_name_lookup_of_a_few_matches_is_never_cut_short(log, get, monkeypatch):
     monkeypatch.setattr(queries, "COUNT_TIME", 0)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])

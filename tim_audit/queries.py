@@ -129,8 +129,11 @@ class Filters:
                 clauses.append(f"{unindexed}{column} = ?")
                 params.append(value)
         if self.q and by_id:
-            clauses.append("e.id IN (SELECT value FROM json_each(?))")
-            params.append(json.dumps(self.name_found))
+            # The ids may be candidates only (see _cover): each is checked.
+            clauses.append(
+                "e.id IN (SELECT value FROM json_each(?)) AND instr(e.name_folded, ?) > 0"
+            )
+            params += [json.dumps(self.name_found), self.q.casefold()]
         elif self.q:
             clauses.append("instr(e.name_folded, ?) > 0")
             params.append(self.q.casefold())
@@ -203,6 +206,17 @@ def _phrase(q):
     return '"' + q.casefold().replace('"', '""') + '"'
 
 
+def _cover(q):
+    """``q`` as an FTS5 query for the events whose name has every one of a
+    few of its trigrams, side by side from the start and one at the end:
+    all those whose name has q, and perhaps a few more. Fewer trigrams
+    than the phrase, and no positions to match: a third of its time on a
+    rare name made of common parts."""
+    folded = q.casefold()
+    starts = sorted({*range(0, len(folded) - 2, 3), len(folded) - 3})
+    return " AND ".join('"' + folded[at : at + 3].replace('"', '""') + '"' for at in starts)
+
+
 def route(conn, filters):
     """``filters`` with their name search looked up in the trigram index
     once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES
@@ -211,12 +225,13 @@ def route(conn, filters):
     of such common names soon.
 
     The lookup reads every candidate of the query's trigrams, which grows
-    with the log for a rare name made of common parts ("atlas 77"). Once it
-    has found more than SPARSE_NAMES, so that the walk is the plan anyway
-    unless a filter off the EventTime index needs them all, it stops after
-    COUNT_TIME, and the count says "at least" what it found. The deadline
-    is checked between rows: a lookup that finds nothing for long is not
-    cut short."""
+    with the log for a rare name made of common parts ("atlas 77"). With a
+    filter off the EventTime index, whose pages read the ids and check each
+    name, it asks for a few of the trigrams only (_cover). Otherwise, once
+    it has found more than SPARSE_NAMES, so that the walk is the plan
+    anyway, it stops after COUNT_TIME, and the count says "at least" what
+    it found; the deadline is checked between rows, so a lookup that finds
+    nothing for long is not cut short."""
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
         return filters
     ids = []
@@ -228,7 +243,10 @@ def route(conn, filters):
     try:
         for row in conn.execute(
             "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
-            (_phrase(filters.q), COUNT_CAP + 1),
+            (
+                _cover(filters.q) if filters.off_time_index else _phrase(filters.q),
+                COUNT_CAP + 1,
+            ),
         ):
             ids.append(row[0])
     except sqlite3.OperationalError as exc:
