@@ -189,6 +189,30 @@ def test_a_name_with_the_trigrams_of_q_apart_is_not_found(log, get, filters):
     assert "<strong>1</strong> event matches" in text
 
 
+def test_a_name_whose_candidates_pass_the_cap_is_still_read_by_id(log, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_CAP", 4)
+    monkeypatch.setattr(queries, "SPARSE_NAMES", 2)
+    append_all(
+        log,
+        [event(1, name="Project Atlas 77")]
+        + [event(number, name="atlas 5 has 77") for number in range(2, 8)],
+    )
+    conn = db.connect(log.path, readonly=True)
+    try:
+        routed = queries.route(conn, queries.Filters(q="atlas 77", operator="administrator"))
+    finally:
+        conn.close()
+    assert (routed.name_found, routed.by_id) == ((1,), True)
+
+
+@pytest.mark.parametrize("filters", [{}, {"operator": "administrator"}], ids=str)
+def test_a_name_search_with_a_nul_is_answered(log, get, filters):
+    append_all(log, [event(1, name="a\0bc"), event(2, name="abc")])
+    response = get("/history", query_string={"q": "a\0bc", **filters})
+    assert response.status_code == 200
+    assert listed_ids(response.get_data(as_text=True)) == [1]
+
+
 def test_a_name_lookup_of_a_few_matches_is_never_cut_short(log, get, monkeypatch):
     monkeypatch.setattr(queries, "COUNT_TIME", 0)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])

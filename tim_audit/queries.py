@@ -232,23 +232,19 @@ def route(conn, filters):
     anyway, it stops after COUNT_TIME, and the count says "at least" what
     it found; the deadline is checked between rows, so a lookup that finds
     nothing for long is not cut short."""
-    if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN:
+    # FTS5 reads a NUL as the end of the query: such a search walks.
+    if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN or "\0" in filters.q:
         return filters
+    if filters.off_time_index:
+        ids = _lookup(conn, _cover(filters.q), [])
+        if len(ids) > COUNT_CAP:  # more candidates than the cap; matches too?
+            ids = _lookup(conn, _phrase(filters.q), [])
+        return dataclasses.replace(filters, name_found=tuple(ids))
     ids = []
     deadline = clock.monotonic() + COUNT_TIME
-    if not filters.off_time_index:
-        conn.set_progress_handler(
-            lambda: len(ids) > SPARSE_NAMES and clock.monotonic() > deadline, 100
-        )
+    conn.set_progress_handler(lambda: len(ids) > SPARSE_NAMES and clock.monotonic() > deadline, 100)
     try:
-        for row in conn.execute(
-            "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?",
-            (
-                _cover(filters.q) if filters.off_time_index else _phrase(filters.q),
-                COUNT_CAP + 1,
-            ),
-        ):
-            ids.append(row[0])
+        _lookup(conn, _phrase(filters.q), ids)
     except sqlite3.OperationalError as exc:
         if not _interrupted(exc):
             raise
@@ -256,6 +252,16 @@ def route(conn, filters):
     finally:
         conn.set_progress_handler(None, 0)
     return dataclasses.replace(filters, name_found=tuple(ids))
+
+
+def _lookup(conn, query, ids):
+    """``ids`` with the rowids ``query`` matches in the trigram index
+    appended, up to COUNT_CAP + 1, as they are read."""
+    for row in conn.execute(
+        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?", (query, COUNT_CAP + 1)
+    ):
+        ids.append(row[0])
+    return ids
 
 
 def _interrupted(exc):
