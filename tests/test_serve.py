@@ -145,6 +145,16 @@ def test_review_runs_in_a_process_of_its_own_and_is_restarted_if_it_dies(serve):
     assert post(ingest, group_body()) == (200, OK)
 
 
+@pytest.mark.parametrize("environment, arenas", [({}, b"2"), ({"MALLOC_ARENA_MAX": "4"}, b"4")])
+def test_review_runs_with_two_malloc_arenas_unless_the_operator_says(serve, environment, arenas):
+    process, _, _ = serve(**environment)
+    [child] = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    with open(f"/proc/{child}/environ", "rb") as environ:
+        assert b"MALLOC_ARENA_MAX=" + arenas in environ.read().split(b"\0")
+
+
 @pytest.mark.parametrize(
     "only, running, absent", [("ingest", "ingest", "review"), ("review", "review", "ingest")]
 )
