@@ -86,10 +86,10 @@ def _csv_cell(expression):
     )
 
 
-def _csv_text(text):
-    """Python: ``text`` as one CSV cell, as _csv_cell writes text."""
-    if text.startswith(FORMULA_STARTS):
-        text = "'" + text
+def _csv_text(value):
+    """Python: text (or a BLOB) as one CSV cell, as _csv_cell writes it:
+    guarded as _cell guards a cell for csv.writer, then quoted as it would."""
+    text = _cell(value)
     if any(character in text for character in CSV_QUOTED):
         return '"' + text.replace('"', '""') + '"'
     return text
@@ -104,8 +104,6 @@ def _csv_value(value):
         return str(value)
     if value is None:
         return ""
-    if isinstance(value, bytes):
-        return _blob(value)
     return repr(value) if isinstance(value, float) else _csv_text(value)
 
 
