@@ -87,12 +87,16 @@ class Notary:
     """Signs the checkpoints of one log; owned by its AuditLog, which opens
     it with the log and closes it with the writer."""
 
-    def __init__(self, path, key_path, log_origin, interval, directory=None):
+    def __init__(self, path, key_path, log_origin, interval, directory=None, publishers=()):
         self.path = path
         self.key_path = key_path
         self.origin = log_origin
         self.interval = interval
         self.directory = directory
+        # Threads that carry each new checkpoint off the box (witnesses, a
+        # timestamp authority): started and stopped with the notary, woken
+        # by notify() after a checkpoint commits, never waited for.
+        self.publishers = list(publishers)
         self.signer = None
         self._stopping = threading.Event()
         self._thread = None
@@ -130,8 +134,12 @@ class Notary:
             return
         self._thread = threading.Thread(target=self._run, name="tim-audit notary", daemon=True)
         self._thread.start()
+        for publisher in self.publishers:
+            publisher.start()
 
     def close(self):
+        for publisher in self.publishers:
+            publisher.close()
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
@@ -168,6 +176,9 @@ class Notary:
             raise
         for table, (size, note) in notes:
             self._ship(table, size, note)
+        if notes:
+            for publisher in self.publishers:
+                publisher.notify()
         return [note for _, (_, note) in notes]
 
     def _sign_tree(self, conn, table):
