@@ -203,8 +203,11 @@ def rewrite(conn, key=None):
 
 
 def rebuild_trees(conn, key=None):
-    """Both Merkle trees built afresh over the rows as they are now."""
-    conn.executescript("DELETE FROM event_tree; DELETE FROM quarantine_tree")
+    """Both Merkle trees built afresh over the rows as they are now, with
+    the log's record that it had trees wiped too, as the attacker knows it."""
+    conn.executescript(
+        "DELETE FROM event_tree; DELETE FROM quarantine_tree; DELETE FROM meta WHERE key = 'trees'"
+    )
     conn.row_factory = sqlite3.Row
     try:
         merkle.build(conn, key)

@@ -214,7 +214,12 @@ def test_keyed_chain_cannot_be_recomputed_without_the_key(make_app):
     for number in range(1, 4):
         log.append(event(number))
     conn = sqlite3.connect(log.path, isolation_level=None)
-    for trigger in ("event_no_update", "event_tree_no_delete", "quarantine_tree_no_delete"):
+    for trigger in (
+        "event_no_update",
+        "event_tree_no_delete",
+        "quarantine_tree_no_delete",
+        "meta_no_delete",
+    ):
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
     rewrite(conn)  # with plain SHA-256: the attacker has no key

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import event, rewrite
 from test_exports import started, truncate_wal
-from tim_audit import StartupError, create_app, db, evidence, exports, tlog
+from test_tampering import run_verification
+from tim_audit import StartupError, create_app, db, evidence, exports, merkle, tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -155,8 +156,8 @@ def test_an_inconsistent_tree_is_never_signed(signed, notary, filled, attacker, 
 
 
 def test_checkpoint_dir_gets_each_checkpoint_as_a_file(keyed, make_app, tmp_path):
-    log = make_app(CHECKPOINT_DIR=str(tmp_path / "shipped")).extensions["tim_audit"]
     (tmp_path / "shipped").mkdir()
+    log = make_app(CHECKPOINT_DIR=str(tmp_path / "shipped")).extensions["tim_audit"]
     log.append(event(1))
     [note] = sign(log.notary)
     assert os.listdir(tmp_path / "shipped") == ["event-1.checkpoint"]
@@ -472,11 +473,31 @@ def test_verify_checks_a_kept_checkpoint_against_the_grown_log(kept, filled, run
     assert result.output.splitlines()[0].endswith(": the event tree of 6 leaves extends it")
 
 
+def forget_checkpoints(attacker):
+    """Remove every trace of the stored checkpoints from the file, as an
+    attacker who knows the schema would: only a kept one remains."""
+    attacker.executescript("DELETE FROM checkpoint; DELETE FROM meta WHERE key LIKE 'signed:%'")
+
+
+def test_verify_fails_a_truncated_log_at_its_stored_checkpoint(signed, attacker, runner):
+    attacker.executescript(
+        "DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5;"
+        " DELETE FROM event_tree WHERE id >= 7"
+    )
+    result = runner.invoke(args=["verify"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "FAIL checkpoint 5: the stored event checkpoint records 5 leaves, but the event tree"
+        " has 4\n",
+    )
+
+
 def test_verify_checkpoint_fails_a_truncated_log(kept, attacker, runner):
     attacker.executescript(
         "DELETE FROM event WHERE id = 5; DELETE FROM event_member WHERE event_id = 5;"
         " DELETE FROM event_tree WHERE id >= 7"
     )
+    forget_checkpoints(attacker)
     result = runner.invoke(args=["verify", "--checkpoint", kept])
     assert (result.exit_code, result.output) == (
         1,
@@ -484,9 +505,21 @@ def test_verify_checkpoint_fails_a_truncated_log(kept, attacker, runner):
     )
 
 
+def test_verify_fails_a_log_rewritten_under_its_stored_checkpoints(signed, attacker, runner):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    rewrite(attacker)
+    result = runner.invoke(args=["verify"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "FAIL checkpoint 5: the stored event checkpoint has another root than the event tree"
+        " at 5 leaves\n",
+    )
+
+
 def test_verify_checkpoint_fails_a_log_rewritten_and_rechained(kept, filled, attacker, runner):
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
     rewrite(attacker)
+    forget_checkpoints(attacker)
     assert runner.invoke(args=["verify", "--checkpoint", kept]).output == (
         "FAIL two trees of 5 leaves have different root hashes: the log was rewritten,"
         " or a root hash altered\n"
@@ -501,12 +534,59 @@ def test_verify_checkpoint_fails_a_log_rewritten_and_rechained(kept, filled, att
     )
 
 
-def test_verify_checkpoint_fails_a_checkpoint_signed_with_another_key(kept, runner, keyed):
+def test_verify_with_another_key_fails_the_stored_checkpoints(signed, runner):
+    other = tlog.generate_key(ORIGIN)[1]
+    result = runner.invoke(args=["verify", "--key", other])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "FAIL checkpoint 5: the stored event checkpoint does not verify: the note is not"
+        f" signed by {'+'.join(other.split('+')[:2])}:"
+    )
+
+
+def test_verify_checkpoint_fails_a_checkpoint_signed_with_another_key(kept, runner, attacker):
+    forget_checkpoints(attacker)
     other = tlog.generate_key(ORIGIN)[1]
     result = runner.invoke(args=["verify", "--checkpoint", kept, "--key", other])
     assert result.exit_code == 1
     assert result.output.startswith(
         f"FAIL the note is not signed by {'+'.join(other.split('+')[:2])}:"
+    )
+
+
+def test_verify_fails_a_checkpoint_inserted_with_a_foreign_key(signed, filled, attacker, runner):
+    signer, _ = tlog.generate_key(ORIGIN)
+    signer = tlog.Signer(signer)
+    filled.append(event(6))
+    root = merkle.root(attacker, "event", 6)
+    note = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 6, root), signer)
+    attacker.execute(
+        "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
+        ("event", 6, root, 0, str(signer.verifier), note),
+    )
+    result = runner.invoke(args=["verify"])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "FAIL checkpoint 6: the stored event checkpoint does not verify: the note is not signed by"
+    )
+
+
+def test_verify_checkpoint_needs_a_verifier_key(kept, runner, instance_path):
+    (instance_path / "checkpoint.key").unlink()
+    result = runner.invoke(args=["verify", "--checkpoint", kept])
+    assert result.exit_code == 2
+    assert "--checkpoint needs the log's verifier key" in result.output
+
+
+def test_verify_without_a_key_checks_the_stored_roots_and_says_the_signatures_are_not(
+    signed, runner, instance_path
+):
+    (instance_path / "checkpoint.key").unlink()
+    result = runner.invoke(args=["verify"])
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == (
+        "checkpoints: 2 agree with the trees; their signatures are not checked: no verifier"
+        " key here (give --key)"
     )
 
 
@@ -530,3 +610,137 @@ def test_the_checkpoints_page_refuses_a_bad_query_with_a_400(get, query):
     response = get(f"/checkpoints?{query}")
     assert response.status_code == 400
     assert query.split("=")[0] in response.get_data(as_text=True)
+
+
+# --- the log never forgets what it signed ------------------------------------
+
+
+def test_a_missing_key_on_a_log_with_checkpoints_stops_start_up_with_one_line(
+    signed, filled, make_app, instance_path
+):
+    filled.close()
+    (instance_path / "checkpoint.key").unlink()
+    with pytest.raises(StartupError) as caught:
+        make_app()
+    assert str(caught.value) == (
+        f"tim-audit cannot start: the checkpoint key {instance_path / 'checkpoint.key'} does not"
+        " exist, but this log has signed checkpoints: put the key back (or set CHECKPOINT_KEY"
+        " to it)"
+    )
+
+
+def test_reopening_the_log_restarts_the_notary(keyed, make_app, rows):
+    log = make_app(CHECKPOINT_INTERVAL=1).extensions["tim_audit"]
+    log.close()
+    log.open()
+    log.append(event(1))
+    deadline = time.monotonic() + 10
+    while rows("SELECT count(*) FROM checkpoint") == [(0,)]:
+        assert time.monotonic() < deadline, "the reopened notary signed nothing"
+        time.sleep(0.05)
+    assert rows("SELECT tree, size FROM checkpoint") == [("event", 1)]
+
+
+@pytest.fixture
+def unsigned(make_app, config):
+    """Five events written before there was a key: nothing outside the file
+    vouches for them."""
+    log = make_app().extensions["tim_audit"]
+    for number in range(1, 6):
+        log.append(event(number))
+    log.close()
+    result = create_app(config).test_cli_runner().invoke(args=["keygen"])
+    assert result.exit_code == 0, result.output
+    return log
+
+
+def test_no_first_checkpoint_is_signed_over_events_from_before_signing(
+    unsigned, make_app, rows, caplog
+):
+    log = make_app().extensions["tim_audit"]
+    assert log.notary.signer is None
+    assert rows("SELECT count(*) FROM checkpoint") == [(0,)]
+    assert (
+        "signing no checkpoint: this log's 5 event rows and 0 quarantine rows were written"
+        " before it was signed" in caplog.text
+    )
+
+
+def test_checkpoint_adopt_signs_them_on_purpose_and_says_so(unsigned, make_app, rows, caplog):
+    log = make_app(CHECKPOINT_ADOPT=True).extensions["tim_audit"]
+    assert [size for size in sign(log.notary)] and rows("SELECT tree, size FROM checkpoint") == [
+        ("event", 5)
+    ]
+    assert rows("SELECT value FROM meta WHERE key = 'signing'") == [
+        ("adopted on purpose (CHECKPOINT_ADOPT) over 5 event rows and 0 quarantine rows",)
+    ]
+    assert "CHECKPOINT_ADOPT: signing the first checkpoints over rows" in caplog.text
+
+
+def test_a_log_whose_checkpoints_were_removed_is_not_signed_again(
+    signed, filled, attacker, make_app, rows, caplog
+):
+    attacker.execute("DELETE FROM checkpoint")
+    log = make_app().extensions["tim_audit"]
+    assert sign(log.notary) == []
+    assert rows("SELECT count(*) FROM checkpoint") == [(0,)]
+    assert "refusing to sign the event tree: the log records a first checkpoint" in caplog.text
+
+
+def test_a_missing_checkpoint_dir_stops_start_up(keyed, make_app, tmp_path):
+    with pytest.raises(StartupError, match="CHECKPOINT_DIR .*/nowhere does not exist: create it"):
+        make_app(CHECKPOINT_DIR=str(tmp_path / "nowhere"))
+
+
+@pytest.fixture
+def shipped(keyed, make_app, tmp_path):
+    """A log whose five events were signed, and the checkpoint shipped to CHECKPOINT_DIR."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    log = make_app(CHECKPOINT_DIR=str(folder)).extensions["tim_audit"]
+    for number in range(1, 6):
+        log.append(event(number))
+    sign(log.notary)
+    log.close()
+    assert sorted(os.listdir(folder)) == ["event-5.checkpoint"]
+    return folder
+
+
+def test_a_log_begun_again_beside_its_checkpoint_dir_refuses_to_start(shipped, make_app, tmp_path):
+    os.rename(tmp_path / "audit.sqlite3", tmp_path / "aside.sqlite3")
+    with pytest.raises(
+        StartupError,
+        match=f"this log does not extend what it signed before: checkpoint 5: {shipped}/"
+        "event-5.checkpoint records 5 leaves, but the event tree has 0",
+    ):
+        make_app(CHECKPOINT_DIR=str(shipped))
+    assert sorted(os.listdir(shipped)) == ["event-5.checkpoint"]
+
+
+def test_verify_checks_the_log_against_its_checkpoint_dir(shipped, config, tmp_path):
+    conn = sqlite3.connect(tmp_path / "audit.sqlite3", isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    rewrite(conn)
+    conn.executescript("DELETE FROM checkpoint; DELETE FROM meta WHERE key <> 'chain'")
+    conn.close()
+    runner = create_app({**config, "CHECKPOINT_DIR": str(shipped)}).test_cli_runner()
+    assert runner.invoke(args=["verify"]).output == (
+        f"FAIL checkpoint 5: {shipped}/event-5.checkpoint has another root than the event tree"
+        " at 5 leaves\n"
+    )
+
+
+def test_the_strip_turns_red_when_a_stored_checkpoint_contradicts_the_rows(
+    signed, attacker, app, get
+):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    rewrite(attacker)
+    run_verification(app)
+    text = get("/history").get_data(as_text=True)
+    assert 'class="integrity broken"' in text
+    assert (
+        "checkpoint 5: the stored event checkpoint has another root than the event tree at 5"
+        " leaves" in text
+    )

@@ -38,7 +38,10 @@ def test_init_db_creates_the_log_with_its_chain_kind(unopened, tmp_path):
             result.output == f"Initialized the database at {tmp_path / 'live' / 'audit.sqlite3'}\n"
         )
     conn = sqlite3.connect(tmp_path / "live" / "audit.sqlite3")
-    assert conn.execute("SELECT key, value FROM meta").fetchall() == [("chain", "sha256")]
+    assert conn.execute("SELECT key, value FROM meta").fetchall() == [
+        ("chain", "sha256"),
+        ("trees", "from the first row"),
+    ]
     assert {
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     } >= {

@@ -109,7 +109,18 @@ def test_the_root_is_the_rfc_root_of_the_rows(filled, rows):
 
 @pytest.fixture
 def treeless(filled, attacker):
-    """The five-event log as a version before the trees left it: no tree hashes."""
+    """The five-event log as a version before the trees left it: no tree
+    hashes, and no record in ``meta`` that it ever had any."""
+    filled.close()
+    attacker.executescript(
+        "DELETE FROM event_tree; DELETE FROM quarantine_tree; DELETE FROM meta WHERE key = 'trees'"
+    )
+    return filled
+
+
+@pytest.fixture
+def wiped(filled, attacker):
+    """The five-event log with its tree rows deleted and its record of them kept."""
     filled.close()
     attacker.executescript("DELETE FROM event_tree; DELETE FROM quarantine_tree")
     return filled
@@ -136,6 +147,35 @@ def test_a_later_start_builds_nothing(filled, make_app, caplog):
 
 def test_verify_passes_on_a_log_whose_trees_are_not_built_yet(treeless):
     assert check(treeless).events == 5
+
+
+def test_the_first_start_records_that_the_log_has_trees(treeless, make_app, rows):
+    make_app()
+    assert rows("SELECT value FROM meta WHERE key = 'trees'") == [
+        ("built once over 5 event rows made before trees and 2 quarantine rows made before trees",)
+    ]
+
+
+def test_a_new_log_records_its_trees_from_the_first_row(log, rows):
+    assert rows("SELECT value FROM meta WHERE key = 'trees'") == [("from the first row",)]
+
+
+def test_verify_fails_a_log_that_had_trees_and_lost_their_rows(wiped):
+    with pytest.raises(chain.ChainBroken) as caught:
+        check(wiped)
+    assert str(caught.value) == "event row 1: it is not in the Merkle tree: the tree stops before it"
+
+
+def test_a_log_that_lost_its_tree_rows_refuses_to_start_rather_than_rebuild_them(
+    wiped, make_app, rows
+):
+    with pytest.raises(
+        StartupError,
+        match="event_tree row 1: the log has had trees \\(from the first row\\), but this"
+        " tree's rows are missing",
+    ):
+        make_app()
+    assert rows("SELECT count(*) FROM event_tree") == [(0,)]
 
 
 def test_a_log_that_does_not_verify_refuses_to_start_rather_than_build_trees_over_it(

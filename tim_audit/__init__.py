@@ -100,7 +100,12 @@ def _create(test_config, *, ingest, review):
             app.config["DASHBOARD_USERS"], app.config["LOGIN_FAILURES"]
         )
         app.extensions["tim_audit.verifier"] = integrity.Verifier(
-            app.config["DATABASE"], app.config["AUDIT_HMAC_KEY"], app.config["VERIFY_INTERVAL"]
+            app.config["DATABASE"],
+            app.config["AUDIT_HMAC_KEY"],
+            app.config["VERIFY_INTERVAL"],
+            checkpoint_key=app.config["CHECKPOINT_KEY"],
+            log_origin=app.config["LOG_ORIGIN"],
+            directory=app.config["CHECKPOINT_DIR"],
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.register_blueprint(history.bp)

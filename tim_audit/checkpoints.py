@@ -19,7 +19,7 @@ import time
 
 from flask import Blueprint, Response, request
 
-from . import db, merkle, tlog
+from . import chain, db, merkle, tlog
 from .auditlog import ChainMismatch
 from .db import get_db
 
@@ -30,8 +30,20 @@ bp = Blueprint("checkpoints", __name__)
 SIGN_TIMEOUT = 5.0  # seconds the notary waits for the writer's transaction
 
 
+MAX_NOTE = 64 * 1024  # bytes read of a checkpoint file in CHECKPOINT_DIR
+
+
 class KeyRefused(ChainMismatch):
     """The signing key cannot be used: the service must not start with it."""
+
+
+class Contradicted(chain.ChainBroken):
+    """A checkpoint, stored or kept in CHECKPOINT_DIR, that the log does not
+    extend: ``checkpoint <size>: why``."""
+
+    def __init__(self, size, reason):
+        Exception.__init__(self, f"checkpoint {size}: {reason}")
+        self.table, self.row_id, self.reason = "checkpoint", size, reason
 
 
 def origin(log_origin, table):
@@ -65,6 +77,90 @@ def write_key(path, text):
         file.write(f"{text}\n")
 
 
+def verifiers(key_path, log_origin):
+    """The verifier keys of this log, from outside its file: the key at
+    ``key_path`` and the one it was rotated from on purpose. None when there
+    is no key to check with, never the keys the database names."""
+    if log_origin is None or not os.path.exists(key_path):
+        return None
+    keys = [read_signer(key_path, log_origin).verifier]
+    try:
+        with open(rotation_path(key_path), encoding="ascii") as file:
+            keys += [tlog.Verifier(text) for text in file.read().split()]
+    except (OSError, UnicodeDecodeError, tlog.Malformed):
+        pass
+    return keys
+
+
+def check(conn, keys, log_origin, directory=None):
+    """Check every stored checkpoint, and every checkpoint of this log in
+    ``directory``, against the trees as stored (merkle.verify has checked
+    them against the rows): each is signed by one of ``keys`` (unless None)
+    and its root is the tree's root at its size. Returns how many were
+    checked; Contradicted names the first that the log does not extend."""
+    sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
+    count = 0
+    for row in conn.execute("SELECT tree, size, root, note FROM checkpoint ORDER BY id"):
+        table, size = row["tree"], row["size"]
+        if keys is not None:
+            try:
+                signed, _ = tlog.open_checkpoint(
+                    bytes(row["note"]), keys, origin(log_origin, table)
+                )
+            except tlog.TlogError as exc:
+                raise Contradicted(
+                    size, f"the stored {table} checkpoint does not verify: {exc}"
+                ) from None
+            if (signed.size, signed.root) != (size, row["root"]):
+                raise Contradicted(size, f"the stored {table} checkpoint's row and note differ")
+        _extends(conn, table, sizes[table], size, row["root"], f"the stored {table} checkpoint")
+        count += 1
+    for table in merkle.TABLES:
+        first = conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"signed:{table}",)
+        ).fetchone()
+        if first is not None and latest(conn, table) is None:
+            raise Contradicted(
+                int(first[0]), f"the log records a first {table} checkpoint, but none is stored"
+            )
+    if directory is not None and keys is not None:
+        for path, table, signed in _kept(directory, keys, log_origin):
+            _extends(conn, table, sizes[table], signed.size, signed.root, path)
+            count += 1
+    return count
+
+
+def _extends(conn, table, tree_size, size, root, what):
+    if size > tree_size:
+        raise Contradicted(
+            size, f"{what} records {size} leaves, but the {table} tree has {tree_size}"
+        )
+    if size and merkle.root(conn, table, size) != root:
+        raise Contradicted(size, f"{what} has another root than the {table} tree at {size} leaves")
+
+
+def _kept(directory, keys, log_origin):
+    """The checkpoints of this log in ``directory`` that one of ``keys``
+    signed: (path, table, checkpoint). Files of other logs are not ours
+    to judge."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise Contradicted(0, f"cannot read CHECKPOINT_DIR {directory}: {exc.strerror}") from None
+    for name in names:
+        table = name.partition("-")[0]
+        if not name.endswith(".checkpoint") or table not in merkle.TABLES:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as file:
+                note = file.read(MAX_NOTE)
+            signed, _ = tlog.open_checkpoint(note, keys, origin(log_origin, table))
+        except (OSError, tlog.TlogError):
+            continue
+        yield path, table, signed
+
+
 def latest(conn, table="event"):
     """The newest checkpoint of ``table``'s tree, or None."""
     return conn.execute(
@@ -87,7 +183,9 @@ class Notary:
     """Signs the checkpoints of one log; owned by its AuditLog, which opens
     it with the log and closes it with the writer."""
 
-    def __init__(self, path, key_path, log_origin, interval, directory=None, publishers=()):
+    def __init__(
+        self, path, key_path, log_origin, interval, directory=None, publishers=(), adopt=False
+    ):
         self.path = path
         self.key_path = key_path
         self.origin = log_origin
@@ -97,14 +195,23 @@ class Notary:
         # timestamp authority): started and stopped with the notary, woken
         # by notify() after a checkpoint commits, never waited for.
         self.publishers = list(publishers)
+        self.adopt = adopt  # CHECKPOINT_ADOPT: sign over events from before signing
         self.signer = None
         self._stopping = threading.Event()
         self._thread = None
 
     def open(self, conn):
         """Load the key, if there is one, and refuse it unless it signed the
-        latest checkpoint or the operator rotated to it on purpose."""
+        latest checkpoint or the operator rotated to it on purpose; refuse a
+        log that does not extend the checkpoints kept in CHECKPOINT_DIR; and
+        record from when the log is signed."""
+        has_checkpoints = conn.execute("SELECT EXISTS (SELECT 1 FROM checkpoint)").fetchone()[0]
         if not os.path.exists(self.key_path):
+            if has_checkpoints:
+                raise KeyRefused(
+                    f"the checkpoint key {self.key_path} does not exist, but this log has signed"
+                    " checkpoints: put the key back (or set CHECKPOINT_KEY to it)"
+                )
             return
         if self.origin is None:
             raise KeyRefused(
@@ -112,6 +219,24 @@ class Notary:
                 " set LOG_ORIGIN to the name it was made for"
             )
         self.signer = read_signer(self.key_path, self.origin)
+        self._check_key(conn)
+        if self.directory is not None:
+            if not os.path.isdir(self.directory):
+                raise KeyRefused(
+                    f"CHECKPOINT_DIR {self.directory} does not exist: create it (writable by"
+                    " the user running tim-audit), or unset CHECKPOINT_DIR"
+                )
+            try:
+                check(conn, verifiers(self.key_path, self.origin), self.origin, self.directory)
+            except Contradicted as exc:
+                raise KeyRefused(
+                    f"this log does not extend what it signed before: {exc}. Was the log"
+                    " moved aside or begun again? Restore the log that signed it"
+                ) from None
+        self._record_signing(conn)
+        self._stopping.clear()
+
+    def _check_key(self, conn):
         row = conn.execute("SELECT key FROM checkpoint ORDER BY id DESC LIMIT 1").fetchone()
         current = str(self.signer.verifier)
         if row is None or row[0] == current:
@@ -125,9 +250,42 @@ class Notary:
             raise KeyRefused(
                 f"the checkpoint key {self.key_path} ({current}) is not the key that signed"
                 f" the latest checkpoint ({row[0]}): put that key back, or rotate to a new"
-                " one on purpose with: flask --app tim_audit rotate-key"
+                " one on purpose with: tim-audit rotate-key"
             )
         logger.warning("checkpoint key rotated on purpose: from %s to %s", row[0], current)
+
+    def _record_signing(self, conn):
+        """Record in ``meta`` from when this log is signed: from its first row,
+        or over the rows it had when the operator adopted them on purpose
+        (CHECKPOINT_ADOPT). Without that record the notary signs no first
+        checkpoint, so a log rebuilt over rewritten rows is not signed."""
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'signing'").fetchone() is not None:
+            return
+        sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
+        has_checkpoints = conn.execute("SELECT EXISTS (SELECT 1 FROM checkpoint)").fetchone()[0]
+        if has_checkpoints:
+            since = "recorded over checkpoints signed before"
+        elif not any(sizes.values()):
+            since = "from the first row"
+        elif self.adopt:
+            since = "adopted on purpose (CHECKPOINT_ADOPT) over " + " and ".join(
+                f"{size} {table} rows" for table, size in sizes.items()
+            )
+            logger.warning(
+                "CHECKPOINT_ADOPT: signing the first checkpoints over rows no checkpoint"
+                " vouched for: %s; unset it now",
+                ", ".join(f"{size} {table} rows" for table, size in sizes.items()),
+            )
+        else:
+            logger.error(
+                "signing no checkpoint: this log's %s were written before it was signed,"
+                " and nothing outside the file vouches for them. If the log is yours,"
+                " adopt it on purpose: start once with TIM_AUDIT_CHECKPOINT_ADOPT=true",
+                " and ".join(f"{size} {table} rows" for table, size in sizes.items()),
+            )
+            self.signer = None
+            return
+        conn.execute("INSERT INTO meta (key, value) VALUES ('signing', ?)", (since,))
 
     def start(self):
         if self.signer is None or self._thread is not None:
@@ -188,7 +346,19 @@ class Notary:
         if size == 0 or previous is not None and (previous["size"], previous["key"]) == (size, key):
             return None
         root = merkle.root(conn, table, size)
-        if previous is not None:
+        if previous is None:
+            first = conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"signed:{table}",))
+            if first.fetchone() is not None:
+                logger.error(
+                    "refusing to sign the %s tree: the log records a first checkpoint of it,"
+                    " but none is stored: its checkpoints were removed",
+                    table,
+                )
+                return None
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (f"signed:{table}", str(size))
+            )
+        else:
             try:
                 proof = tlog.consistency_proof(previous["size"], size, merkle.reader(conn, table))
                 tlog.verify_consistency(previous["size"], previous["root"], size, root, proof)
@@ -279,4 +449,5 @@ def notary(config):
         config["LOG_ORIGIN"],
         config["CHECKPOINT_INTERVAL"],
         config["CHECKPOINT_DIR"],
+        adopt=config["CHECKPOINT_ADOPT"],
     )

@@ -55,23 +55,45 @@ def init_db_command():
 @click.option(
     "--key",
     metavar="VERIFIER_KEY",
-    help="Check --checkpoint's signature with this verifier key only, not with"
-    " the keys that signed this log's checkpoints.",
+    help="The log's verifier key, name+keyid+base64: check every checkpoint's"
+    " signature with it instead of the one CHECKPOINT_KEY holds. Never with a"
+    " key the database names.",
 )
 def verify_command(anchor, database, checkpoint_file, key):
-    """Walk both hash chains and recompute both Merkle trees. Prints 'OK
-    <events> <event-head> quarantine <count> <quarantine-head>' and exits 0
-    when intact; otherwise names the first bad row and exits 1."""
+    """Walk both hash chains, recompute both Merkle trees, and check every
+    stored checkpoint, and those of this log in CHECKPOINT_DIR, against
+    them. Prints 'OK <events> <event-head> quarantine <count>
+    <quarantine-head>' and exits 0 when intact; otherwise names the first
+    bad row or checkpoint and exits 1."""
     if anchor is not None:
         try:
             anchor = chain.parse_anchor(anchor)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
+    keys, log_origin = _log_keys(key)
+    if checkpoint_file is not None and keys is None:
+        raise click.UsageError(
+            "--checkpoint needs the log's verifier key to check the file's signature:"
+            " give --key, or run where CHECKPOINT_KEY is"
+        )
     conn = _read_only(database or current_app.config["DATABASE"])
-    try:
-        heads, trees = merkle.verify(conn, current_app.config["AUDIT_HMAC_KEY"], anchor)
+    said = []
+
+    def check_checkpoints(conn, trees):
+        stored = checkpoints.check(conn, keys, log_origin, current_app.config["CHECKPOINT_DIR"])
+        if stored and keys is None:
+            said.append(
+                f"checkpoints: {stored} agree with the trees; their signatures are not"
+                " checked: no verifier key here (give --key)"
+            )
         if checkpoint_file is not None:
-            click.echo(_check_kept(conn, trees, checkpoint_file.read(), key))
+            said.append(_check_kept(conn, trees, checkpoint_file.read(), keys, log_origin))
+
+    try:
+        heads, _ = merkle.verify(
+            conn, current_app.config["AUDIT_HMAC_KEY"], anchor, then=check_checkpoints
+        )
+        click.echo("".join(f"{line}\n" for line in said), nl=False)
     except (chain.ChainBroken, tlog.TlogError) as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
@@ -82,22 +104,29 @@ def verify_command(anchor, database, checkpoint_file, key):
     click.echo(heads.line())
 
 
-def _check_kept(conn, trees, note, key):
-    """Check a checkpoint kept off the box against the trees just
-    recomputed from the rows; what it proved, or TlogError."""
-    log_origin = current_app.config["LOG_ORIGIN"]
-    if log_origin is None:
-        raise click.UsageError(
-            "--checkpoint needs LOG_ORIGIN, the origin this log's checkpoints name"
-        )
-    if key is not None:
-        keys = [key]
-    else:
-        keys = [row[0] for row in conn.execute("SELECT DISTINCT key FROM checkpoint")]
+def _log_keys(key):
+    """The verifier keys to check this log's checkpoints with, from outside
+    its file: ``--key``, or the key at CHECKPOINT_KEY and the one it was
+    rotated from; and the log's origin (LOG_ORIGIN, or the key's name).
+    (None, origin) when there is neither."""
+    config = current_app.config
+    if key is None:
+        try:
+            return checkpoints.verifiers(config["CHECKPOINT_KEY"], config["LOG_ORIGIN"]), config[
+                "LOG_ORIGIN"
+            ]
+        except checkpoints.KeyRefused as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        verifiers = [tlog.Verifier(text) for text in keys]
+        verifier = tlog.Verifier(key)
     except tlog.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
+    return [verifier], config["LOG_ORIGIN"] or verifier.name
+
+
+def _check_kept(conn, trees, note, verifiers, log_origin):
+    """Check a checkpoint kept off the box against the trees just
+    recomputed from the rows; what it proved, or TlogError."""
     checkpoint, signer = _open_any(note, verifiers, log_origin)
     table = "event" if checkpoint.origin == log_origin else "quarantine"
     if not trees:
@@ -121,10 +150,6 @@ def _check_kept(conn, trees, note, key):
 
 def _open_any(note, verifiers, log_origin):
     """The checkpoint, for either tree's origin, signed by one of ``verifiers``."""
-    if not verifiers:
-        raise tlog.UnknownKey(
-            "this log has no checkpoint and no --key was given to check the file with"
-        )
     for origin in (log_origin, checkpoints.origin(log_origin, "quarantine")):
         try:
             return tlog.open_checkpoint(note, verifiers, origin)

@@ -33,6 +33,7 @@ DEFAULTS = {
     "CHECKPOINT_KEY": "checkpoint.key",
     "CHECKPOINT_INTERVAL": 60,
     "CHECKPOINT_DIR": None,
+    "CHECKPOINT_ADOPT": False,
 }
 
 # What instance/config.example.py says until the operator pastes the real one.
@@ -228,6 +229,7 @@ class Settings(Schema):
     CHECKPOINT_KEY = fields.String(**_must("the path of the checkpoint signing key file"))
     CHECKPOINT_INTERVAL = _whole(1, "whole seconds of at least 1")
     CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
+    CHECKPOINT_ADOPT = _flag()
 
 
 _SETTINGS = Settings()

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, db, merkle
+from . import chain, checkpoints, db, merkle
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,15 @@ class Verification:
 
 
 class Verifier:
-    def __init__(self, path, key, interval):
+    def __init__(self, path, key, interval, checkpoint_key=None, log_origin=None, directory=None):
         self.path = path
         self.key = key
         self.interval = interval
+        # The stored checkpoints are checked with the key outside the file,
+        # and against the checkpoints kept in CHECKPOINT_DIR.
+        self.checkpoint_key = checkpoint_key
+        self.log_origin = log_origin
+        self.directory = directory
         self.last = None
         self._lock = threading.Lock()
         self._thread = None
@@ -69,12 +74,19 @@ class Verifier:
         started = time.monotonic()
         heads, failure = chain.Heads(None, None), None
         try:
+            keys = checkpoints.verifiers(self.checkpoint_key, self.log_origin)
             conn = db.connect(self.path, readonly=True)
             try:
-                heads, _ = merkle.verify(conn, self.key)
+                heads, _ = merkle.verify(
+                    conn,
+                    self.key,
+                    then=lambda conn, _: checkpoints.check(
+                        conn, keys, self.log_origin, self.directory
+                    ),
+                )
             finally:
                 conn.close()
-        except chain.ChainBroken as exc:
+        except (chain.ChainBroken, checkpoints.KeyRefused) as exc:
             failure = str(exc)
         except sqlite3.Error as exc:
             failure = f"the log could not be read: {exc}"

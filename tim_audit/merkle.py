@@ -89,7 +89,9 @@ def leaf(conn, event_id):
 def build(conn, key):
     """Build the trees of a log that has rows but no trees yet (made by a
     version before them), verifying both chains as they are hashed, in one
-    transaction. Returns {table: leaves} for each tree built."""
+    transaction, and record in ``meta`` that the log has trees: from then
+    on, missing tree rows are a failure, never "an old log". Returns
+    {table: leaves} for each tree built."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         rows = {
@@ -97,8 +99,19 @@ def build(conn, key):
             for table in TABLES
         }
         missing = [table for table in TABLES if rows[table] and not size(conn, table)]
+        recorded = trees_since(conn)
+        if missing and recorded is not None:
+            raise chain.ChainBroken(
+                f"{missing[0]}_tree",
+                1,
+                f"the log has had trees ({recorded}), but this tree's rows are missing",
+            )
         if missing:
             chain.verify(conn, key, trees={table: _Builder(conn, table) for table in missing})
+        if recorded is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('trees', ?)", (_since(rows, missing),)
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -110,6 +123,23 @@ def build(conn, key):
             ", ".join(f"{table} tree of {leaves} leaves" for table, leaves in built.items()),
         )
     return built
+
+
+def _since(rows, built):
+    if built:
+        return "built once over " + " and ".join(
+            f"{rows[table]} {table} rows made before trees" for table in built
+        )
+    if not any(rows.values()):
+        return "from the first row"
+    return "recorded over trees already built"
+
+
+def trees_since(conn):
+    """What ``meta`` records of the log's trees, or None for a log whose
+    trees this version has not built yet."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'trees'").fetchone()
+    return None if row is None else row[0]
 
 
 class _Builder:
@@ -130,21 +160,27 @@ class _Builder:
         self.pending = []
 
 
-def verify(conn, key=None, anchor=None):
-    """chain.verify, checking the trees too, in one snapshot. Returns the
-    Heads and {table: Check}, empty for a log whose trees are not built yet."""
+def verify(conn, key=None, anchor=None, then=None):
+    """chain.verify, checking the trees too, in one snapshot; then
+    ``then(conn, checks)``, in the same snapshot, for what is checked
+    against the trees (checkpoints.check). Returns the Heads and
+    {table: Check}, empty for a log whose trees are not built yet."""
     conn.execute("BEGIN")
     try:
         checks = {table: Check(conn, table) for table in TABLES} if _has_trees(conn) else {}
         heads = chain.verify(conn, key, anchor, trees=checks)
+        if then is not None:
+            then(conn, checks)
     finally:
         conn.execute("ROLLBACK")
     return heads, checks
 
 
 def _has_trees(conn):
-    """False for a log made before there were trees, which this version's
-    ingest server has not opened yet (it builds them on its first start)."""
+    """False only for a log made before there were trees, which this
+    version's ingest server has not opened yet (it builds them on its first
+    start). A log that records it has trees, or has any tree row or
+    checkpoint, is checked against them."""
     tables = {
         row[0]
         for row in conn.execute(
@@ -155,7 +191,8 @@ def _has_trees(conn):
         return False
     return bool(
         conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM event_tree) OR EXISTS (SELECT 1 FROM quarantine_tree)"
+            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'trees')"
+            " OR EXISTS (SELECT 1 FROM event_tree) OR EXISTS (SELECT 1 FROM quarantine_tree)"
             " OR EXISTS (SELECT 1 FROM checkpoint)"
             " OR NOT (EXISTS (SELECT 1 FROM event) OR EXISTS (SELECT 1 FROM quarantine))"
         ).fetchone()[0]
