@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import re
+import time
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +42,10 @@ HASH_SIZE = 32
 PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 
 _ED25519 = b"\x01"  # signed-note's signature type byte for Ed25519
+# tlog-cosignature/v1: a witness's timestamped Ed25519 cosignature, whose
+# signature is a big-endian u64 timestamp and the Ed25519 signature of
+# "cosignature/v1\ntime <timestamp>\n" followed by the checkpoint's text.
+_COSIGNATURE = b"\x04"
 _MAX_SIGNATURES = 100  # as Go's note.Open; the spec asks for at least 16
 _MAX_COUNT = 2**63 - 1  # tree sizes and indexes, as Go's int64
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
@@ -352,10 +357,14 @@ class Verifier:
         if not (_valid_name(name) and _KEY_ID.fullmatch(key_id)):
             raise Malformed("a verifier key is name+keyid+base64, the key ID being 8 hex digits")
         raw = _decode(key, "the verifier key")
-        if raw[:1] != _ED25519 or len(raw) != 33:
-            raise Malformed("the verifier key is not an Ed25519 key (type 0x01 and 32 bytes)")
-        if bytes.fromhex(key_id) != _key_id(name, raw[1:]):
+        if raw[:1] not in (_ED25519, _COSIGNATURE) or len(raw) != 33:
+            raise Malformed(
+                "the verifier key is not an Ed25519 key (type 0x01 and 32 bytes), nor a"
+                " witness's cosignature/v1 key (type 0x04)"
+            )
+        if bytes.fromhex(key_id) != _key_id(name, raw[1:], raw[:1]):
             raise Malformed("the verifier key's ID does not match its name and public key")
+        self.cosigner = raw[:1] == _COSIGNATURE
         self.name = name
         self.key_id = key_id.lower()
         self._public = Ed25519PublicKey.from_public_bytes(raw[1:])
@@ -365,6 +374,11 @@ class Verifier:
         return f"{self.name}+{self.key_id}+{_encode(self._raw)}"
 
     def verify(self, message, signature):
+        if self.cosigner:
+            timestamp = int.from_bytes(signature[:8], "big")
+            if len(signature) != 72 or timestamp > _MAX_COUNT:
+                return False
+            message, signature = _cosigned(message, timestamp), signature[8:]
         try:
             self._public.verify(signature, message)
         except InvalidSignature:
@@ -374,7 +388,8 @@ class Verifier:
 
 class Signer:
     """A signer key, from the text ``PRIVATE+KEY+name+keyid+base64(0x01 ||
-    seed)`` that Go's note.GenerateKey writes. Whoever has it can sign."""
+    seed)`` that Go's note.GenerateKey writes, or a witness's with type
+    0x04 in place of 0x01. Whoever has it can sign."""
 
     def __init__(self, text):
         parts = text.split("+", 4)
@@ -386,32 +401,42 @@ class Signer:
                 "a signer key is PRIVATE+KEY+name+keyid+base64, the key ID being 8 hex digits"
             )
         raw = _decode(key, "the signer key")
-        if raw[:1] != _ED25519 or len(raw) != 33:
+        if raw[:1] not in (_ED25519, _COSIGNATURE) or len(raw) != 33:
             raise Malformed("the signer key is not an Ed25519 key (type 0x01 and a 32-byte seed)")
         self._private = Ed25519PrivateKey.from_private_bytes(raw[1:])
         public = self._private.public_key().public_bytes_raw()
-        if bytes.fromhex(key_id) != _key_id(name, public):
+        if bytes.fromhex(key_id) != _key_id(name, public, raw[:1]):
             raise Malformed("the signer key's ID does not match its name and public key")
         self.name = name
         self.key_id = key_id.lower()
-        self.verifier = Verifier(f"{name}+{self.key_id}+{_encode(_ED25519 + public)}")
+        self.verifier = Verifier(f"{name}+{self.key_id}+{_encode(raw[:1] + public)}")
 
     def sign(self, message):
-        return self._private.sign(message)
+        """A cosigner's signature is timestamped now, as tlog-cosignature/v1 says."""
+        if not self.verifier.cosigner:
+            return self._private.sign(message)
+        timestamp = int(time.time())
+        return timestamp.to_bytes(8, "big") + self._private.sign(_cosigned(message, timestamp))
 
 
-def generate_key(name):
+def _cosigned(message, timestamp):
+    return b"cosignature/v1\ntime %d\n" % timestamp + message
+
+
+def generate_key(name, witness=False):
     """A new Ed25519 key named ``name``: its signer and verifier key texts,
-    as Go's note.GenerateKey makes them."""
+    as Go's note.GenerateKey makes them; a witness's cosignature/v1 key
+    with ``witness``."""
     if not _valid_name(name):
         raise ValueError(f"{name!r} cannot name a key: it must be non-empty, without spaces or '+'")
+    kind = _COSIGNATURE if witness else _ED25519
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes_raw()
-    key_id = _key_id(name, public).hex()
+    key_id = _key_id(name, public, kind).hex()
     seed = private.private_bytes_raw()
     return (
-        f"PRIVATE+KEY+{name}+{key_id}+{_encode(_ED25519 + seed)}",
-        f"{name}+{key_id}+{_encode(_ED25519 + public)}",
+        f"PRIVATE+KEY+{name}+{key_id}+{_encode(kind + seed)}",
+        f"{name}+{key_id}+{_encode(kind + public)}",
     )
 
 
@@ -424,9 +449,21 @@ def sign_note(text, signer):
     """The note of ``text``, signed by ``signer``."""
     if not text.endswith("\n") or _CONTROL.search(text):
         raise ValueError("a note's text ends with a newline and has no other control characters")
-    message = text.encode("utf-8")
-    signature = _encode(bytes.fromhex(signer.key_id) + signer.sign(message))
-    return message + f"\n\u2014 {signer.name} {signature}\n".encode()
+    return text.encode("utf-8") + b"\n" + signature_line(text, signer)
+
+
+def signature_line(text, signer):
+    """``signer``'s signature line for a note of ``text``: what a witness
+    answers, and what a log appends to a note it already signed."""
+    signature = _encode(bytes.fromhex(signer.key_id) + signer.sign(text.encode("utf-8")))
+    return f"\u2014 {signer.name} {signature}\n".encode()
+
+
+def signature_time(line):
+    """The timestamp a cosignature line carries, in seconds."""
+    return int.from_bytes(
+        _decode(line.decode("utf-8").split(" ")[2].strip(), "the line")[4:12], "big"
+    )
 
 
 def open_note(note, verifiers):
@@ -435,19 +472,7 @@ def open_note(note, verifiers):
     As the spec has it: signatures by other keys are ignored, and one by a
     known key that does not verify refuses the whole note.
     """
-    try:
-        decoded = note.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Malformed("the note is not UTF-8") from None
-    if _CONTROL.search(decoded):
-        raise Malformed("the note has control characters other than newlines")
-    split = decoded.rfind("\n\n")
-    if split < 0:
-        raise Malformed("the note has no blank line before its signatures")
-    text, block = decoded[: split + 1], decoded[split + 2 :]
-    if not block.endswith("\n"):
-        raise Malformed("the note does not end with a signature line")
-    lines = block[:-1].split("\n")
+    text, lines = split_note(note)
     if len(lines) > _MAX_SIGNATURES:
         raise Malformed(f"the note has more than {_MAX_SIGNATURES} signatures")
     known = {(verifier.name, verifier.key_id): verifier for verifier in verifiers}
@@ -481,9 +506,26 @@ def open_note(note, verifiers):
     return Note(text, tuple(signers.values()))
 
 
-def _key_id(name, public):
-    """signed-note's recommended key ID, for an Ed25519 public key."""
-    return hashlib.sha256(name.encode("utf-8") + b"\n" + _ED25519 + public).digest()[:4]
+def split_note(note):
+    """The text of the note and its signature lines, none of them checked."""
+    try:
+        decoded = note.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("the note is not UTF-8") from None
+    if _CONTROL.search(decoded):
+        raise Malformed("the note has control characters other than newlines")
+    split = decoded.rfind("\n\n")
+    if split < 0:
+        raise Malformed("the note has no blank line before its signatures")
+    text, block = decoded[: split + 1], decoded[split + 2 :]
+    if not block.endswith("\n"):
+        raise Malformed("the note does not end with a signature line")
+    return text, block[:-1].split("\n")
+
+
+def _key_id(name, public, kind=_ED25519):
+    """signed-note's key ID, for an Ed25519 public key of signature type ``kind``."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + kind + public).digest()[:4]
 
 
 def _valid_name(name):
@@ -528,7 +570,7 @@ def parse_checkpoint(text):
     origin, size, root, *extensions = lines
     return Checkpoint(
         origin,
-        _parse_count(size, "the tree size"),
+        parse_count(size, "the tree size"),
         _decode_hash(root, "the root hash"),
         tuple(extensions),
     )
@@ -569,6 +611,7 @@ class Proved(NamedTuple):
     origin: str
     key_id: str
     leaf: bytes
+    witnesses: tuple = ()  # the names of the witnesses whose cosignatures verified
 
 
 def format_proof(proof):
@@ -598,26 +641,55 @@ def parse_proof(data):
         extra = _decode(lines.pop(0).removeprefix("extra "), "the extra data")
     if not lines or not lines[0].startswith("index "):
         raise Malformed("the proof has no index line")
-    index = _parse_count(lines.pop(0).removeprefix("index "), "the index")
+    index = parse_count(lines.pop(0).removeprefix("index "), "the index")
     hashes = tuple(
         _decode_hash(line, f"proof hash {number}") for number, line in enumerate(lines, 1)
     )
     return Proof(index, hashes, checkpoint, extra)
 
 
-def check_proof(data, verifier_key, origin=None):
+def check_proof(data, verifier_key, origin=None, witnesses=(), quorum=0):
     """Check a tlog-proof file whose ``extra`` is the leaf data: its
     checkpoint's signature by ``verifier_key`` (text form), its origin (by
-    default the key's name), and the inclusion of the leaf. Returns Proved."""
+    default the key's name), the cosignatures of at least ``quorum`` of
+    ``witnesses`` (Verifiers), and the inclusion of the leaf. Returns Proved."""
     verifier = Verifier(verifier_key)
     proof = parse_proof(data)
     if proof.extra is None:
         raise Malformed("the proof has no extra line: it carries no leaf data to check")
     checkpoint, _ = open_checkpoint(proof.checkpoint, [verifier], origin)
+    cosigners = check_cosignatures(proof.checkpoint, witnesses, quorum)
     verify_inclusion(
         checkpoint.size, checkpoint.root, proof.index, leaf_hash(proof.extra), proof.hashes
     )
-    return Proved(proof.index, checkpoint.size, checkpoint.origin, verifier.key_id, proof.extra)
+    return Proved(
+        proof.index,
+        checkpoint.size,
+        checkpoint.origin,
+        verifier.key_id,
+        proof.extra,
+        tuple(witness.name for witness in cosigners),
+    )
+
+
+def check_cosignatures(note, witnesses, quorum):
+    """The ``witnesses`` whose cosignatures on ``note`` verify; ProofError
+    unless there are at least ``quorum``. A witness vouches that the
+    checkpoint extends every other it cosigned of that log."""
+    cosigners = []
+    for witness in witnesses:
+        try:
+            open_note(note, [witness])
+        except TlogError:
+            continue
+        cosigners.append(witness)
+    if len(cosigners) < quorum:
+        names = ", ".join(witness.name for witness in cosigners) or "none"
+        raise ProofError(
+            f"the checkpoint is cosigned by {len(cosigners)} of the {len(witnesses)} witnesses"
+            f" given ({names}), fewer than the quorum of {quorum}"
+        )
+    return cosigners
 
 
 # Hashes as text, one base64 hash per line (consistency proofs over HTTP)
@@ -664,7 +736,7 @@ def _decode_hash(text, what):
     return digest
 
 
-def _parse_count(text, what):
+def parse_count(text, what):
     if not _DECIMAL.fullmatch(text) or int(text) > _MAX_COUNT:
         raise Malformed(f"{what} is not a decimal number without leading zeros below 2**63")
     return int(text)
