@@ -2,6 +2,7 @@ import os
 import pathlib
 import shutil
 import sqlite3
+import subprocess
 import threading
 from types import SimpleNamespace
 
@@ -24,6 +25,54 @@ def require(program):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# Where Debian's golang-golang-x-mod-dev puts golang.org/x/mod; the Go
+# programs under tests/interop are built from it in GOPATH mode, offline.
+GOPATH = pathlib.Path("/usr/share/gocode")
+
+
+def go_program(tmp_path_factory, package):
+    """Build tests/``package`` (a Go program written apart from the product,
+    against golang.org/x/mod/sumdb); returns run(*args), which runs it to
+    its end, and has the program's path as ``run.path``."""
+    go = require("go")
+    if not (GOPATH / "src/golang.org/x/mod/sumdb/tlog").is_dir():
+        message = f"golang.org/x/mod is not in {GOPATH} (.ci/run installs golang-golang-x-mod-dev)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    build = tmp_path_factory.mktemp("go")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(build),
+        "GOPATH": str(GOPATH),
+        "GO111MODULE": "off",
+        "GOPROXY": "off",
+        "GOENV": "off",
+        "GOFLAGS": "",
+        "GOCACHE": str(build / "cache"),
+        "GOTMPDIR": str(build),
+    }
+    program = build / package.replace("/", "-")
+    # GOPATH mode builds a package outside GOPATH only from a relative path.
+    result = subprocess.run(
+        [go, "build", "-o", str(program), f"./{package}"],
+        cwd=pathlib.Path(__file__).parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+    def run(*args):
+        return subprocess.run(
+            [str(program), *map(str, args)], capture_output=True, text=True, timeout=30
+        )
+
+    run.path = program
+    return run
 
 
 @pytest.fixture(autouse=True)

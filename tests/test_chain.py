@@ -280,6 +280,7 @@ def test_new_logs_have_strict_tables(log):
         "event_tree": 1,
         "quarantine_tree": 1,
         "checkpoint": 1,
+        "cosignature": 1,
     }
 
 
@@ -319,6 +320,7 @@ def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, lo
         "event_tree": 1,
         "quarantine_tree": 1,
         "checkpoint": 1,
+        "cosignature": 1,
     }
     for number in range(1, 4):
         log.append(event(number))

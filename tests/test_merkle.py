@@ -163,7 +163,9 @@ def test_a_new_log_records_its_trees_from_the_first_row(log, rows):
 def test_verify_fails_a_log_that_had_trees_and_lost_their_rows(wiped):
     with pytest.raises(chain.ChainBroken) as caught:
         check(wiped)
-    assert str(caught.value) == "event row 1: it is not in the Merkle tree: the tree stops before it"
+    assert (
+        str(caught.value) == "event row 1: it is not in the Merkle tree: the tree stops before it"
+    )
 
 
 def test_a_log_that_lost_its_tree_rows_refuses_to_start_rather_than_rebuild_them(

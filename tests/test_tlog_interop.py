@@ -2,18 +2,12 @@
 golang.org/x/mod/sumdb/note and sumdb/tlog, through tests/interop/main.go."""
 
 import base64
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import go_program
 from tim_audit import tlog
 
-# Where Debian's golang-golang-x-mod-dev puts golang.org/x/mod; the program
-# is built from it in GOPATH mode, offline.
-GOPATH = Path("/usr/share/gocode")
 ORIGIN = "im-audit.example.com/1400000001"
 LEAVES = [f"event {n} canonical bytes".encode() for n in range(13)]
 
@@ -21,42 +15,7 @@ LEAVES = [f"event {n} canonical bytes".encode() for n in range(13)]
 @pytest.fixture(scope="module")
 def go(tmp_path_factory):
     """Run the interop program; returns the finished process."""
-    go = require("go")
-    if not (GOPATH / "src/golang.org/x/mod/sumdb/tlog").is_dir():
-        message = f"golang.org/x/mod is not in {GOPATH} (.ci/run installs golang-golang-x-mod-dev)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    build = tmp_path_factory.mktemp("go")
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(build),
-        "GOPATH": str(GOPATH),
-        "GO111MODULE": "off",
-        "GOPROXY": "off",
-        "GOENV": "off",
-        "GOFLAGS": "",
-        "GOCACHE": str(build / "cache"),
-        "GOTMPDIR": str(build),
-    }
-    program = build / "interop"
-    # GOPATH mode builds a package outside GOPATH only from a relative path.
-    result = subprocess.run(
-        [go, "build", "-o", str(program), "./interop"],
-        cwd=Path(__file__).parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-
-    def run(*args):
-        return subprocess.run(
-            [str(program), *map(str, args)], capture_output=True, text=True, timeout=30
-        )
-
-    return run
+    return go_program(tmp_path_factory, "interop")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from . import (
     integrity,
     logs,
     metrics,
+    witnesses,
 )
 from .auditlog import open_log
 from .config import StartupError
@@ -88,12 +89,14 @@ def _create(test_config, *, ingest, review):
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"],
             timeout=app.config["STORAGE_TIMEOUT"],
-            notary=checkpoints.notary(app.config),
+            notary=checkpoints.notary(app.config, witnesses.from_config(app.config)),
         )
         app.register_blueprint(callback.bp)
         app.register_blueprint(checkpoints.bp)
         if app.config["METRICS"]:
-            app.extensions["tim_audit.metrics"] = metrics.Metrics(app.config["DATABASE"])
+            app.extensions["tim_audit.metrics"] = metrics.Metrics(
+                app.config["DATABASE"], app.extensions["tim_audit"].notary.publishers
+            )
             app.register_blueprint(metrics.bp)
     if review:
         app.extensions["tim_audit.reviewers"] = auth.Reviewers(
@@ -106,6 +109,7 @@ def _create(test_config, *, ingest, review):
             checkpoint_key=app.config["CHECKPOINT_KEY"],
             log_origin=app.config["LOG_ORIGIN"],
             directory=app.config["CHECKPOINT_DIR"],
+            witnesses=app.config["WITNESSES"],
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.register_blueprint(history.bp)

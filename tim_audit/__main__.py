@@ -5,9 +5,11 @@ from flask.cli import FlaskGroup
 
 from . import create_app
 from .serve import serve_command
+from .witness import witness_command
 
 main = FlaskGroup(name="tim-audit", create_app=create_app, load_dotenv=False)
 main.add_command(serve_command)
+main.add_command(witness_command)
 
 if __name__ == "__main__":
     main()

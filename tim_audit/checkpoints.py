@@ -92,12 +92,14 @@ def verifiers(key_path, log_origin):
     return keys
 
 
-def check(conn, keys, log_origin, directory=None):
+def check(conn, keys, log_origin, directory=None, witnesses=()):
     """Check every stored checkpoint, and every checkpoint of this log in
     ``directory``, against the trees as stored (merkle.verify has checked
     them against the rows): each is signed by one of ``keys`` (unless None)
-    and its root is the tree's root at its size. Returns how many were
-    checked; Contradicted names the first that the log does not extend."""
+    and its root is the tree's root at its size; and every stored
+    cosignature of one of ``witnesses`` (Verifiers, as configured). Returns
+    how many checkpoints were checked; Contradicted names the first that
+    the log does not extend."""
     sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
     count = 0
     for row in conn.execute("SELECT tree, size, root, note FROM checkpoint ORDER BY id"):
@@ -115,6 +117,7 @@ def check(conn, keys, log_origin, directory=None):
                 raise Contradicted(size, f"the stored {table} checkpoint's row and note differ")
         _extends(conn, table, sizes[table], size, row["root"], f"the stored {table} checkpoint")
         count += 1
+    _check_cosignatures(conn, witnesses)
     for table in merkle.TABLES:
         first = conn.execute(
             "SELECT value FROM meta WHERE key = ?", (f"signed:{table}",)
@@ -128,6 +131,25 @@ def check(conn, keys, log_origin, directory=None):
             _extends(conn, table, sizes[table], signed.size, signed.root, path)
             count += 1
     return count
+
+
+def _check_cosignatures(conn, witnesses):
+    configured = {str(witness): witness for witness in witnesses}
+    for row in conn.execute(
+        "SELECT checkpoint.size, checkpoint.note, cosignature.witness, cosignature.line"
+        " FROM cosignature JOIN checkpoint ON checkpoint.id = cosignature.checkpoint_id"
+        " ORDER BY cosignature.id"
+    ):
+        witness = configured.get(row["witness"])
+        if witness is None:
+            continue
+        try:
+            text, _ = tlog.split_note(bytes(row["note"]))
+            tlog.open_note(text.encode("utf-8") + b"\n" + bytes(row["line"]), [witness])
+        except tlog.TlogError as exc:
+            raise Contradicted(
+                row["size"], f"the cosignature of witness {witness.name} does not verify: {exc}"
+            ) from None
 
 
 def _extends(conn, table, tree_size, size, root, what):
@@ -168,6 +190,15 @@ def latest(conn, table="event"):
         " ORDER BY id DESC LIMIT 1",
         (table,),
     ).fetchone()
+
+
+def cosigned(conn, checkpoint):
+    """The checkpoint's note with the cosignatures gathered for it: what
+    GET /checkpoint serves, and what proofs and archives carry."""
+    lines = conn.execute(
+        "SELECT line FROM cosignature WHERE checkpoint_id = ? ORDER BY id", (checkpoint["id"],)
+    )
+    return bytes(checkpoint["note"]) + b"".join(bytes(line[0]) for line in lines)
 
 
 def covering(conn, event_id):
@@ -333,7 +364,8 @@ class Notary:
             conn.execute("ROLLBACK")
             raise
         for table, (size, note) in notes:
-            self._ship(table, size, note)
+            if self.directory is not None:
+                ship(self.directory, table, size, note)
         if notes:
             for publisher in self.publishers:
                 publisher.notify()
@@ -382,17 +414,17 @@ class Notary:
         )
         return size, note
 
-    def _ship(self, table, size, note):
-        """Write the checkpoint to CHECKPOINT_DIR, whole or not at all."""
-        if self.directory is None:
-            return
-        path = os.path.join(self.directory, f"{table}-{size}.checkpoint")
-        try:
-            with open(f"{path}.partial", "wb") as file:
-                file.write(note)
-            os.replace(f"{path}.partial", path)
-        except OSError as exc:
-            logger.error("cannot write the checkpoint to %s: %s", path, exc.strerror)
+
+def ship(directory, table, size, note):
+    """Write the checkpoint to CHECKPOINT_DIR, whole or not at all: once
+    signed, and again with each cosignature."""
+    path = os.path.join(directory, f"{table}-{size}.checkpoint")
+    try:
+        with open(f"{path}.partial", "wb") as file:
+            file.write(note)
+        os.replace(f"{path}.partial", path)
+    except OSError as exc:
+        logger.error("cannot write the checkpoint to %s: %s", path, exc.strerror)
 
 
 # The public endpoints, on the ingest server: a checkpoint reveals a tree
@@ -411,7 +443,7 @@ def checkpoint():
         row = None
     if row is None:
         return _text("No checkpoint has been signed yet.\n", 404)
-    return _text(bytes(row["note"]))
+    return _text(cosigned(get_db(), row))
 
 
 @bp.get("/checkpoint/consistency")
@@ -441,7 +473,7 @@ def _count(value, name):
     return int(value)
 
 
-def notary(config):
+def notary(config, publishers=()):
     """The ingest server's notary, as configured."""
     return Notary(
         os.path.abspath(config["DATABASE"]),
@@ -449,5 +481,6 @@ def notary(config):
         config["LOG_ORIGIN"],
         config["CHECKPOINT_INTERVAL"],
         config["CHECKPOINT_DIR"],
+        publishers,
         adopt=config["CHECKPOINT_ADOPT"],
     )

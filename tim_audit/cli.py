@@ -32,6 +32,37 @@ def init_db_command():
     click.echo(f"Initialized the database at {log.path}")
 
 
+def _witness_options(command):
+    command = click.option(
+        "--quorum",
+        type=click.IntRange(min=1),
+        help="How many of the --witness keys must have cosigned; by default all of them.",
+    )(command)
+    return click.option(
+        "--witness",
+        "witness_keys",
+        multiple=True,
+        metavar="VKEY",
+        help="A witness's verifier key (cosignature/v1): its cosignature must verify. Repeatable.",
+    )(command)
+
+
+def _witnesses(keys, quorum):
+    """The --witness Verifiers and the quorum they must meet."""
+    try:
+        witnesses = [tlog.Verifier(key) for key in keys]
+    except tlog.Malformed as exc:
+        raise click.BadParameter(str(exc), param_hint="--witness") from None
+    if any(not witness.cosigner for witness in witnesses):
+        raise click.BadParameter("a witness's key is a cosignature/v1 key", param_hint="--witness")
+    if quorum is not None and quorum > len(witnesses):
+        raise click.BadParameter(
+            f"{quorum} is more than the {len(witnesses)} --witness keys given",
+            param_hint="--quorum",
+        )
+    return witnesses, len(witnesses) if quorum is None else quorum
+
+
 @click.command("verify")
 @with_appcontext
 @click.option(
@@ -59,7 +90,8 @@ def init_db_command():
     " signature with it instead of the one CHECKPOINT_KEY holds. Never with a"
     " key the database names.",
 )
-def verify_command(anchor, database, checkpoint_file, key):
+@_witness_options
+def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum):
     """Walk both hash chains, recompute both Merkle trees, and check every
     stored checkpoint, and those of this log in CHECKPOINT_DIR, against
     them. Prints 'OK <events> <event-head> quarantine <count>
@@ -71,6 +103,9 @@ def verify_command(anchor, database, checkpoint_file, key):
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--anchor") from None
     keys, log_origin = _log_keys(key)
+    witnesses, quorum = _witnesses(witness_keys, quorum)
+    if witnesses and checkpoint_file is None:
+        raise click.UsageError("--witness and --quorum check the file given with --checkpoint")
     if checkpoint_file is not None and keys is None:
         raise click.UsageError(
             "--checkpoint needs the log's verifier key to check the file's signature:"
@@ -80,14 +115,23 @@ def verify_command(anchor, database, checkpoint_file, key):
     said = []
 
     def check_checkpoints(conn, trees):
-        stored = checkpoints.check(conn, keys, log_origin, current_app.config["CHECKPOINT_DIR"])
+        stored = checkpoints.check(
+            conn,
+            keys,
+            log_origin,
+            current_app.config["CHECKPOINT_DIR"],
+            _configured_witnesses(),
+        )
         if stored and keys is None:
             said.append(
                 f"checkpoints: {stored} agree with the trees; their signatures are not"
                 " checked: no verifier key here (give --key)"
             )
         if checkpoint_file is not None:
-            said.append(_check_kept(conn, trees, checkpoint_file.read(), keys, log_origin))
+            note = checkpoint_file.read()
+            said.append(_check_kept(conn, trees, note, keys, log_origin))
+            for witness in tlog.check_cosignatures(note, witnesses, quorum):
+                said.append(f"cosigned by witness {witness.name}+{witness.key_id}")
 
     try:
         heads, _ = merkle.verify(
@@ -102,6 +146,10 @@ def verify_command(anchor, database, checkpoint_file, key):
     finally:
         conn.close()
     click.echo(heads.line())
+
+
+def _configured_witnesses():
+    return [tlog.Verifier(witness["key"]) for witness in current_app.config["WITNESSES"]]
 
 
 def _log_keys(key):
@@ -162,10 +210,27 @@ def _open_any(note, verifiers, log_origin):
 
 
 @click.command("keygen")
+@click.option(
+    "--witness",
+    "witness_name",
+    metavar="NAME",
+    help="Make a witness's cosignature key named NAME instead, for tim-audit witness;"
+    " written to --out.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="With --witness: the private key's file."
+)
 @with_appcontext
-def keygen_command():
+def keygen_command(witness_name, out):
     """Make the Ed25519 key that signs checkpoints, in CHECKPOINT_KEY (mode
-    0600), and print its verifier key for auditors. Never overwrites a key."""
+    0600), and print its verifier key for auditors. Never overwrites a key.
+    With --witness, a witness's key, and print the verifier key that goes
+    in the log's WITNESSES."""
+    if witness_name is not None or out is not None:
+        if witness_name is None or out is None:
+            raise click.UsageError("--witness NAME and --out FILE go together")
+        click.echo(_new_key(out, witness_name, witness=True))
+        return
     config = current_app.config
     if config["LOG_ORIGIN"] is None:
         raise click.UsageError(
@@ -206,8 +271,11 @@ def rotate_key_command():
     click.echo(verifier)
 
 
-def _new_key(path, log_origin):
-    signer, verifier = tlog.generate_key(log_origin)
+def _new_key(path, name, witness=False):
+    try:
+        signer, verifier = tlog.generate_key(name, witness)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     try:
         checkpoints.write_key(path, signer)
     except FileExistsError:
@@ -252,12 +320,14 @@ def consistency_proof_command(first, last):
     help="The log's verifier key, name+keyid+base64.",
 )
 @click.option("--origin", help="The log's origin; by default the key's name.")
-def check_proof_command(proof_file, verifier_key, origin):
-    """Check a .tlog-proof file: its checkpoint's signature and origin, and
-    that the event in it is in the signed tree. Needs no database and no
-    configuration."""
+@_witness_options
+def check_proof_command(proof_file, verifier_key, origin, witness_keys, quorum):
+    """Check a .tlog-proof file: its checkpoint's signature and origin, its
+    witnesses' cosignatures, and that the event in it is in the signed
+    tree. Needs no database and no configuration."""
+    witnesses, quorum = _witnesses(witness_keys, quorum)
     try:
-        proved = tlog.check_proof(proof_file.read(), verifier_key, origin)
+        proved = tlog.check_proof(proof_file.read(), verifier_key, origin, witnesses, quorum)
     except tlog.TlogError as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)
@@ -266,6 +336,7 @@ def check_proof_command(proof_file, verifier_key, origin):
     click.echo(
         f"OK event {proved.index + 1} (leaf {proved.index}, {len(proved.leaf)} bytes of canonical"
         f" data) is in the tree of {proved.size} leaves of {proved.origin}, signed by key {proved.key_id}"
+        + "".join(f", cosigned by {name}" for name in proved.witnesses)
     )
 
 

@@ -9,6 +9,8 @@ import zoneinfo
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from . import tlog
+
 DEFAULTS = {
     "SDKAPPID": None,
     "CALLBACK_TOKEN": None,
@@ -34,6 +36,8 @@ DEFAULTS = {
     "CHECKPOINT_INTERVAL": 60,
     "CHECKPOINT_DIR": None,
     "CHECKPOINT_ADOPT": False,
+    "WITNESSES": [],
+    "WITNESS_QUORUM": None,
 }
 
 # What instance/config.example.py says until the operator pastes the real one.
@@ -119,6 +123,42 @@ class _Key(fields.Field):
         if not (isinstance(value, bytes) and len(value) >= 16):
             raise ValidationError("")
         return value
+
+
+class _Witnesses(fields.Field):
+    """A list of {"url": the witness's submission prefix, "key": its
+    cosignature verifier key}; the keys as tlog.Verifier would take them."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        must = (
+            'must be a list of {"url": "https://…", "key": "name+keyid+base64"}, each key'
+            " a witness's cosignature/v1 verifier key"
+        )
+        if not isinstance(value, (list, tuple)):
+            raise ValidationError(must)
+        witnesses = []
+        for witness in value:
+            if not (
+                isinstance(witness, dict)
+                and set(witness) == {"url", "key"}
+                and isinstance(witness["url"], str)
+                and re.fullmatch(r"https?://[^\s/]+(/\S*)?", witness["url"])
+                and isinstance(witness["key"], str)
+            ):
+                raise ValidationError(f"{must}, not {witness!r}")
+            try:
+                verifier = tlog.Verifier(witness["key"])
+            except tlog.Malformed as exc:
+                raise ValidationError(f"has a key that is not a verifier key: {exc}") from None
+            if not verifier.cosigner:
+                raise ValidationError(
+                    f"has the key {witness['key']} of type Ed25519 (0x01): a witness's key is"
+                    " a cosignature/v1 key (0x04), as tim-audit keygen --witness prints"
+                )
+            witnesses.append({"url": witness["url"], "key": str(verifier)})
+        if len({witness["key"] for witness in witnesses}) != len(witnesses):
+            raise ValidationError("names one witness key twice")
+        return witnesses
 
 
 class _Reviewers(fields.Field):
@@ -230,6 +270,13 @@ class Settings(Schema):
     CHECKPOINT_INTERVAL = _whole(1, "whole seconds of at least 1")
     CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
     CHECKPOINT_ADOPT = _flag()
+    WITNESSES = _Witnesses()
+    WITNESS_QUORUM = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1),
+        **_must("a whole number of at least 1, or None for all of WITNESSES"),
+    )
 
 
 _SETTINGS = Settings()
@@ -247,6 +294,13 @@ def check(config):
         key, messages = next(iter(exc.messages.items()))
         raise StartupError(_refusal(key, messages[0], config[key])) from None
     config.update(values)
+    if config["WITNESS_QUORUM"] is None:
+        config["WITNESS_QUORUM"] = len(config["WITNESSES"])
+    elif config["WITNESS_QUORUM"] > len(config["WITNESSES"]):
+        raise StartupError(
+            f"WITNESS_QUORUM is {config['WITNESS_QUORUM']}, but WITNESSES names"
+            f" {len(config['WITNESSES'])}: no checkpoint could ever be witnessed enough"
+        )
     for key in ("DATABASE", "CHECKPOINT_KEY", "CHECKPOINT_DIR"):
         if config[key] is not None:
             config[key] = os.path.join(config.root_path, config[key])

@@ -11,9 +11,9 @@ import sqlite3
 import time
 import zipfile
 
-from flask import Blueprint, Response, abort, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from . import chain, checkpoints, exports, history, merkle, queries, tlog
+from . import chain, checkpoints, exports, history, merkle, queries, tlog, witnesses
 from .auth import require_reviewer
 from .db import get_db, require_log
 
@@ -67,7 +67,11 @@ service's operator for a consistency proof (GET /checkpoint/consistency?from=
 
 @bp.app_context_processor
 def _page_globals():
-    return {"latest_checkpoint": _latest_checkpoint, "checkpoint_covering": _covering}
+    return {
+        "latest_checkpoint": _latest_checkpoint,
+        "checkpoint_covering": _covering,
+        "witnessing": _witnessing,
+    }
 
 
 @bp.app_template_filter("key_id")
@@ -80,6 +84,24 @@ def _latest_checkpoint():
     with contextlib.suppress(sqlite3.OperationalError):  # no checkpoint table yet
         return checkpoints.latest(get_db())
     return None
+
+
+def _witnessing():
+    """For the strip: each configured witness's name and the size of the
+    newest checkpoint it cosigned (None before the log has the table), and
+    the quorum; None when WITNESSES is empty."""
+    configured = current_app.config["WITNESSES"]
+    if not configured:
+        return None
+    sizes = {}
+    with contextlib.suppress(sqlite3.OperationalError):
+        sizes = witnesses.status(get_db(), [witness["key"] for witness in configured])
+    return {
+        "quorum": current_app.config["WITNESS_QUORUM"],
+        "witnesses": [
+            (witness["key"].split("+")[0], sizes.get(witness["key"])) for witness in configured
+        ],
+    }
 
 
 def _covering(event_id):
@@ -124,14 +146,15 @@ def checkpoint_note(checkpoint_id):
     row = (
         get_db()
         .execute(
-            "SELECT tree, size, note FROM checkpoint WHERE id = ?", (min(checkpoint_id, 2**63 - 1),)
+            "SELECT id, tree, size, note FROM checkpoint WHERE id = ?",
+            (min(checkpoint_id, 2**63 - 1),),
         )
         .fetchone()
     )
     if row is None:
         abort(404, description=f"There is no checkpoint {checkpoint_id}.")
     return Response(
-        bytes(row["note"]),
+        checkpoints.cosigned(get_db(), row),
         mimetype="text/plain",
         headers={
             "Content-Disposition": f'attachment; filename="{row["tree"]}-{row["size"]}.checkpoint"'
@@ -154,7 +177,7 @@ def proof(event_id):
             ),
         )
     try:
-        data = proof_file(conn, latest, event_id)
+        data = proof_file(conn, latest["size"], checkpoints.cosigned(conn, latest), event_id)
     except chain.ChainBroken as exc:
         abort(409, description=f"No proof: the log does not verify here: {exc}")
     return Response(
@@ -166,14 +189,13 @@ def proof(event_id):
     )
 
 
-def proof_file(conn, checkpoint, event_id):
-    """The tlog-proof of event ``event_id`` in the tree of ``checkpoint``,
-    with the event's canonical bytes as its extra data."""
-    hashes = tlog.inclusion_proof(checkpoint["size"], event_id - 1, merkle.reader(conn, "event"))
+def proof_file(conn, size, note, event_id):
+    """The tlog-proof of event ``event_id`` in the tree of ``size`` leaves
+    that ``note`` (the checkpoint, with its cosignatures) signs, with the
+    event's canonical bytes as its extra data."""
+    hashes = tlog.inclusion_proof(size, event_id - 1, merkle.reader(conn, "event"))
     leaf = merkle.leaf(conn, event_id)
-    return tlog.format_proof(
-        tlog.Proof(event_id - 1, tuple(hashes), bytes(checkpoint["note"]), leaf)
-    )
+    return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), note, leaf))
 
 
 @bp.get("/history.evidence")
@@ -201,7 +223,8 @@ def archive_chunks(conn, filters, counter):
         info.compress_type = zipfile.ZIP_DEFLATED
         archive.writestr(info, data)
 
-    add("checkpoint", bytes(latest["note"]))
+    note = checkpoints.cosigned(conn, latest)
+    add("checkpoint", note)
     add("verifier.key", f"{latest['key']}\n")
     newer = 0
     for objects in exports.json_objects(conn, filters):
@@ -210,7 +233,7 @@ def archive_chunks(conn, filters, counter):
                 newer += 1
                 continue
             add(f"events/{event_id}.json", document + "\n")
-            add(f"events/{event_id}.tlog-proof", proof_file(conn, latest, event_id))
+            add(f"events/{event_id}.tlog-proof", proof_file(conn, latest["size"], note, event_id))
             counter["rows"] += 1
         yield out.take()
     add("README.txt", _readme(latest, counter["rows"], newer))

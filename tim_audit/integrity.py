@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, checkpoints, db, merkle
+from . import chain, checkpoints, db, merkle, tlog
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,16 @@ class Verification:
 
 
 class Verifier:
-    def __init__(self, path, key, interval, checkpoint_key=None, log_origin=None, directory=None):
+    def __init__(
+        self,
+        path,
+        key,
+        interval,
+        checkpoint_key=None,
+        log_origin=None,
+        directory=None,
+        witnesses=(),
+    ):
         self.path = path
         self.key = key
         self.interval = interval
@@ -39,6 +48,7 @@ class Verifier:
         self.checkpoint_key = checkpoint_key
         self.log_origin = log_origin
         self.directory = directory
+        self.witnesses = [tlog.Verifier(witness["key"]) for witness in witnesses]
         self.last = None
         self._lock = threading.Lock()
         self._thread = None
@@ -81,7 +91,7 @@ class Verifier:
                     conn,
                     self.key,
                     then=lambda conn, _: checkpoints.check(
-                        conn, keys, self.log_origin, self.directory
+                        conn, keys, self.log_origin, self.directory, self.witnesses
                     ),
                 )
             finally:

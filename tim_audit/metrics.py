@@ -1,7 +1,8 @@
 """``GET /metrics`` in Prometheus's text format, when METRICS = True.
 
 Callbacks by outcome (stored, repeat, conflict, ignored, and each refusal by
-its ErrorCode name), how long they took, and the size of the log. The
+its ErrorCode name), how long they took, the size of the log, and each
+witness's state. The
 counters are this process's; the log sizes are read from the database at
 each scrape.
 """
@@ -29,7 +30,7 @@ bp = Blueprint("metrics", __name__)
 
 
 class Metrics:
-    def __init__(self, path):
+    def __init__(self, path, witnesses=()):
         self.registry = CollectorRegistry()
         self.callbacks = Counter(
             "tim_audit_callbacks",
@@ -46,6 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LogSize(path))
+        self.registry.register(_Witnesses(witnesses))
 
     def observe(self, outcome, seconds):
         self.callbacks.labels(outcome).inc()
@@ -74,6 +76,32 @@ class _LogSize:
         yield GaugeMetricFamily(
             "tim_audit_quarantined", "Deliveries in quarantine.", value=quarantined
         )
+
+
+class _Witnesses:
+    """Each witness thread's state (witnesses.py): the size it last
+    cosigned, and how many submissions in a row it has refused or missed."""
+
+    def __init__(self, witnesses):
+        self.witnesses = witnesses
+
+    def collect(self):
+        cosigned = GaugeMetricFamily(
+            "tim_audit_witness_cosigned_size",
+            "Leaves of the newest checkpoint the witness cosigned (-1: not known yet).",
+            labels=["witness"],
+        )
+        failures = GaugeMetricFamily(
+            "tim_audit_witness_failures",
+            "Submissions in a row the witness refused or did not answer.",
+            labels=["witness"],
+        )
+        for witness in self.witnesses:
+            size = witness.cosigned
+            cosigned.add_metric([witness.name], -1 if size is None else size)
+            failures.add_metric([witness.name], witness.failures)
+        yield cosigned
+        yield failures
 
 
 @bp.get("/metrics")

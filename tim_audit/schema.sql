@@ -170,6 +170,30 @@ WHEN EXISTS (SELECT 1 FROM checkpoint WHERE id = NEW.id)
   OR NEW.size < (SELECT max(size) FROM checkpoint WHERE tree = NEW.tree)
 BEGIN SELECT RAISE(ABORT, 'checkpoint is append-only'); END;
 
+-- Every cosignature a witness gave a checkpoint of the event tree
+-- (witnesses.py): the signature line it answered, which GET /checkpoint
+-- appends to the checkpoint's note. ``witness`` is its verifier key, as
+-- configured in WITNESSES when it was stored; verify checks each line with
+-- the configured key, never with this column alone.
+CREATE TABLE IF NOT EXISTS cosignature (
+    id            INTEGER PRIMARY KEY,
+    checkpoint_id INTEGER NOT NULL REFERENCES checkpoint (id),
+    witness       TEXT NOT NULL,
+    cosigned_at   INTEGER NOT NULL,  -- the cosignature's own timestamp, seconds since the epoch
+    line          BLOB NOT NULL      -- em dash, space, witness name, space, base64, newline
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS cosignature_by_checkpoint ON cosignature (checkpoint_id, witness);
+CREATE INDEX IF NOT EXISTS cosignature_by_witness ON cosignature (witness, checkpoint_id);
+
+CREATE TRIGGER IF NOT EXISTS cosignature_no_update BEFORE UPDATE ON cosignature
+BEGIN SELECT RAISE(ABORT, 'cosignature is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS cosignature_no_delete BEFORE DELETE ON cosignature
+BEGIN SELECT RAISE(ABORT, 'cosignature is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS cosignature_no_replace BEFORE INSERT ON cosignature
+WHEN EXISTS (SELECT 1 FROM cosignature WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'cosignature is append-only'); END;
+
 -- Derived data, kept in step with event by the trigger below, in the
 -- transaction that appends the event. It is not chained, not append-only
 -- and verify never reads it: `flask --app tim_audit rebuild-index` makes it
