@@ -281,6 +281,7 @@ def test_new_logs_have_strict_tables(log):
         "quarantine_tree": 1,
         "checkpoint": 1,
         "cosignature": 1,
+        "timestamp": 1,
     }
 
 
@@ -321,6 +322,7 @@ def test_a_log_made_before_strict_tables_opens_verifies_and_grows(old_schema, lo
         "quarantine_tree": 1,
         "checkpoint": 1,
         "cosignature": 1,
+        "timestamp": 1,
     }
     for number in range(1, 4):
         log.append(event(number))

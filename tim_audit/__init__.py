@@ -22,6 +22,7 @@ from . import (
     integrity,
     logs,
     metrics,
+    timestamps,
     witnesses,
 )
 from .auditlog import open_log
@@ -85,17 +86,21 @@ def _create(test_config, *, ingest, review):
     cli.init_app(app)
     app.register_blueprint(health.bp)
     if ingest:
+        # What carries each checkpoint off the box, started with the notary.
+        witnessing = witnesses.from_config(app.config)
+        stamping = timestamps.from_config(app.config)
         app.extensions["tim_audit"] = auditlog.AuditLog(
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"],
             timeout=app.config["STORAGE_TIMEOUT"],
-            notary=checkpoints.notary(app.config, witnesses.from_config(app.config)),
+            notary=checkpoints.notary(app.config, witnessing + stamping),
         )
         app.register_blueprint(callback.bp)
         app.register_blueprint(checkpoints.bp)
+        app.register_blueprint(timestamps.bp)
         if app.config["METRICS"]:
             app.extensions["tim_audit.metrics"] = metrics.Metrics(
-                app.config["DATABASE"], app.extensions["tim_audit"].notary.publishers
+                app.config["DATABASE"], witnessing, stamping
             )
             app.register_blueprint(metrics.bp)
     if review:
@@ -110,6 +115,7 @@ def _create(test_config, *, ingest, review):
             log_origin=app.config["LOG_ORIGIN"],
             directory=app.config["CHECKPOINT_DIR"],
             witnesses=app.config["WITNESSES"],
+            timestamp_ca=app.config["TIMESTAMP_CA"],
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.register_blueprint(history.bp)

@@ -16,7 +16,7 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, checkpoints, db, derived, merkle, signature, tlog
+from . import auditlog, chain, checkpoints, db, derived, merkle, signature, timestamps, tlog
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -122,6 +122,7 @@ def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum)
             current_app.config["CHECKPOINT_DIR"],
             _configured_witnesses(),
         )
+        timestamps.check_stored(conn, timestamps.configured_roots(current_app.config))
         if stored and keys is None:
             said.append(
                 f"checkpoints: {stored} agree with the trees; their signatures are not"

@@ -7,6 +7,7 @@ import re
 import traceback
 import zoneinfo
 
+from cryptography import x509
 from marshmallow import Schema, ValidationError, fields, validate
 
 from . import tlog
@@ -38,6 +39,8 @@ DEFAULTS = {
     "CHECKPOINT_ADOPT": False,
     "WITNESSES": [],
     "WITNESS_QUORUM": None,
+    "TIMESTAMP_URL": None,
+    "TIMESTAMP_CA": None,
 }
 
 # What instance/config.example.py says until the operator pastes the real one.
@@ -271,6 +274,15 @@ class Settings(Schema):
     CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
     CHECKPOINT_ADOPT = _flag()
     WITNESSES = _Witnesses()
+    TIMESTAMP_URL = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(r"https?://[^\s/]+(/\S*)?"),
+        **_must("the URL of an RFC 3161 timestamp authority (http:// or https://), or None"),
+    )
+    TIMESTAMP_CA = fields.String(
+        allow_none=True,
+        **_must("the path of a PEM file of the CA certificates the TSA's tokens chain to"),
+    )
     WITNESS_QUORUM = fields.Integer(
         strict=True,
         allow_none=True,
@@ -301,9 +313,33 @@ def check(config):
             f"WITNESS_QUORUM is {config['WITNESS_QUORUM']}, but WITNESSES names"
             f" {len(config['WITNESSES'])}: no checkpoint could ever be witnessed enough"
         )
-    for key in ("DATABASE", "CHECKPOINT_KEY", "CHECKPOINT_DIR"):
+    for key in ("DATABASE", "CHECKPOINT_KEY", "CHECKPOINT_DIR", "TIMESTAMP_CA"):
         if config[key] is not None:
             config[key] = os.path.join(config.root_path, config[key])
+    _check_timestamps(config)
+
+
+def _check_timestamps(config):
+    """A TSA's tokens are kept only once they chain to TIMESTAMP_CA: without
+    readable certificates there, none ever would."""
+    if config["TIMESTAMP_URL"] is None:
+        return
+    if config["TIMESTAMP_CA"] is None:
+        raise StartupError(
+            "TIMESTAMP_URL is set, but TIMESTAMP_CA is not: set it to a PEM file of the CA"
+            " certificates the TSA's tokens chain to"
+        )
+    try:
+        with open(config["TIMESTAMP_CA"], "rb") as file:
+            x509.load_pem_x509_certificates(file.read())
+    except OSError as exc:
+        raise StartupError(
+            f"cannot read TIMESTAMP_CA {config['TIMESTAMP_CA']}: {exc.strerror}"
+        ) from None
+    except ValueError:
+        raise StartupError(
+            f"TIMESTAMP_CA {config['TIMESTAMP_CA']} holds no PEM certificate"
+        ) from None
 
 
 def _refusal(key, message, value):

@@ -13,7 +13,17 @@ import zipfile
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from . import chain, checkpoints, exports, history, merkle, queries, tlog, witnesses
+from . import (
+    chain,
+    checkpoints,
+    exports,
+    history,
+    merkle,
+    queries,
+    timestamps,
+    tlog,
+    witnesses,
+)
 from .auth import require_reviewer
 from .db import get_db, require_log
 
@@ -34,7 +44,7 @@ checkpoint was signed at {signed_at} by the key {key_id}.{newer}
 Files
   checkpoint                  the signed checkpoint (c2sp.org/tlog-checkpoint)
   verifier.key                the public key that signed it (c2sp.org/signed-note)
-  events/<id>.json            each event as the service shows it
+{files}  events/<id>.json            each event as the service shows it
   events/<id>.tlog-proof      each event's proof (c2sp.org/tlog-proof): its
                               canonical bytes (the "extra" line, base64), its
                               index (id - 1) and the hashes to the root
@@ -59,9 +69,28 @@ CheckRecord, for one):
      defines them ("How a row is chained"): its columns, then its members.
      They carry the raw body as received; compare them with events/<id>.json.
 
-Keep the checkpoint: a later checkpoint of the log must extend it. Ask the
+{timestamp}Keep the checkpoint: a later checkpoint of the log must extend it. Ask the
 service's operator for a consistency proof (GET /checkpoint/consistency?from=
 {size}) and check it against both checkpoints' roots (RFC 6962 section 2.1.2).
+"""
+
+
+COSIGNED_FILES = """\
+  checkpoint.cosigned         the same checkpoint with the cosignature lines of
+                              the log's witnesses (c2sp.org/tlog-cosignature);
+                              every proof below carries it
+"""
+TIMESTAMP_FILES = """\
+  checkpoint.tsr              an RFC 3161 timestamp of the file checkpoint
+  tsa-ca.pem                  the certificates of the timestamp authority
+"""
+TIMESTAMP_STEPS = """\
+Check that the checkpoint existed at the time its timestamp names, with
+OpenSSL (it prints "Verification: OK"; "openssl ts -reply -in checkpoint.tsr
+-text" shows the time):
+
+  openssl ts -verify -data checkpoint -in checkpoint.tsr -CAfile tsa-ca.pem
+
 """
 
 
@@ -224,8 +253,16 @@ def archive_chunks(conn, filters, counter):
         archive.writestr(info, data)
 
     note = checkpoints.cosigned(conn, latest)
-    add("checkpoint", note)
+    add("checkpoint", bytes(latest["note"]))
+    if note != bytes(latest["note"]):
+        add("checkpoint.cosigned", note)
     add("verifier.key", f"{latest['key']}\n")
+    token = timestamps.stored(conn, latest["id"])
+    ca = current_app.config["TIMESTAMP_CA"]
+    if token is not None and ca is not None:
+        add("checkpoint.tsr", token)
+        with open(ca, "rb") as file:
+            add("tsa-ca.pem", file.read())
     newer = 0
     for objects in exports.json_objects(conn, filters):
         for event_id, document in objects:
@@ -236,7 +273,7 @@ def archive_chunks(conn, filters, counter):
             add(f"events/{event_id}.tlog-proof", proof_file(conn, latest["size"], note, event_id))
             counter["rows"] += 1
         yield out.take()
-    add("README.txt", _readme(latest, counter["rows"], newer))
+    add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca))
     archive.close()
     yield out.take()
 
@@ -286,7 +323,7 @@ class _Names(dict):
         pass
 
 
-def _readme(latest, count, newer):
+def _readme(latest, count, newer, note, stamped):
     checkpoint = tlog.parse_checkpoint(bytes(latest["note"]).decode().partition("\n\n")[0] + "\n")
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
     return README.format(
@@ -303,6 +340,9 @@ def _readme(latest, count, newer):
         )
         if newer
         else "",
+        files=(COSIGNED_FILES if note != bytes(latest["note"]) else "")
+        + (TIMESTAMP_FILES if stamped else ""),
+        timestamp=TIMESTAMP_STEPS if stamped else "",
     )
 
 

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, checkpoints, db, merkle, tlog
+from . import chain, checkpoints, db, merkle, timestamps, tlog
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Verifier:
         log_origin=None,
         directory=None,
         witnesses=(),
+        timestamp_ca=None,
     ):
         self.path = path
         self.key = key
@@ -49,6 +50,7 @@ class Verifier:
         self.log_origin = log_origin
         self.directory = directory
         self.witnesses = [tlog.Verifier(witness["key"]) for witness in witnesses]
+        self.timestamp_ca = timestamp_ca
         self.last = None
         self._lock = threading.Lock()
         self._thread = None
@@ -78,6 +80,17 @@ class Verifier:
         if thread is not None:
             thread.join(timeout)
 
+    def _check_evidence(self, keys):
+        """What merkle.verify checks against the trees it verified: the
+        checkpoints, their cosignatures and their timestamps."""
+        roots = None if self.timestamp_ca is None else timestamps.read_roots(self.timestamp_ca)
+
+        def check(conn, trees):
+            checkpoints.check(conn, keys, self.log_origin, self.directory, self.witnesses)
+            timestamps.check_stored(conn, roots)
+
+        return check
+
     def _run(self):
         """Record the outcome whatever happens: a run that died without one
         would leave the previous (perhaps green) result on show."""
@@ -87,13 +100,7 @@ class Verifier:
             keys = checkpoints.verifiers(self.checkpoint_key, self.log_origin)
             conn = db.connect(self.path, readonly=True)
             try:
-                heads, _ = merkle.verify(
-                    conn,
-                    self.key,
-                    then=lambda conn, _: checkpoints.check(
-                        conn, keys, self.log_origin, self.directory, self.witnesses
-                    ),
-                )
+                heads, _ = merkle.verify(conn, self.key, then=self._check_evidence(keys))
             finally:
                 conn.close()
         except (chain.ChainBroken, checkpoints.KeyRefused) as exc:

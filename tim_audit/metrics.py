@@ -30,7 +30,7 @@ bp = Blueprint("metrics", __name__)
 
 
 class Metrics:
-    def __init__(self, path, witnesses=()):
+    def __init__(self, path, witnesses=(), timestampers=()):
         self.registry = CollectorRegistry()
         self.callbacks = Counter(
             "tim_audit_callbacks",
@@ -47,7 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LogSize(path))
-        self.registry.register(_Witnesses(witnesses))
+        self.registry.register(_Publishers(witnesses, timestampers))
 
     def observe(self, outcome, seconds):
         self.callbacks.labels(outcome).inc()
@@ -78,12 +78,15 @@ class _LogSize:
         )
 
 
-class _Witnesses:
-    """Each witness thread's state (witnesses.py): the size it last
-    cosigned, and how many submissions in a row it has refused or missed."""
+class _Publishers:
+    """The state of the threads that carry checkpoints off the box: each
+    witness's (witnesses.py) size it last cosigned and the submissions in a
+    row it refused or missed; the timestamp requests in a row that failed
+    (timestamps.py)."""
 
-    def __init__(self, witnesses):
+    def __init__(self, witnesses, timestampers):
         self.witnesses = witnesses
+        self.timestampers = timestampers
 
     def collect(self):
         cosigned = GaugeMetricFamily(
@@ -102,6 +105,12 @@ class _Witnesses:
             failures.add_metric([witness.name], witness.failures)
         yield cosigned
         yield failures
+        for timestamper in self.timestampers:
+            yield GaugeMetricFamily(
+                "tim_audit_timestamp_failures",
+                "Timestamp requests in a row that the TSA refused or did not answer.",
+                value=timestamper.failures,
+            )
 
 
 @bp.get("/metrics")

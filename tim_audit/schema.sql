@@ -194,6 +194,27 @@ CREATE TRIGGER IF NOT EXISTS cosignature_no_replace BEFORE INSERT ON cosignature
 WHEN EXISTS (SELECT 1 FROM cosignature WHERE id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'cosignature is append-only'); END;
 
+-- Every RFC 3161 timestamp of an event checkpoint (timestamps.py): the TSA's
+-- whole answer (a DER TimeStampResp over SHA-256 of the checkpoint's note, as
+-- the log signed it), which `openssl ts -verify` reads as it is. verify
+-- checks each against TIMESTAMP_CA, never against anything in this file.
+CREATE TABLE IF NOT EXISTS timestamp (
+    id            INTEGER PRIMARY KEY,
+    checkpoint_id INTEGER NOT NULL REFERENCES checkpoint (id),
+    stamped_at    INTEGER NOT NULL,  -- the token's genTime, seconds since the epoch
+    token         BLOB NOT NULL
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS timestamp_by_checkpoint ON timestamp (checkpoint_id);
+
+CREATE TRIGGER IF NOT EXISTS timestamp_no_update BEFORE UPDATE ON timestamp
+BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS timestamp_no_delete BEFORE DELETE ON timestamp
+BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS timestamp_no_replace BEFORE INSERT ON timestamp
+WHEN EXISTS (SELECT 1 FROM timestamp WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;
+
 -- Derived data, kept in step with event by the trigger below, in the
 -- transaction that appends the event. It is not chained, not append-only
 -- and verify never reads it: `flask --app tim_audit rebuild-index` makes it
