@@ -4,12 +4,14 @@ cosignature checker written apart from the product, in Go, on
 golang.org/x/mod/sumdb."""
 
 import contextlib
+import os
 import http.client
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -377,3 +379,32 @@ def test_metrics_show_each_witness(log_key, go_witness, make_app):
     assert 'tim_audit_witness_cosigned_size{witness="go.witness.example/w1"} 5.0' in text
     assert 'tim_audit_witness_cosigned_size{witness="down.example/w"} 0.0' in text
     assert 'tim_audit_witness_failures{witness="down.example/w"} 1.0' in text
+
+
+def test_the_by_hand_cosignature_check_in_docs_trust_md_works(go_witness, make_app, tmp_path):
+    """The commands docs/trust.md gives an auditor, run as written."""
+    app = signed_log(make_app, [go_witness])
+    submit(app)
+    served(app, tmp_path / "checkpoint.cosigned")
+    text = (Path(__file__).parent.parent / "docs" / "trust.md").read_text()
+    block = text[text.index('python3 - "$WITNESS" checkpoint.cosigned') :]
+    block = block[: block.index("```")]
+    result = subprocess.run(
+        ["bash", "-e", "-c", block],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "WITNESS": go_witness[1]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "Signature Verified Successfully"
+    (tmp_path / "cosigned.msg").write_bytes((tmp_path / "cosigned.msg").read_bytes() + b" ")
+    altered = subprocess.run(
+        block[block.index("openssl pkeyutl") :].split(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert altered.returncode != 0
