@@ -658,33 +658,62 @@ def test_no_first_checkpoint_is_signed_over_events_from_before_signing(
     unsigned, make_app, rows, caplog
 ):
     log = make_app().extensions["tim_audit"]
-    assert log.notary.signer is None
+    assert sign(log.notary) == []
     assert rows("SELECT count(*) FROM checkpoint") == [(0,)]
     assert (
-        "signing no checkpoint: this log's 5 event rows and 0 quarantine rows were written"
-        " before it was signed" in caplog.text
+        "refusing to sign the event tree of 5 leaves: it had 5 leaves when signing started,"
+        " and nothing outside the file vouches for them" in caplog.text
     )
 
 
 def test_checkpoint_adopt_signs_them_on_purpose_and_says_so(unsigned, make_app, rows, caplog):
     log = make_app(CHECKPOINT_ADOPT=True).extensions["tim_audit"]
-    assert [size for size in sign(log.notary)] and rows("SELECT tree, size FROM checkpoint") == [
-        ("event", 5)
+    assert len(sign(log.notary)) == 1
+    assert rows("SELECT tree, size FROM checkpoint") == [("event", 5)]
+    assert rows("SELECT value FROM meta WHERE key = 'adopted:event'") == [
+        ("5 rows, by CHECKPOINT_ADOPT",)
     ]
-    assert rows("SELECT value FROM meta WHERE key = 'signing'") == [
-        ("adopted on purpose (CHECKPOINT_ADOPT) over 5 event rows and 0 quarantine rows",)
-    ]
-    assert "CHECKPOINT_ADOPT: signing the first checkpoints over rows" in caplog.text
+    assert "CHECKPOINT_ADOPT is set: the first checkpoint of a tree may be signed" in caplog.text
 
 
-def test_a_log_whose_checkpoints_were_removed_is_not_signed_again(
-    signed, filled, attacker, make_app, rows, caplog
+def test_a_notary_that_saw_its_checkpoints_removed_while_it_ran_signs_nothing(
+    signed, filled, attacker, rows, caplog
+):
+    attacker.executescript("DELETE FROM checkpoint; DELETE FROM meta WHERE key LIKE 'signed:%'")
+    filled.append(event(6))
+    assert sign(filled.notary) == []
+    assert rows("SELECT count(*) FROM checkpoint") == [(0,)]
+    assert "its checkpoint of 5 leaves is gone from the log" in caplog.text
+
+
+def test_the_notary_refuses_a_stored_checkpoint_whose_row_and_note_differ(
+    signed, filled, attacker, make_app, rows
+):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    rewrite(attacker)
+    root = merkle.root(attacker, "event", 5)
+    attacker.execute("UPDATE checkpoint SET root = ? WHERE tree = 'event'", (root,))
+    filled.close()
+    with pytest.raises(
+        StartupError,
+        match="this log does not extend what it signed before: checkpoint 5: the stored event"
+        " checkpoint's row and note differ",
+    ):
+        make_app()
+    assert rows("SELECT size FROM checkpoint WHERE tree = 'event'") == [(5,)]
+
+
+def test_a_log_whose_checkpoints_were_removed_does_not_start(
+    signed, filled, attacker, make_app, rows
 ):
     attacker.execute("DELETE FROM checkpoint")
-    log = make_app().extensions["tim_audit"]
-    assert sign(log.notary) == []
+    filled.close()
+    with pytest.raises(
+        StartupError,
+        match="checkpoint 5: the log records a first event checkpoint, but none is stored",
+    ):
+        make_app()
     assert rows("SELECT count(*) FROM checkpoint") == [(0,)]
-    assert "refusing to sign the event tree: the log records a first checkpoint" in caplog.text
 
 
 def test_a_missing_checkpoint_dir_stops_start_up(keyed, make_app, tmp_path):

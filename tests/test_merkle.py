@@ -109,11 +109,12 @@ def test_the_root_is_the_rfc_root_of_the_rows(filled, rows):
 
 @pytest.fixture
 def treeless(filled, attacker):
-    """The five-event log as a version before the trees left it: no tree
-    hashes, and no record in ``meta`` that it ever had any."""
+    """The five-event log as a version before the trees left it: none of the
+    tables that came with the trees, and no record in ``meta`` of them."""
     filled.close()
     attacker.executescript(
-        "DELETE FROM event_tree; DELETE FROM quarantine_tree; DELETE FROM meta WHERE key = 'trees'"
+        "DROP TABLE event_tree; DROP TABLE quarantine_tree; DROP TABLE timestamp;"
+        " DROP TABLE cosignature; DROP TABLE checkpoint; DELETE FROM meta WHERE key = 'trees'"
     )
     return filled
 
@@ -147,6 +148,27 @@ def test_a_later_start_builds_nothing(filled, make_app, caplog):
 
 def test_verify_passes_on_a_log_whose_trees_are_not_built_yet(treeless):
     assert check(treeless).events == 5
+
+
+def test_verify_fails_a_log_whose_tree_rows_and_their_record_were_deleted(filled, attacker):
+    filled.close()
+    attacker.executescript(
+        "DELETE FROM event_tree; DELETE FROM quarantine_tree; DELETE FROM meta WHERE key = 'trees'"
+    )
+    with pytest.raises(chain.ChainBroken) as caught:
+        check(filled)
+    assert str(caught.value) == (
+        "event row 1: it is not in the Merkle tree: the tree stops before it"
+    )
+
+
+def test_verify_says_when_the_trees_were_built_over_an_older_log(treeless, make_app, runner):
+    make_app()
+    result = runner.invoke(args=["verify"])
+    assert result.output.splitlines()[0] == (
+        "trees: built once over 5 event rows made before trees and 2 quarantine rows made"
+        " before trees"
+    )
 
 
 def test_the_first_start_records_that_the_log_has_trees(treeless, make_app, rows):

@@ -12,7 +12,7 @@ import pytest
 from conftest import event
 from dashboard import CREDENTIALS
 from test_checkpoints import ORIGIN, sign
-from tim_audit import StartupError, create_app, db, timestamps
+from tim_audit import StartupError, create_app, db, publisher, timestamps
 from tsa import TSA, openssl_verify
 
 
@@ -34,8 +34,8 @@ def stamped_app(instance_path, config, tsa, make_app):
     assert result.exit_code == 0, result.output
     app = make_app(TIMESTAMP_URL=tsa.url, TIMESTAMP_CA=str(tsa.ca))
     log = app.extensions["tim_audit"]
-    for publisher in log.notary.publishers:  # the test runs its rounds itself
-        publisher.close()
+    for thread in log.notary.publishers:  # the test runs its rounds itself
+        thread.close()
     for number in range(1, 6):
         log.append(event(number))
     sign(log.notary)
@@ -47,7 +47,7 @@ def stamp(app):
     log = app.extensions["tim_audit"]
     conn = db.connect(log.path)
     try:
-        return log.notary.publishers[0].stamp(conn)
+        return log.notary.publishers[0].publish(conn)
     finally:
         conn.close()
 
@@ -116,7 +116,7 @@ def test_an_answer_that_does_not_verify_is_refused_and_not_stored(
 
 
 def test_a_stalled_tsa_times_out_and_stores_nothing(stamped_app, tsa, rows, monkeypatch):
-    monkeypatch.setattr(timestamps, "TIMEOUT", 0.5)
+    monkeypatch.setattr(publisher, "TIMEOUT", 0.5)
     tsa.mode, tsa.stall = "stall", 5
     with pytest.raises(OSError, match="timed out"):
         stamp(stamped_app)
@@ -185,3 +185,29 @@ def test_metrics_count_the_failed_timestamp_requests(stamped_app, tsa, make_app,
         if line.startswith("tim_audit_timestamp_failures ")
     ]
     assert float(value) >= 1
+
+
+def test_checkpoint_tsr_checks_with_the_first_five_lines_of_get_checkpoint(
+    stamped_app, tsa, tmp_path
+):
+    """As docs/trust.md tells an auditor with curl: the token is over the
+    note as the log signed it, before any cosignature line."""
+    stamp(stamped_app)
+    client = stamped_app.test_client()
+    served = client.get("/checkpoint").data + "\u2014 witness.example/w AAAA\n".encode()
+    (tmp_path / "checkpoint").write_bytes(b"".join(served.splitlines(keepends=True)[:5]))
+    (tmp_path / "checkpoint.tsr").write_bytes(client.get("/checkpoint.tsr").data)
+    result = openssl_verify(tmp_path / "checkpoint", tmp_path / "checkpoint.tsr", tsa.ca)
+    assert (result.returncode, result.stdout) == (0, "Verification: OK\n")
+
+
+def test_checkpoint_tsr_is_a_404_while_the_latest_checkpoint_has_no_token(stamped_app):
+    stamp(stamped_app)
+    log = stamped_app.extensions["tim_audit"]
+    log.append(event(6))
+    sign(log.notary)
+    response = stamped_app.test_client().get("/checkpoint.tsr")
+    assert (response.status_code, response.data) == (
+        404,
+        b"The latest checkpoint has no timestamp yet.\n",
+    )

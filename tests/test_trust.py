@@ -118,7 +118,7 @@ def test_wipe_and_re_sign_fails_verify_and_is_never_signed(
     assert started.stderr.splitlines()[-1] == (
         "tim-audit cannot start: this log does not extend what it signed before: checkpoint 5:"
         f" {tmp_path}/shipped/event-5.checkpoint has another root than the event tree at 5"
-        " leaves. Was the log moved aside or begun again? Restore the log that signed it"
+        " leaves. Was the log rewritten, moved aside or begun again? Restore the log that signed it"
     )
     assert os.listdir(tmp_path / "shipped") == ["event-5.checkpoint"]
 

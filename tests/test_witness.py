@@ -9,6 +9,7 @@ import http.client
 import socket
 import sqlite3
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -117,7 +118,7 @@ def submit(app, index=0):
     log = app.extensions["tim_audit"]
     conn = db.connect(log.path)
     try:
-        return log.notary.publishers[index].submit(conn)
+        return log.notary.publishers[index].publish(conn)
     finally:
         conn.close()
 
@@ -211,15 +212,22 @@ def fork(app):
 
 @pytest.mark.parametrize("side", ["go_witness", "our_witness"])
 def test_a_witness_never_cosigns_a_second_history(side, request, make_app, rows):
+    """The operator rewrites the stopped log, wipes what it signed, and has
+    the real key sign the new history on purpose (CHECKPOINT_ADOPT): only
+    the witness stands in the way."""
     chosen = request.getfixturevalue(side)
     app = signed_log(make_app, [chosen])
     submit(app)
+    app.extensions["tim_audit"].close()
     fork(app)
-    grow(app, 6, 7)
-    with pytest.raises(witnesses.Refused, match="^422 "):
-        submit(app)
-    assert rows("SELECT count(*) FROM cosignature") == [(0,)]
+    forged = make_app(WITNESSES=[{"url": chosen[0], "key": chosen[1]}], CHECKPOINT_ADOPT=True)
+    for publisher in forged.extensions["tim_audit"].notary.publishers:
+        publisher.close()
+    grow(forged, 6, 7)
     assert rows("SELECT size FROM checkpoint") == [(7,)]
+    with pytest.raises(witnesses.Refused, match="^422 "):
+        submit(forged)
+    assert rows("SELECT count(*) FROM cosignature") == [(0,)]
 
 
 def test_a_witness_answers_409_with_its_size_to_a_stale_old_size(our_witness, make_app):
@@ -227,7 +235,7 @@ def test_a_witness_answers_409_with_its_size_to_a_stale_old_size(our_witness, ma
     submit(app)
     assert post(our_witness[0], b"old 0\n\n" + latest_note(app)) == (
         409,
-        "text/x.tlog.size; charset=utf-8",
+        "text/x.tlog.size",
         b"5\n",
     )
 
@@ -238,7 +246,7 @@ def test_the_same_size_with_another_root_is_a_409(our_witness, make_app, log_key
     signer = tlog.Signer((instance_path / "checkpoint.key").read_text().strip())
     other = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 5, b"\x07" * 32), signer)
     status, kind, body = post(our_witness[0], b"old 5\n\n" + other)
-    assert (status, kind) == (409, "text/plain; charset=utf-8")
+    assert (status, kind) == (409, "text/plain")
     assert body == b"another root than the checkpoint of 5 leaves cosigned before\n"
 
 
@@ -335,8 +343,10 @@ def test_verify_fails_a_stored_cosignature_that_was_altered(go_witness, make_app
     conn.close()
     result = app.test_cli_runner().invoke(args=["verify"])
     assert result.exit_code == 1
-    assert result.output.startswith(
-        "FAIL checkpoint 5: the cosignature of witness go.witness.example/w1 does not verify"
+    assert result.output.startswith("FAIL checkpoint 5: a stored cosignature (")
+    assert result.output.endswith(
+        " does not verify: the signature by go.witness.example/w1+"
+        f"{tlog.Verifier(go_witness[1]).key_id} does not verify: the note's text was altered\n"
     )
 
 
@@ -372,13 +382,85 @@ def test_metrics_show_each_witness(log_key, go_witness, make_app):
     down = (f"http://127.0.0.1:{free_port()}", tlog.generate_key("down.example/w", witness=True)[1])
     app = signed_log(make_app, [go_witness, down], METRICS=True)
     submit(app, 0)
-    with pytest.raises(OSError):
-        submit(app, 1)
-    app.extensions["tim_audit"].notary.publishers[1].failures = 1  # as its thread counts it
+    publisher = app.extensions["tim_audit"].notary.publishers[1]
+    publisher.start()
+    assert waited(lambda: publisher.failures >= 1)
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert 'tim_audit_witness_cosigned_size{witness="go.witness.example/w1"} 5.0' in text
     assert 'tim_audit_witness_cosigned_size{witness="down.example/w"} 0.0' in text
     assert 'tim_audit_witness_failures{witness="down.example/w"} 1.0' in text
+
+
+def waited(predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def garbage():
+    """A server on loopback that answers every request with bytes that are
+    not HTTP, as a broken proxy might."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stopping = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stopping.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stopping.set()
+    thread.join(5)
+    server.close()
+
+
+def test_a_witness_that_answers_garbage_is_counted_and_retried_not_fatal(
+    log_key, garbage, make_app, caplog
+):
+    key = tlog.generate_key("garbage.example/w", witness=True)[1]
+    app = signed_log(make_app, [(garbage, key)])
+    publisher = app.extensions["tim_audit"].notary.publishers[0]
+    publisher.start()
+    assert waited(lambda: publisher.failures >= 2)  # it failed, waited and tried again
+    assert publisher._thread.is_alive()
+    assert "witness garbage.example/w: " in caplog.text
+
+
+def test_a_witness_ahead_of_a_log_restored_from_a_backup_is_refused(
+    go_witness, make_app, rows, tmp_path
+):
+    app = signed_log(make_app, [go_witness])
+    submit(app)
+    log = app.extensions["tim_audit"]
+    backup = tmp_path / "backup.sqlite3"
+    assert app.test_cli_runner().invoke(args=["backup", str(backup)]).exit_code == 0
+    grow(app, 6, 7)
+    submit(app)  # the witness has now cosigned 7
+    log.close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"audit.sqlite3{suffix}").unlink(missing_ok=True)
+    os.replace(backup, tmp_path / "audit.sqlite3")
+    restored = make_app(WITNESSES=[{"url": go_witness[0], "key": go_witness[1]}])
+    for thread in restored.extensions["tim_audit"].notary.publishers:
+        thread.close()
+    grow(restored, 6, 6)
+    with pytest.raises(
+        witnesses.Refused,
+        match="it cosigned a tree of 7 leaves, more than the 6 this log has signed",
+    ):
+        submit(restored)
 
 
 def test_the_by_hand_cosignature_check_in_docs_trust_md_works(go_witness, make_app, tmp_path):
@@ -408,3 +490,20 @@ def test_the_by_hand_cosignature_check_in_docs_trust_md_works(go_witness, make_a
         timeout=60,
     )
     assert altered.returncode != 0
+
+
+def test_proofs_are_made_against_the_newest_witnessed_checkpoint(
+    go_witness, log_key, make_app, runner, tmp_path
+):
+    app = signed_log(make_app, [go_witness])
+    submit(app)
+    grow(app, 6, 7)  # signed, not yet cosigned
+    client = app.test_client()
+    proof = tmp_path / "3.tlog-proof"
+    proof.write_bytes(client.get("/history/3.tlog-proof", headers=CREDENTIALS).data)
+    result = runner.invoke(
+        args=["check-proof", str(proof), "--key", log_key, "--witness", go_witness[1]]
+    )
+    assert result.exit_code == 0, result.output
+    assert "is in the tree of 5 leaves" in result.output
+    assert client.get("/history/6.tlog-proof", headers=CREDENTIALS).status_code == 404

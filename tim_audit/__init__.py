@@ -84,11 +84,12 @@ def _create(test_config, *, ingest, review):
 
     db.init_app(app)
     cli.init_app(app)
+    tsa_ca = timestamps.read_ca(app.config)
     app.register_blueprint(health.bp)
     if ingest:
         # What carries each checkpoint off the box, started with the notary.
         witnessing = witnesses.from_config(app.config)
-        stamping = timestamps.from_config(app.config)
+        stamping = timestamps.from_config(app.config, tsa_ca)
         app.extensions["tim_audit"] = auditlog.AuditLog(
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"],
@@ -115,9 +116,11 @@ def _create(test_config, *, ingest, review):
             log_origin=app.config["LOG_ORIGIN"],
             directory=app.config["CHECKPOINT_DIR"],
             witnesses=app.config["WITNESSES"],
-            timestamp_ca=app.config["TIMESTAMP_CA"],
+            timestamp_ca=tsa_ca,
+            verifier_key=app.config["CHECKPOINT_VERIFIER_KEY"],
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
+        app.extensions["tim_audit.tsa_ca"] = tsa_ca
         app.register_blueprint(history.bp)
         app.register_blueprint(evidence.bp)
     if app.config["PROXY_FIX"]:

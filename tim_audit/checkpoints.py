@@ -77,32 +77,87 @@ def write_key(path, text):
         file.write(f"{text}\n")
 
 
-def verifiers(key_path, log_origin):
+def verifiers(key_path, log_origin, verifier_key=None):
     """The verifier keys of this log, from outside its file: the key at
-    ``key_path`` and the one it was rotated from on purpose. None when there
-    is no key to check with, never the keys the database names."""
-    if log_origin is None or not os.path.exists(key_path):
+    ``key_path`` (else CHECKPOINT_VERIFIER_KEY's ``verifier_key``, for a
+    server without the private key) and the one it was rotated from on
+    purpose. None when there is no key to check with, never the keys the
+    database names."""
+    if log_origin is None:
         return None
-    keys = [read_signer(key_path, log_origin).verifier]
+    if os.path.exists(key_path):
+        keys = [read_signer(key_path, log_origin).verifier]
+    elif verifier_key is not None:
+        keys = [log_verifier(verifier_key)]
+    else:
+        return None
     try:
         with open(rotation_path(key_path), encoding="ascii") as file:
-            keys += [tlog.Verifier(text) for text in file.read().split()]
+            keys += [log_verifier(text) for text in file.read().split()]
     except (OSError, UnicodeDecodeError, tlog.Malformed):
         pass
     return keys
 
 
-def check(conn, keys, log_origin, directory=None, witnesses=()):
-    """Check every stored checkpoint, and every checkpoint of this log in
-    ``directory``, against the trees as stored (merkle.verify has checked
-    them against the rows): each is signed by one of ``keys`` (unless None)
-    and its root is the tree's root at its size; and every stored
-    cosignature of one of ``witnesses`` (Verifiers, as configured). Returns
-    how many checkpoints were checked; Contradicted names the first that
-    the log does not extend."""
+def log_verifier(text):
+    """A log's verifier key (Ed25519, type 0x01); a witness's cosignature
+    key signs no checkpoint."""
+    verifier = tlog.Verifier(text)
+    if verifier.cosigner:
+        raise tlog.Malformed(
+            f"{verifier.name}+{verifier.key_id} is a witness's cosignature key, not a log's key"
+        )
+    return verifier
+
+
+def kept(directory, keys, log_origin, newest_only=False):
+    """The checkpoints of this log in ``directory`` that one of ``keys``
+    signed: (path, table, checkpoint); with ``newest_only``, the largest of
+    each tree (by its file name). Read before a snapshot of the log begins,
+    so that none is newer than the snapshot. Files of other logs, or that
+    do not verify, are not ours to judge."""
+    if directory is None or keys is None:
+        return []
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        raise Contradicted(0, f"cannot read CHECKPOINT_DIR {directory}: {exc.strerror}") from None
+    sizes = {}
+    for name in names:
+        table, _, size = name.removesuffix(".checkpoint").partition("-")
+        if name.endswith(".checkpoint") and table in merkle.TABLES and size.isdigit():
+            sizes.setdefault(table, []).append((int(size), name))
+    found = []
+    for table, files in sizes.items():
+        for _, name in sorted(files)[-1:] if newest_only else sorted(files):
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as file:
+                    note = file.read(MAX_NOTE)
+                signed, _ = tlog.open_checkpoint(note, keys, origin(log_origin, table))
+            except (OSError, tlog.TlogError):
+                continue
+            found.append((path, table, signed))
+    return found
+
+
+def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
+    """Check the stored checkpoints, and ``kept`` (from kept()), against the
+    trees as stored (merkle.verify has checked them against the rows): each
+    is signed by one of ``keys`` (unless None) and its root is the tree's
+    root at its size; and every stored cosignature: well-formed, and
+    verified with ``witnesses`` (Verifiers, as configured) where it is
+    theirs. With ``newest_only``, the newest stored checkpoint of each tree
+    alone (the notary's start). Returns how many checkpoints were checked;
+    Contradicted names the first that the log does not extend."""
     sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
+    rows = (
+        [row for row in (latest(conn, table) for table in merkle.TABLES) if row is not None]
+        if newest_only
+        else conn.execute("SELECT id, tree, size, root, note FROM checkpoint ORDER BY id")
+    )
     count = 0
-    for row in conn.execute("SELECT tree, size, root, note FROM checkpoint ORDER BY id"):
+    for row in rows:
         table, size = row["tree"], row["size"]
         if keys is not None:
             try:
@@ -117,7 +172,8 @@ def check(conn, keys, log_origin, directory=None, witnesses=()):
                 raise Contradicted(size, f"the stored {table} checkpoint's row and note differ")
         _extends(conn, table, sizes[table], size, row["root"], f"the stored {table} checkpoint")
         count += 1
-    _check_cosignatures(conn, witnesses)
+    if not newest_only:
+        _check_cosignatures(conn, witnesses)
     for table in merkle.TABLES:
         first = conn.execute(
             "SELECT value FROM meta WHERE key = ?", (f"signed:{table}",)
@@ -126,30 +182,45 @@ def check(conn, keys, log_origin, directory=None, witnesses=()):
             raise Contradicted(
                 int(first[0]), f"the log records a first {table} checkpoint, but none is stored"
             )
-    if directory is not None and keys is not None:
-        for path, table, signed in _kept(directory, keys, log_origin):
-            _extends(conn, table, sizes[table], signed.size, signed.root, path)
-            count += 1
+    for path, table, signed in kept:
+        _extends(conn, table, sizes[table], signed.size, signed.root, path)
+        count += 1
     return count
 
 
 def _check_cosignatures(conn, witnesses):
-    configured = {str(witness): witness for witness in witnesses}
+    """Each stored line must be a signature line; one whose name and key ID
+    are a configured witness's must verify over its checkpoint."""
+    configured = {(witness.name, witness.key_id): witness for witness in witnesses}
     for row in conn.execute(
-        "SELECT checkpoint.size, checkpoint.note, cosignature.witness, cosignature.line"
+        "SELECT checkpoint.size, checkpoint.note, cosignature.line"
         " FROM cosignature JOIN checkpoint ON checkpoint.id = cosignature.checkpoint_id"
         " ORDER BY cosignature.id"
     ):
-        witness = configured.get(row["witness"])
-        if witness is None:
-            continue
+        line = bytes(row["line"])
         try:
             text, _ = tlog.split_note(bytes(row["note"]))
-            tlog.open_note(text.encode("utf-8") + b"\n" + bytes(row["line"]), [witness])
+            name, key_id = _signer_of(line)
+            witness = configured.get((name, key_id))
+            if witness is not None:
+                tlog.open_note(text.encode("utf-8") + b"\n" + line, [witness])
         except tlog.TlogError as exc:
             raise Contradicted(
-                row["size"], f"the cosignature of witness {witness.name} does not verify: {exc}"
+                row["size"], f"a stored cosignature ({line[:60]!r}) does not verify: {exc}"
             ) from None
+
+
+def _signer_of(line):
+    """The (name, key ID) a signature line names; Malformed if it is none."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise tlog.Malformed("the line is not UTF-8") from None
+    dash, _, rest = text.removesuffix("\n").partition(" ")
+    name, _, signature = rest.partition(" ")
+    if dash != "\u2014" or not text.endswith("\n") or "\n" in text[:-1]:
+        raise tlog.Malformed("it is not one signature line")
+    return name, tlog.decode(signature, "the signature")[:4].hex()
 
 
 def _extends(conn, table, tree_size, size, root, what):
@@ -159,28 +230,6 @@ def _extends(conn, table, tree_size, size, root, what):
         )
     if size and merkle.root(conn, table, size) != root:
         raise Contradicted(size, f"{what} has another root than the {table} tree at {size} leaves")
-
-
-def _kept(directory, keys, log_origin):
-    """The checkpoints of this log in ``directory`` that one of ``keys``
-    signed: (path, table, checkpoint). Files of other logs are not ours
-    to judge."""
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError as exc:
-        raise Contradicted(0, f"cannot read CHECKPOINT_DIR {directory}: {exc.strerror}") from None
-    for name in names:
-        table = name.partition("-")[0]
-        if not name.endswith(".checkpoint") or table not in merkle.TABLES:
-            continue
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as file:
-                note = file.read(MAX_NOTE)
-            signed, _ = tlog.open_checkpoint(note, keys, origin(log_origin, table))
-        except (OSError, tlog.TlogError):
-            continue
-        yield path, table, signed
 
 
 def latest(conn, table="event"):
@@ -194,11 +243,48 @@ def latest(conn, table="event"):
 
 def cosigned(conn, checkpoint):
     """The checkpoint's note with the cosignatures gathered for it: what
-    GET /checkpoint serves, and what proofs and archives carry."""
+    GET /checkpoint serves, and what proofs and archives carry. A stored
+    line that is no signature line is left out (verify names it), so the
+    note stays one that every verifier can read."""
     lines = conn.execute(
         "SELECT line FROM cosignature WHERE checkpoint_id = ? ORDER BY id", (checkpoint["id"],)
     )
-    return bytes(checkpoint["note"]) + b"".join(bytes(line[0]) for line in lines)
+    return bytes(checkpoint["note"]) + b"".join(
+        bytes(line) for (line,) in lines if _is_signature_line(bytes(line))
+    )
+
+
+def _is_signature_line(line):
+    try:
+        _signer_of(line)
+    except tlog.Malformed:
+        return False
+    return True
+
+
+def best(conn, witness_keys=(), quorum=0, stamped=False, look_back=16):
+    """The newest event checkpoint, among the ``look_back`` newest, that at
+    least ``quorum`` of ``witness_keys`` cosigned and, with ``stamped``, that
+    has a timestamp: the one proofs and archives should use, as the newest
+    is bare until its witnesses and the TSA answer. Else the newest."""
+    rows = conn.execute(
+        "SELECT id, tree, size, root, signed_at, key, note FROM checkpoint WHERE tree = 'event'"
+        " ORDER BY id DESC LIMIT ?",
+        (look_back,),
+    ).fetchall()
+    for row in rows:
+        cosigners = {
+            key
+            for (key,) in conn.execute(
+                "SELECT witness FROM cosignature WHERE checkpoint_id = ?", (row["id"],)
+            )
+        }
+        stamp = conn.execute("SELECT 1 FROM timestamp WHERE checkpoint_id = ?", (row["id"],))
+        if len(cosigners & set(witness_keys)) >= quorum and (
+            not stamped or stamp.fetchone() is not None
+        ):
+            return row
+    return rows[0] if rows else None
 
 
 def covering(conn, event_id):
@@ -228,14 +314,21 @@ class Notary:
         self.publishers = list(publishers)
         self.adopt = adopt  # CHECKPOINT_ADOPT: sign over events from before signing
         self.signer = None
-        self._stopping = threading.Event()
+        # What it knows from its own memory, not the file's: the trees' sizes
+        # when it started, what it signed (or checked at start) last, and
+        # the refusal it last logged of each tree (logged once, not each round).
+        self._at_start = {}
+        self._signed = {}
+        self._refused = {}
+        self._stopping = None
         self._thread = None
 
     def open(self, conn):
         """Load the key, if there is one, and refuse it unless it signed the
         latest checkpoint or the operator rotated to it on purpose; refuse a
-        log that does not extend the checkpoints kept in CHECKPOINT_DIR; and
-        record from when the log is signed."""
+        log that does not extend its newest stored checkpoints or the newest
+        ones kept in CHECKPOINT_DIR; and note what the trees held when the
+        notary started, from outside the file: its memory."""
         has_checkpoints = conn.execute("SELECT EXISTS (SELECT 1 FROM checkpoint)").fetchone()[0]
         if not os.path.exists(self.key_path):
             if has_checkpoints:
@@ -251,21 +344,37 @@ class Notary:
             )
         self.signer = read_signer(self.key_path, self.origin)
         self._check_key(conn)
-        if self.directory is not None:
-            if not os.path.isdir(self.directory):
-                raise KeyRefused(
-                    f"CHECKPOINT_DIR {self.directory} does not exist: create it (writable by"
-                    " the user running tim-audit), or unset CHECKPOINT_DIR"
-                )
-            try:
-                check(conn, verifiers(self.key_path, self.origin), self.origin, self.directory)
-            except Contradicted as exc:
-                raise KeyRefused(
-                    f"this log does not extend what it signed before: {exc}. Was the log"
-                    " moved aside or begun again? Restore the log that signed it"
-                ) from None
-        self._record_signing(conn)
-        self._stopping.clear()
+        if self.directory is not None and not os.path.isdir(self.directory):
+            raise KeyRefused(
+                f"CHECKPOINT_DIR {self.directory} does not exist: create it (writable by"
+                " the user running tim-audit), or unset CHECKPOINT_DIR"
+            )
+        keys = verifiers(self.key_path, self.origin)
+        try:
+            check(
+                conn,
+                keys,
+                self.origin,
+                kept(self.directory, keys, self.origin, newest_only=True),
+                newest_only=True,
+            )
+        except Contradicted as exc:
+            raise KeyRefused(
+                f"this log does not extend what it signed before: {exc}. Was the log"
+                " rewritten, moved aside or begun again? Restore the log that signed it"
+            ) from None
+        self._at_start = {table: merkle.size(conn, table) for table in merkle.TABLES}
+        self._signed = {}
+        for table in merkle.TABLES:
+            row = latest(conn, table)
+            if row is not None:
+                self._signed[table] = (row["size"], row["root"])
+        if self.adopt:
+            logger.warning(
+                "CHECKPOINT_ADOPT is set: the first checkpoint of a tree may be signed over"
+                " rows no checkpoint vouched for (%s); unset it once it is",
+                ", ".join(f"{size} {table} rows" for table, size in self._at_start.items()),
+            )
 
     def _check_key(self, conn):
         row = conn.execute("SELECT key FROM checkpoint ORDER BY id DESC LIMIT 1").fetchone()
@@ -285,43 +394,15 @@ class Notary:
             )
         logger.warning("checkpoint key rotated on purpose: from %s to %s", row[0], current)
 
-    def _record_signing(self, conn):
-        """Record in ``meta`` from when this log is signed: from its first row,
-        or over the rows it had when the operator adopted them on purpose
-        (CHECKPOINT_ADOPT). Without that record the notary signs no first
-        checkpoint, so a log rebuilt over rewritten rows is not signed."""
-        if conn.execute("SELECT 1 FROM meta WHERE key = 'signing'").fetchone() is not None:
-            return
-        sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
-        has_checkpoints = conn.execute("SELECT EXISTS (SELECT 1 FROM checkpoint)").fetchone()[0]
-        if has_checkpoints:
-            since = "recorded over checkpoints signed before"
-        elif not any(sizes.values()):
-            since = "from the first row"
-        elif self.adopt:
-            since = "adopted on purpose (CHECKPOINT_ADOPT) over " + " and ".join(
-                f"{size} {table} rows" for table, size in sizes.items()
-            )
-            logger.warning(
-                "CHECKPOINT_ADOPT: signing the first checkpoints over rows no checkpoint"
-                " vouched for: %s; unset it now",
-                ", ".join(f"{size} {table} rows" for table, size in sizes.items()),
-            )
-        else:
-            logger.error(
-                "signing no checkpoint: this log's %s were written before it was signed,"
-                " and nothing outside the file vouches for them. If the log is yours,"
-                " adopt it on purpose: start once with TIM_AUDIT_CHECKPOINT_ADOPT=true",
-                " and ".join(f"{size} {table} rows" for table, size in sizes.items()),
-            )
-            self.signer = None
-            return
-        conn.execute("INSERT INTO meta (key, value) VALUES ('signing', ?)", (since,))
-
     def start(self):
+        """Start signing, and the publishers; each start has a stop event of
+        its own, so a notary reopened after close() signs again."""
         if self.signer is None or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="tim-audit notary", daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stopping,), name="tim-audit notary", daemon=True
+        )
         self._thread.start()
         for publisher in self.publishers:
             publisher.start()
@@ -329,14 +410,14 @@ class Notary:
     def close(self):
         for publisher in self.publishers:
             publisher.close()
-        self._stopping.set()
         if self._thread is not None:
+            self._stopping.set()
             self._thread.join()
             self._thread = None
 
-    def _run(self):
+    def _run(self, stopping):
         conn = None
-        while not self._stopping.wait(self.interval):
+        while not stopping.wait(self.interval):
             try:
                 conn = conn or db.connect(self.path, timeout=SIGN_TIMEOUT)
                 self.sign(conn)
@@ -377,19 +458,23 @@ class Notary:
         key = str(self.signer.verifier)
         if size == 0 or previous is not None and (previous["size"], previous["key"]) == (size, key):
             return None
+        refusal = self._refusal(conn, table, previous)
+        if refusal is not None:
+            if refusal != self._refused.get(table):
+                logger.error("refusing to sign the %s tree of %d leaves: %s", table, size, refusal)
+            self._refused[table] = refusal
+            return None
+        self._refused.pop(table, None)
         root = merkle.root(conn, table, size)
         if previous is None:
-            first = conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"signed:{table}",))
-            if first.fetchone() is not None:
-                logger.error(
-                    "refusing to sign the %s tree: the log records a first checkpoint of it,"
-                    " but none is stored: its checkpoints were removed",
-                    table,
-                )
-                return None
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?)", (f"signed:{table}", str(size))
             )
+            if self._at_start[table]:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    (f"adopted:{table}", f"{self._at_start[table]} rows, by CHECKPOINT_ADOPT"),
+                )
         else:
             try:
                 proof = tlog.consistency_proof(previous["size"], size, merkle.reader(conn, table))
@@ -412,7 +497,44 @@ class Notary:
             "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
             (table, size, root, int(time.time() * 1000), key, note),
         )
+        self._signed[table] = (size, root)
         return size, note
+
+    def _refusal(self, conn, table, previous):
+        """Why the tree must not be signed now, or None. The newest stored
+        checkpoint must be the one this notary knows it signed (or found
+        and checked at start), as its note says; a first one is signed
+        only over rows this notary saw written, or over older ones adopted
+        on purpose (CHECKPOINT_ADOPT)."""
+        known = self._signed.get(table)
+        if previous is None:
+            if known is not None:
+                return f"its checkpoint of {known[0]} leaves is gone from the log"
+            if conn.execute("SELECT 1 FROM meta WHERE key = ?", (f"signed:{table}",)).fetchone():
+                return "the log records a first checkpoint of it, but none is stored"
+            if self._at_start[table] and not self.adopt:
+                return (
+                    f"it had {self._at_start[table]} leaves when signing started, and nothing"
+                    " outside the file vouches for them. If the log is yours, adopt it on"
+                    " purpose: start once with TIM_AUDIT_CHECKPOINT_ADOPT=true"
+                )
+            return None
+        try:
+            signed, _ = tlog.open_checkpoint(
+                bytes(previous["note"]),
+                verifiers(self.key_path, self.origin),
+                origin(self.origin, table),
+            )
+        except tlog.TlogError as exc:
+            return f"its newest stored checkpoint does not verify: {exc}"
+        if (signed.size, signed.root) != (previous["size"], previous["root"]):
+            return "its newest stored checkpoint's row and note differ"
+        if known is not None and known[0] >= signed.size and known != (signed.size, signed.root):
+            return (
+                f"its newest stored checkpoint ({signed.size} leaves) is not the one it signed"
+                f" last ({known[0]} leaves): the log's checkpoints were changed while it ran"
+            )
+        return None
 
 
 def ship(directory, table, size, note):

@@ -113,16 +113,14 @@ def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum)
         )
     conn = _read_only(database or current_app.config["DATABASE"])
     said = []
+    certificates = timestamps.roots(timestamps.read_ca(current_app.config))
 
     def check_checkpoints(conn, trees):
-        stored = checkpoints.check(
-            conn,
-            keys,
-            log_origin,
-            current_app.config["CHECKPOINT_DIR"],
-            _configured_witnesses(),
-        )
-        timestamps.check_stored(conn, timestamps.configured_roots(current_app.config))
+        stored = checkpoints.check(conn, keys, log_origin, kept, _configured_witnesses())
+        timestamps.check_stored(conn, certificates)
+        provenance = merkle.trees_since(conn)
+        if provenance is not None and provenance.startswith("built once"):
+            said.append(f"trees: {provenance}")
         if stored and keys is None:
             said.append(
                 f"checkpoints: {stored} agree with the trees; their signatures are not"
@@ -135,6 +133,8 @@ def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum)
                 said.append(f"cosigned by witness {witness.name}+{witness.key_id}")
 
     try:
+        # Read before the snapshot begins, so that none is newer than it.
+        kept = checkpoints.kept(current_app.config["CHECKPOINT_DIR"], keys, log_origin)
         heads, _ = merkle.verify(
             conn, current_app.config["AUDIT_HMAC_KEY"], anchor, then=check_checkpoints
         )
@@ -156,18 +156,19 @@ def _configured_witnesses():
 def _log_keys(key):
     """The verifier keys to check this log's checkpoints with, from outside
     its file: ``--key``, or the key at CHECKPOINT_KEY and the one it was
-    rotated from; and the log's origin (LOG_ORIGIN, or the key's name).
-    (None, origin) when there is neither."""
+    rotated from, or CHECKPOINT_VERIFIER_KEY; and the log's origin
+    (LOG_ORIGIN, or the key's name). (None, origin) when there is none."""
     config = current_app.config
     if key is None:
         try:
-            return checkpoints.verifiers(config["CHECKPOINT_KEY"], config["LOG_ORIGIN"]), config[
-                "LOG_ORIGIN"
-            ]
-        except checkpoints.KeyRefused as exc:
+            keys = checkpoints.verifiers(
+                config["CHECKPOINT_KEY"], config["LOG_ORIGIN"], config["CHECKPOINT_VERIFIER_KEY"]
+            )
+        except (checkpoints.KeyRefused, tlog.Malformed) as exc:
             raise click.ClickException(str(exc)) from None
+        return keys, config["LOG_ORIGIN"]
     try:
-        verifier = tlog.Verifier(key)
+        verifier = checkpoints.log_verifier(key)
     except tlog.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
     return [verifier], config["LOG_ORIGIN"] or verifier.name

@@ -37,6 +37,7 @@ DEFAULTS = {
     "CHECKPOINT_INTERVAL": 60,
     "CHECKPOINT_DIR": None,
     "CHECKPOINT_ADOPT": False,
+    "CHECKPOINT_VERIFIER_KEY": None,
     "WITNESSES": [],
     "WITNESS_QUORUM": None,
     "TIMESTAMP_URL": None,
@@ -208,6 +209,15 @@ def _zone(name):
         raise ValidationError("") from None
 
 
+def _log_key(value):
+    try:
+        verifier = tlog.Verifier(value)
+    except tlog.Malformed:
+        raise ValidationError("") from None
+    if verifier.cosigner:
+        raise ValidationError("")
+
+
 def _address(value):
     host, _, port = value.rpartition(":")
     if not (host and port.isdigit() and 0 < int(port) < 65536):
@@ -273,6 +283,11 @@ class Settings(Schema):
     CHECKPOINT_INTERVAL = _whole(1, "whole seconds of at least 1")
     CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
     CHECKPOINT_ADOPT = _flag()
+    CHECKPOINT_VERIFIER_KEY = fields.String(
+        allow_none=True,
+        validate=_log_key,
+        **_must("the log's verifier key, name+keyid+base64, as keygen printed it"),
+    )
     WITNESSES = _Witnesses()
     TIMESTAMP_URL = fields.String(
         allow_none=True,
@@ -320,15 +335,15 @@ def check(config):
 
 
 def _check_timestamps(config):
-    """A TSA's tokens are kept only once they chain to TIMESTAMP_CA: without
-    readable certificates there, none ever would."""
-    if config["TIMESTAMP_URL"] is None:
-        return
-    if config["TIMESTAMP_CA"] is None:
+    """A TSA's tokens are kept, and checked, only against TIMESTAMP_CA:
+    without readable certificates there, none ever would be."""
+    if config["TIMESTAMP_URL"] is not None and config["TIMESTAMP_CA"] is None:
         raise StartupError(
             "TIMESTAMP_URL is set, but TIMESTAMP_CA is not: set it to a PEM file of the CA"
             " certificates the TSA's tokens chain to"
         )
+    if config["TIMESTAMP_CA"] is None:
+        return
     try:
         with open(config["TIMESTAMP_CA"], "rb") as file:
             x509.load_pem_x509_certificates(file.read())

@@ -124,13 +124,25 @@ def _witnessing():
         return None
     sizes = {}
     with contextlib.suppress(sqlite3.OperationalError):
-        sizes = witnesses.status(get_db(), [witness["key"] for witness in configured])
+        sizes = {w["key"]: witnesses.last_cosigned(get_db(), w["key"]) for w in configured}
     return {
         "quorum": current_app.config["WITNESS_QUORUM"],
         "witnesses": [
             (witness["key"].split("+")[0], sizes.get(witness["key"])) for witness in configured
         ],
     }
+
+
+def _best(conn):
+    """The checkpoint proofs are made against: the newest that is witnessed
+    and timestamped as configured, so that its evidence is whole."""
+    config = current_app.config
+    return checkpoints.best(
+        conn,
+        [witness["key"] for witness in config["WITNESSES"]],
+        config["WITNESS_QUORUM"],
+        config["TIMESTAMP_URL"] is not None,
+    )
 
 
 def _covering(event_id):
@@ -194,7 +206,7 @@ def checkpoint_note(checkpoint_id):
 @bp.get("/history/<int:event_id>.tlog-proof")
 def proof(event_id):
     conn = get_db()
-    latest = checkpoints.latest(conn)
+    latest = _best(conn)
     if queries.event(conn, min(event_id, 2**63 - 1)) is None:
         abort(404, description=f"There is no event {event_id}.")
     if latest is None or event_id > latest["size"]:
@@ -241,7 +253,7 @@ def archive_chunks(conn, filters, counter):
     a buffer that is emptied after every chunk of events. What stays is
     what the central directory at the end needs (_Members): about 130
     bytes an event, then the directory itself."""
-    latest = checkpoints.latest(conn)
+    latest = _best(conn)
     out = _Chunks()
     archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
     archive.filelist, archive.NameToInfo = _Members(), _Names()
@@ -258,11 +270,10 @@ def archive_chunks(conn, filters, counter):
         add("checkpoint.cosigned", note)
     add("verifier.key", f"{latest['key']}\n")
     token = timestamps.stored(conn, latest["id"])
-    ca = current_app.config["TIMESTAMP_CA"]
+    ca = current_app.extensions["tim_audit.tsa_ca"]
     if token is not None and ca is not None:
         add("checkpoint.tsr", token)
-        with open(ca, "rb") as file:
-            add("tsa-ca.pem", file.read())
+        add("tsa-ca.pem", ca)
     newer = 0
     for objects in exports.json_objects(conn, filters):
         for event_id, document in objects:

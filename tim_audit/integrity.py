@@ -27,6 +27,7 @@ class Verification:
     head: str | None
     quarantined: int | None
     failure: str | None
+    unchecked: str | None = None  # what it could not check, and why
 
 
 class Verifier:
@@ -40,6 +41,7 @@ class Verifier:
         directory=None,
         witnesses=(),
         timestamp_ca=None,
+        verifier_key=None,
     ):
         self.path = path
         self.key = key
@@ -50,7 +52,8 @@ class Verifier:
         self.log_origin = log_origin
         self.directory = directory
         self.witnesses = [tlog.Verifier(witness["key"]) for witness in witnesses]
-        self.timestamp_ca = timestamp_ca
+        self.timestamp_ca = timestamp_ca  # TIMESTAMP_CA's PEM bytes
+        self.verifier_key = verifier_key  # CHECKPOINT_VERIFIER_KEY, without the private key
         self.last = None
         self._lock = threading.Lock()
         self._thread = None
@@ -83,10 +86,12 @@ class Verifier:
     def _check_evidence(self, keys):
         """What merkle.verify checks against the trees it verified: the
         checkpoints, their cosignatures and their timestamps."""
-        roots = None if self.timestamp_ca is None else timestamps.read_roots(self.timestamp_ca)
+        roots = timestamps.roots(self.timestamp_ca)
+
+        kept = checkpoints.kept(self.directory, keys, self.log_origin)  # before the snapshot
 
         def check(conn, trees):
-            checkpoints.check(conn, keys, self.log_origin, self.directory, self.witnesses)
+            checkpoints.check(conn, keys, self.log_origin, kept, self.witnesses)
             timestamps.check_stored(conn, roots)
 
         return check
@@ -95,9 +100,14 @@ class Verifier:
         """Record the outcome whatever happens: a run that died without one
         would leave the previous (perhaps green) result on show."""
         started = time.monotonic()
-        heads, failure = chain.Heads(None, None), None
+        heads, failure, unchecked = chain.Heads(None, None), None, None
         try:
-            keys = checkpoints.verifiers(self.checkpoint_key, self.log_origin)
+            keys = checkpoints.verifiers(self.checkpoint_key, self.log_origin, self.verifier_key)
+            if keys is None:
+                unchecked = (
+                    "checkpoint signatures not checked: no key here (CHECKPOINT_KEY or"
+                    " CHECKPOINT_VERIFIER_KEY)"
+                )
             conn = db.connect(self.path, readonly=True)
             try:
                 heads, _ = merkle.verify(conn, self.key, then=self._check_evidence(keys))
@@ -117,4 +127,5 @@ class Verifier:
             heads.event_head,
             heads.quarantined,
             failure,
+            unchecked,
         )

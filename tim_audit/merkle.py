@@ -177,25 +177,16 @@ def verify(conn, key=None, anchor=None, then=None):
 
 
 def _has_trees(conn):
-    """False only for a log made before there were trees, which this
-    version's ingest server has not opened yet (it builds them on its first
-    start). A log that records it has trees, or has any tree row or
-    checkpoint, is checked against them."""
-    tables = {
-        row[0]
-        for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('event_tree', 'checkpoint')"
-        )
-    }
-    if tables != {"event_tree", "checkpoint"}:
-        return False
-    return bool(
+    """False only for a log made before there were trees, which has no
+    tree tables: this version's ingest server creates them and builds the
+    trees in its first start. A log with the tables is checked against
+    them, so tree rows deleted from it are a failure."""
+    return (
         conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'trees')"
-            " OR EXISTS (SELECT 1 FROM event_tree) OR EXISTS (SELECT 1 FROM quarantine_tree)"
-            " OR EXISTS (SELECT 1 FROM checkpoint)"
-            " OR NOT (EXISTS (SELECT 1 FROM event) OR EXISTS (SELECT 1 FROM quarantine))"
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            " AND name IN ('event_tree', 'quarantine_tree', 'checkpoint')"
         ).fetchone()[0]
+        == 3
     )
 
 

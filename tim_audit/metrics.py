@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from . import db
+from . import db, witnesses
 from .callback import ErrorCode
 
 OUTCOMES = ["stored", "repeat", "conflict", "ignored"] + [
@@ -47,7 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LogSize(path))
-        self.registry.register(_Publishers(witnesses, timestampers))
+        self.registry.register(_Publishers(path, witnesses, timestampers))
 
     def observe(self, outcome, seconds):
         self.callbacks.labels(outcome).inc()
@@ -84,14 +84,15 @@ class _Publishers:
     row it refused or missed; the timestamp requests in a row that failed
     (timestamps.py)."""
 
-    def __init__(self, witnesses, timestampers):
+    def __init__(self, path, witnesses, timestampers):
+        self.path = path
         self.witnesses = witnesses
         self.timestampers = timestampers
 
     def collect(self):
         cosigned = GaugeMetricFamily(
             "tim_audit_witness_cosigned_size",
-            "Leaves of the newest checkpoint the witness cosigned (-1: not known yet).",
+            "Leaves of the newest checkpoint the witness cosigned, as stored (-1: unreadable).",
             labels=["witness"],
         )
         failures = GaugeMetricFamily(
@@ -99,9 +100,17 @@ class _Publishers:
             "Submissions in a row the witness refused or did not answer.",
             labels=["witness"],
         )
+        sizes = {}
+        try:
+            conn = db.connect(self.path, readonly=True)
+            try:
+                sizes = {w.key: witnesses.last_cosigned(conn, w.key) for w in self.witnesses}
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass
         for witness in self.witnesses:
-            size = witness.cosigned
-            cosigned.add_metric([witness.name], -1 if size is None else size)
+            cosigned.add_metric([witness.name], sizes.get(witness.key, -1))
             failures.add_metric([witness.name], witness.failures)
         yield cosigned
         yield failures

@@ -183,7 +183,7 @@ CREATE TABLE IF NOT EXISTS cosignature (
     line          BLOB NOT NULL      -- em dash, space, witness name, space, base64, newline
 ) STRICT;
 
-CREATE INDEX IF NOT EXISTS cosignature_by_checkpoint ON cosignature (checkpoint_id, witness);
+CREATE UNIQUE INDEX IF NOT EXISTS cosignature_by_checkpoint ON cosignature (checkpoint_id, witness);
 CREATE INDEX IF NOT EXISTS cosignature_by_witness ON cosignature (witness, checkpoint_id);
 
 CREATE TRIGGER IF NOT EXISTS cosignature_no_update BEFORE UPDATE ON cosignature
@@ -205,7 +205,7 @@ CREATE TABLE IF NOT EXISTS timestamp (
     token         BLOB NOT NULL
 ) STRICT;
 
-CREATE INDEX IF NOT EXISTS timestamp_by_checkpoint ON timestamp (checkpoint_id);
+CREATE UNIQUE INDEX IF NOT EXISTS timestamp_by_checkpoint ON timestamp (checkpoint_id);
 
 CREATE TRIGGER IF NOT EXISTS timestamp_no_update BEFORE UPDATE ON timestamp
 BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;

@@ -356,7 +356,7 @@ class Verifier:
         key_id, _, key = rest.partition("+")
         if not (_valid_name(name) and _KEY_ID.fullmatch(key_id)):
             raise Malformed("a verifier key is name+keyid+base64, the key ID being 8 hex digits")
-        raw = _decode(key, "the verifier key")
+        raw = decode(key, "the verifier key")
         if raw[:1] not in (_ED25519, _COSIGNATURE) or len(raw) != 33:
             raise Malformed(
                 "the verifier key is not an Ed25519 key (type 0x01 and 32 bytes), nor a"
@@ -400,7 +400,7 @@ class Signer:
             raise Malformed(
                 "a signer key is PRIVATE+KEY+name+keyid+base64, the key ID being 8 hex digits"
             )
-        raw = _decode(key, "the signer key")
+        raw = decode(key, "the signer key")
         if raw[:1] not in (_ED25519, _COSIGNATURE) or len(raw) != 33:
             raise Malformed("the signer key is not an Ed25519 key (type 0x01 and a 32-byte seed)")
         self._private = Ed25519PrivateKey.from_private_bytes(raw[1:])
@@ -462,7 +462,7 @@ def signature_line(text, signer):
 def signature_time(line):
     """The timestamp a cosignature line carries, in seconds."""
     return int.from_bytes(
-        _decode(line.decode("utf-8").split(" ")[2].strip(), "the line")[4:12], "big"
+        decode(line.decode("utf-8").split(" ")[2].strip(), "the line")[4:12], "big"
     )
 
 
@@ -485,7 +485,7 @@ def open_note(note, verifiers):
             raise Malformed(
                 "a signature line is an em dash, a space, a key name, a space and base64"
             )
-        signature = _decode(signature, f"the signature by {name}")
+        signature = decode(signature, f"the signature by {name}")
         if len(signature) < 5:
             raise Malformed(f"the signature by {name} is too short")
         key_id = signature[:4].hex()
@@ -638,7 +638,7 @@ def parse_proof(data):
         raise Malformed(f"the proof does not start with the line {PROOF_HEADER}")
     extra = None
     if lines and lines[0].startswith("extra "):
-        extra = _decode(lines.pop(0).removeprefix("extra "), "the extra data")
+        extra = decode(lines.pop(0).removeprefix("extra "), "the extra data")
     if not lines or not lines[0].startswith("index "):
         raise Malformed("the proof has no index line")
     index = parse_count(lines.pop(0).removeprefix("index "), "the index")
@@ -654,6 +654,8 @@ def check_proof(data, verifier_key, origin=None, witnesses=(), quorum=0):
     default the key's name), the cosignatures of at least ``quorum`` of
     ``witnesses`` (Verifiers), and the inclusion of the leaf. Returns Proved."""
     verifier = Verifier(verifier_key)
+    if verifier.cosigner:
+        raise Malformed("the key is a witness's cosignature key; give the log's key")
     proof = parse_proof(data)
     if proof.extra is None:
         raise Malformed("the proof has no extra line: it carries no leaf data to check")
@@ -677,7 +679,7 @@ def check_cosignatures(note, witnesses, quorum):
     unless there are at least ``quorum``. A witness vouches that the
     checkpoint extends every other it cosigned of that log."""
     cosigners = []
-    for witness in witnesses:
+    for witness in {(witness.name, witness.key_id): witness for witness in witnesses}.values():
         try:
             open_note(note, [witness])
         except TlogError:
@@ -717,7 +719,7 @@ def _encode(data):
     return base64.b64encode(data).decode("ascii")
 
 
-def _decode(text, what):
+def decode(text, what):
     """Standard base64, in its one canonical spelling: no other text decodes
     to the same bytes, so no altered byte of a file goes unnoticed."""
     try:
@@ -730,7 +732,7 @@ def _decode(text, what):
 
 
 def _decode_hash(text, what):
-    digest = _decode(text, what)
+    digest = decode(text, what)
     if len(digest) != HASH_SIZE:
         raise Malformed(f"{what} is {len(digest)} bytes, not {HASH_SIZE}")
     return digest

@@ -16,7 +16,7 @@ from importlib import resources
 import click
 from flask import Flask, Response, current_app, request
 
-from . import db, tlog
+from . import checkpoints, db, tlog
 from .serve import listen, run
 
 MAX_BODY = 64 * 1024  # bytes of a request: 63 proof lines and a note with its signatures
@@ -61,7 +61,9 @@ def add_checkpoint_view():
         finally:
             conn.close()
     except Refused as exc:
-        return Response(f"{exc}\n", exc.status, mimetype=exc.mimetype)
+        # As given: Flask would add a charset to a text/ mimetype, and the
+        # spec's 409 is exactly text/x.tlog.size.
+        return Response(f"{exc}\n", exc.status, content_type=exc.mimetype)
     except sqlite3.Error as exc:
         current_app.logger.error("cannot record the checkpoint: %s", exc)
         return Response("the witness cannot record the checkpoint now\n", 503)
@@ -119,8 +121,8 @@ def add_checkpoint(conn, signer, old, proof, note, checkpoint):
             raise Refused(409, str(size), "text/x.tlog.size")
         if old == checkpoint.size and root is not None and root != checkpoint.root:
             raise Refused(409, f"another root than the checkpoint of {size} leaves cosigned before")
-        if old == 0 and proof:
-            raise Refused(422, "a checkpoint after none takes no consistency proof")
+        if proof and (old == 0 or old == checkpoint.size):
+            raise Refused(422, "a proof from a tree to itself, or from none, is empty")
         if 0 < old < checkpoint.size:
             try:
                 tlog.verify_consistency(old, root, checkpoint.size, checkpoint.root, proof)
@@ -175,7 +177,7 @@ def witness_command(address, key_file, database, log_keys):
     logs = {}
     for text in log_keys:
         try:
-            verifier = tlog.Verifier(text)
+            verifier = checkpoints.log_verifier(text)
         except tlog.Malformed as exc:
             raise click.BadParameter(str(exc), param_hint="--log") from None
         logs.setdefault(verifier.name, []).append(verifier)
