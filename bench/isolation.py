@@ -364,8 +364,8 @@ def main():
         )
     witnessed = work / "witnessed.log"
     print(
-        f"  witnessed: {witnessed.read_text().count('did not cosign')} witness failures and"
-        f" {witnessed.read_text().count('no timestamp from')} refused timestamps logged"
+        f"  witnessed: {witnessed.read_text().count('publisher: witness ')} witness failures and"
+        f" {witnessed.read_text().count('publisher: timestamps: ')} refused timestamps logged"
     )
     print(f"\n(work files in {work})")
     return 0 if passed else 1
