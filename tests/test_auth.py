@@ -79,7 +79,7 @@ def test_no_reviewers_configured_explains_what_to_set(make_app):
     assert response.status_code == 401
     text = response.get_data(as_text=True)
     assert "No reviewers are configured" in text
-    assert "DASHBOARD_USERS" in text and "flask --app tim_audit hash-password" in text
+    assert "DASHBOARD_USERS" in text and "<code>tim-audit hash-password</code>" in text
 
 
 def test_dashboard_auth_off_lets_everyone_in(make_app):

@@ -250,8 +250,20 @@ BODY_REFUSALS = [
     ("NaN", b'{"EventTime": NaN}', 400, 60021, "NaN is not JSON"),
     ("duplicate key", b'{"GroupId": "a", "GroupId": "b"}', 400, 60021, "duplicate key 'GroupId'"),
     ("array", b"[]", 400, 60022, "not an object"),
-    ("other command in body", sample("other-command-destroyed"), 400, 60023, "CallbackCommand"),
-    ("no command in body", group_body(CallbackCommand=None), 400, 60023, "CallbackCommand"),
+    (
+        "other command in body",
+        sample("other-command-destroyed"),
+        400,
+        60023,
+        "CallbackCommand in the body does not match the one in the URL",
+    ),
+    (
+        "no command in body",
+        group_body(CallbackCommand=None),
+        400,
+        60023,
+        "CallbackCommand is missing from the body",
+    ),
 ]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import event
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, sample
+from werkzeug.security import check_password_hash
+
 from tim_audit import create_app
 
 OK_LINE = re.compile(r"OK (\d+) ([0-9a-f]{64}) quarantine (\d+) ([0-9a-f]{64})")
@@ -191,7 +193,9 @@ def test_verify_says_when_a_file_is_not_a_log(runner, tmp_path):
 def test_send_sample_posts_a_signed_callback(live_server, runner, rows):
     result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
     assert result.exit_code == 0
-    assert result.output == '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\n'
+    assert result.output == (
+        '200 {"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}\nstored as event 1\n'
+    )
     assert rows("SELECT type, name, member_count, client_ip, opt_platform FROM event") == [
         ("Public", "tim-audit sample group", 2, "127.0.0.1", "RESTAPI"),
     ]
@@ -280,3 +284,39 @@ def test_flask_command_line_verifies_with_environment_config(app, post, tmp_path
     assert OK_LINE.fullmatch(result.stdout.splitlines()[-1])
     assert result.stdout.splitlines()[-1].startswith("OK 1 ")
     assert result.stderr == ""  # nothing for a cron job to mail but the result
+
+
+def test_send_sample_says_when_the_server_stored_nothing_new(live_server, runner, rows):
+    runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
+    result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
+    assert result.output.splitlines()[-1] == "a repeat of event 1; nothing new stored"
+    assert rows("SELECT count(*) FROM event") == [(1,)]
+
+
+def test_hash_password_reads_a_piped_password_quietly(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tim_audit", "hash-password"],
+        input="a long enough secret\n",
+        env={**os.environ, "TIM_AUDIT_INSTANCE_PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    [hashed] = result.stdout.splitlines()
+    assert check_password_hash(hashed, "a long enough secret")
+
+
+def test_tim_audit_help_lists_serve_and_not_flasks_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tim_audit", "--help"],
+        env={**os.environ, "TIM_AUDIT_INSTANCE_PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    commands = {
+        line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()
+    }
+    assert {"serve", "verify", "witness", "send-sample"} <= commands
+    assert not commands & {"run", "shell", "routes"}

@@ -111,8 +111,7 @@ STORAGE_TIMEOUT_MUST = (
 SDKAPPID_MUST = "SDKAPPID must be your app's SDKAppID, a positive whole number of at most 10 digits"
 HASH = generate_password_hash("correct horse battery", method="pbkdf2:sha256:1000")
 NOT_A_HASH = (
-    "has no password hash for 'alice' (or one cut short): make one with flask --app tim_audit"
-    " hash-password"
+    "has no password hash for 'alice' (or one cut short): make one with tim-audit hash-password"
 )
 
 
@@ -374,3 +373,42 @@ def test_review_pages_answer_once_the_ingest_server_created_the_log(config, make
     make_app()
     assert client.get("/history", headers=CREDENTIALS).status_code == 200
     assert client.get("/healthz").get_json() == {"status": "ok", "events": 0, "configured": True}
+
+
+def test_a_misspelled_key_in_config_py_is_warned_about_with_the_closest(
+    made, instance_path, caplog
+):
+    (instance_path / "config.py").write_text("STORAGE_TIMOUT = 0.8\nhelper = 1\n")
+    made({"SDKAPPID": SDKAPPID, "CALLBACK_TOKEN": "t", "DASHBOARD_USERS": REVIEWERS})
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{instance_path / 'config.py'} sets STORAGE_TIMOUT, which tim-audit does not read:"
+        " did you mean STORAGE_TIMEOUT?"
+    ]
+
+
+def test_a_misspelled_environment_variable_is_warned_about(made, monkeypatch, caplog):
+    monkeypatch.setenv("TIM_AUDIT_CHECKPOINT_DIRECTORY", '"/srv/checkpoints"')
+    made({"SDKAPPID": SDKAPPID, "CALLBACK_TOKEN": "t", "DASHBOARD_USERS": REVIEWERS})
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "the environment sets TIM_AUDIT_CHECKPOINT_DIRECTORY, which tim-audit does not read:"
+        " did you mean CHECKPOINT_DIR?"
+    ]
+
+
+def test_an_instance_folder_that_did_not_exist_is_said_at_start_and_the_new_log_too(
+    tmp_path, monkeypatch, caplog
+):
+    folder = tmp_path / "nowhere" / "yet"
+    monkeypatch.setenv("TIM_AUDIT_INSTANCE_PATH", str(folder))
+    app = open_log(create_app({"TESTING": True}))
+    try:
+        messages = [r.getMessage() for r in caplog.records]
+    finally:
+        app.extensions["tim_audit"].close()
+    assert (
+        f"the instance folder {folder} did not exist: created it (is TIM_AUDIT_INSTANCE_PATH"
+        " right?)" in messages
+    )
+    assert f"there is no log at {folder / 'tim_audit.sqlite3'}: starting a new, empty one" in (
+        messages
+    )

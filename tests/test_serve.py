@@ -257,3 +257,38 @@ def test_exports_past_the_limit_get_429_until_one_ends(live_server):
     finally:
         first.close()
         second.close()
+
+
+def test_each_server_says_which_it_is_when_it_starts_and_stops(serve, tmp_path):
+    process, ingest, review = serve()
+    process.terminate()
+    process.wait(10)
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    said = [line.split(" INFO tim_audit: ", 1)[1] for line in lines if " INFO tim_audit: " in line]
+    assert f"serving ingest (callbacks) on http://127.0.0.1:{ingest} with 8 threads" in said
+    assert f"serving review (dashboard) on http://127.0.0.1:{review} with 8 threads" in said
+    assert f"stopped serving ingest (callbacks) on http://127.0.0.1:{ingest}" in said
+
+
+def test_the_same_port_for_both_servers_is_named_as_such(tmp_path):
+    env = {
+        **server_env(tmp_path / "audit.sqlite3", tmp_path),
+        "TIM_AUDIT_INGEST_LISTEN": "127.0.0.1:8090",
+        "TIM_AUDIT_REVIEW_LISTEN": "0.0.0.0:8090",
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tim_audit", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()) == (
+        1,
+        [
+            "tim-audit cannot start: INGEST_LISTEN (127.0.0.1:8090) and REVIEW_LISTEN"
+            " (0.0.0.0:8090) use the same port: give each server its own"
+        ],
+    )

@@ -74,8 +74,9 @@ def _create(test_config, *, ingest, review):
     app.config.from_mapping(
         config.DEFAULTS, DATABASE=os.path.join(app.instance_path, "tim_audit.sqlite3")
     )
-    config.from_instance_file(app.config)
+    from_file = config.from_instance_file(app.config)
     app.config.from_prefixed_env("TIM_AUDIT")
+    app.extensions["tim_audit.unknown_keys"] = config.unknown_keys(app.config, from_file)
     if test_config is not None:
         app.config.update(test_config)
     config.check(app.config)

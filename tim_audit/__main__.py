@@ -7,7 +7,11 @@ from . import create_app
 from .serve import serve_command
 from .witness import witness_command
 
-main = FlaskGroup(name="tim-audit", create_app=create_app, load_dotenv=False)
+# Flask's own run, shell and routes stay with ``flask --app tim_audit``: run
+# is easily taken for serve, and is no way to run this service.
+main = FlaskGroup(
+    name="tim-audit", create_app=create_app, load_dotenv=False, add_default_commands=False
+)
 main.add_command(serve_command)
 main.add_command(witness_command)
 

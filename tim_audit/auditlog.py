@@ -549,12 +549,18 @@ def open_log(app):
             raise StartupError(
                 f"cannot create the instance folder {directory}: {exc.strerror}"
             ) from None
+        app.logger.warning(
+            "the instance folder %s did not exist: created it (is TIM_AUDIT_INSTANCE_PATH right?)",
+            directory,
+        )
     if not os.access(directory, os.W_OK):
         raise StartupError(
             f"the directory {directory} is not writable by this user: SQLite"
             " keeps its -wal and -shm files beside the database. Give the user"
             " running tim-audit write access to it, or set DATABASE elsewhere"
         )
+    if not os.path.exists(path):
+        app.logger.info("there is no log at %s: starting a new, empty one", path)
     try:
         app.extensions["tim_audit"].open()
     except ChainMismatch as exc:

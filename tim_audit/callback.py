@@ -53,7 +53,13 @@ _SIGNATURE_CODES = {
 # How many field problems ErrorInfo names before it says "and N more".
 _MAX_PROBLEMS = 10
 
-Outcome = namedtuple("Outcome", "name status code info group_id")
+Outcome = namedtuple("Outcome", "name status code info group_id event_id", defaults=[None])
+
+# Names the stored event a 200 is about, for send-sample and an operator's
+# curl: "12 stored", "12 repeat" (nothing new stored) or "12 conflict" (a
+# repeat with another body, quarantined). Only an authenticated sender
+# gets it.
+RECEIPT_HEADER = "Tim-Audit-Event"
 
 
 class Refusal(Exception):
@@ -76,7 +82,10 @@ def receive():
     metrics = current_app.extensions.get("tim_audit.metrics")
     if metrics is not None:
         metrics.observe(outcome.name, seconds)
-    return _answer(outcome.status, outcome.code, outcome.info)
+    response = _answer(outcome.status, outcome.code, outcome.info)
+    if outcome.event_id is not None:
+        response.headers[RECEIPT_HEADER] = f"{outcome.event_id} {outcome.name}"
+    return response
 
 
 def _process(received_at, started):
@@ -123,7 +132,7 @@ def _process(received_at, started):
             )
     except (StorageUnavailable, StorageUncertain) as exc:
         return _unavailable(exc, event.group_id)
-    return Outcome(receipt.outcome, 200, ErrorCode.OK, "", event.group_id)
+    return Outcome(receipt.outcome, 200, ErrorCode.OK, "", event.group_id, receipt.id)
 
 
 def _authenticate(args):
@@ -166,7 +175,9 @@ def _read_body():
 
 def _deserialize(command, raw, received_at):
     body = _parse_json(raw)
-    if body.get("CallbackCommand") != command:
+    if "CallbackCommand" not in body:
+        raise Refusal(400, ErrorCode.COMMAND_MISMATCH, "CallbackCommand is missing from the body")
+    if body["CallbackCommand"] != command:
         raise Refusal(
             400,
             ErrorCode.COMMAND_MISMATCH,
@@ -322,7 +333,9 @@ def _answer(status, code, info):
         "ErrorInfo": info,
         "ErrorCode": int(code),
     }
-    return jsonify(body), status
+    response = jsonify(body)
+    response.status_code = status
+    return response
 
 
 # The answer to nearly every callback, serialized once.

@@ -1,4 +1,4 @@
-"""Operator commands: ``flask --app tim_audit <command>``."""
+"""Operator commands: ``tim-audit <command>`` (or ``flask --app tim_audit <command>``)."""
 
 import contextlib
 import json
@@ -17,6 +17,7 @@ from flask.cli import with_appcontext
 from werkzeug.security import generate_password_hash
 
 from . import auditlog, chain, checkpoints, db, derived, merkle, signature, timestamps, tlog
+from .callback import RECEIPT_HEADER
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -456,22 +457,40 @@ def send_sample_command(url, body_file, command):
         method="POST",
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
+    receipt = None
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (as above)
             status, answer = response.status, response.read()
+            receipt = response.headers.get(RECEIPT_HEADER)
     except urllib.error.HTTPError as exc:
         status, answer = exc.code, exc.read()
     except urllib.error.URLError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc.reason}") from None
     click.echo(f"{status} {answer.decode('utf-8', 'replace').strip()}")
+    if receipt is not None:
+        click.echo(_what_was_stored(receipt))
     if status != 200:
         sys.exit(1)
 
 
+def _what_was_stored(receipt):
+    """What the server did with a 200, from its Tim-Audit-Event header."""
+    event_id, _, outcome = receipt.partition(" ")
+    return {
+        "stored": f"stored as event {event_id}",
+        "repeat": f"a repeat of event {event_id}; nothing new stored",
+        "conflict": f"a repeat of event {event_id} with another body; the body was quarantined",
+    }.get(outcome, f"the server says: {receipt}")
+
+
 @click.command("hash-password")
 def hash_password_command():
-    """Ask for a reviewer's password and print a hash for DASHBOARD_USERS."""
-    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    """Ask for a reviewer's password and print a hash for DASHBOARD_USERS.
+    Piped in (not a terminal), the password is the first line of input."""
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < MIN_PASSWORD:
         raise click.ClickException(f"use at least {MIN_PASSWORD} characters")
     click.echo(generate_password_hash(password))

@@ -1,12 +1,14 @@
 """Configuration: the defaults, reading ``instance/config.py``, and the
 checks that refuse what cannot be meant before the service starts."""
 
+import difflib
 import hashlib
 import os
 import re
 import traceback
 import zoneinfo
 
+import flask
 from cryptography import x509
 from marshmallow import Schema, ValidationError, fields, validate
 
@@ -67,11 +69,13 @@ class StartupError(SystemExit):
 
 
 def from_instance_file(config):
-    """Read ``config.py`` from the instance folder, if there is one. A
-    mistake in it is named by file, line and error, in one line."""
+    """Read ``config.py`` from the instance folder, if there is one; the
+    keys it sets. A mistake in it is named by file, line and error, in one
+    line."""
     path = os.path.join(config.root_path, "config.py")
+    read = flask.Config(config.root_path)
     try:
-        config.from_pyfile("config.py", silent=True)
+        read.from_pyfile("config.py", silent=True)
     except SyntaxError as exc:
         raise StartupError(f"{path}, line {exc.lineno}: {exc.msg}") from None
     except OSError as exc:
@@ -83,6 +87,33 @@ def from_instance_file(config):
             if frame.filename == path
         ]
         raise StartupError(f"{path}, line {lines[-1]}: {type(exc).__name__}: {exc}") from None
+    config.update(read)
+    return set(read)
+
+
+def unknown_keys(config, from_file, prefix="TIM_AUDIT_"):
+    """Warnings for the keys that ``config.py`` (``from_file``) or the
+    environment sets and no part of tim-audit or Flask reads: a misspelled
+    key would otherwise leave its default in force, in silence."""
+    known = set(DEFAULTS) | set(flask.Flask.default_config) | {"DATABASE"}
+    from_environment = {
+        name.removeprefix(prefix).partition("__")[0]
+        for name in os.environ
+        if name.startswith(prefix) and name != f"{prefix}INSTANCE_PATH"
+    }
+    warnings = []
+    for where, keys in (
+        (os.path.join(config.root_path, "config.py"), from_file),
+        ("the environment", {f"{prefix}{key}" for key in from_environment}),
+    ):
+        for key in sorted(keys):
+            name = key.removeprefix(prefix) if where == "the environment" else key
+            if not name.isupper() or name in known:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f": did you mean {close[0]}?" if close else ""
+            warnings.append(f"{where} sets {key}, which tim-audit does not read{hint}")
+    return warnings
 
 
 class _SdkAppId(fields.Field):
@@ -180,7 +211,7 @@ class _Reviewers(fields.Field):
             if not _is_password_hash(hashed):
                 raise ValidationError(
                     f"has no password hash for {name!r} (or one cut short): make one with"
-                    " flask --app tim_audit hash-password"
+                    " tim-audit hash-password"
                 )
         return value
 
@@ -371,7 +402,7 @@ def warn_about_config(app):
     ``app`` serves."""
     ingest = "tim_audit" in app.extensions
     review = "tim_audit.reviewers" in app.extensions
-    warnings = []
+    warnings = list(app.extensions.get("tim_audit.unknown_keys", ()))
     if ingest and not app.config["SDKAPPID"]:
         warnings.append(
             "SDKAPPID is not set: every callback is answered FAIL (ErrorCode 60001) until it is"
@@ -384,7 +415,7 @@ def warn_about_config(app):
     elif review and not app.config["DASHBOARD_USERS"]:
         warnings.append(
             "DASHBOARD_USERS is empty: nobody can sign in to the dashboard; add reviewers"
-            " with hashes from flask --app tim_audit hash-password"
+            " with hashes from tim-audit hash-password"
         )
     if ingest and not app.config["CALLBACK_TOKEN"]:
         warnings.append(

@@ -217,7 +217,7 @@ BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;
 
 -- Derived data, kept in step with event by the trigger below, in the
 -- transaction that appends the event. It is not chained, not append-only
--- and verify never reads it: `flask --app tim_audit rebuild-index` makes it
+-- and verify never reads it: `tim-audit rebuild-index` makes it
 -- again from the chained rows (derived.py), whatever became of it.
 --
 -- event_name: the folded names in an FTS5 trigram index, which answers a

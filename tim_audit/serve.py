@@ -26,6 +26,8 @@ from flask.cli import with_appcontext
 from . import create_ingest_app, create_review_app, open_log
 from .config import StartupError, warn_about_config
 
+INGEST, REVIEW = "ingest (callbacks)", "review (dashboard)"  # what the log lines call them
+
 # The review server's largest request: its forms are GETs and one bodiless POST.
 REVIEW_BODY_LIMIT = 64 * 1024
 RESTART_DELAY = 1.0  # seconds before a review process that died is started again
@@ -53,8 +55,13 @@ def serve_command(only, review_fd, parent_fd):
             sock = socket.socket(fileno=review_fd)
             os.nice(REVIEW_NICENESS)
             _stop_with_parent(parent_fd)
-        run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT)
+        run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT, REVIEW)
         return
+    if only is None and _port(config["INGEST_LISTEN"]) == _port(config["REVIEW_LISTEN"]):
+        raise StartupError(
+            f"INGEST_LISTEN ({config['INGEST_LISTEN']}) and REVIEW_LISTEN"
+            f" ({config['REVIEW_LISTEN']}) use the same port: give each server its own"
+        )
     ingest_socket = listen(config, "INGEST_LISTEN")
     review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
     ingest = open_log(create_ingest_app())
@@ -63,7 +70,13 @@ def serve_command(only, review_fd, parent_fd):
         # waitress buffers a whole body before the app sees it: bound that
         # at twice the app's own limit, so a body a little too large still
         # gets a JSON 413 (and is quarantined) while a huge one is cut off.
-        run(ingest, ingest_socket, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"])
+        run(
+            ingest,
+            ingest_socket,
+            config["INGEST_THREADS"],
+            2 * config["MAX_CONTENT_LENGTH"],
+            INGEST,
+        )
     finally:
         if review is not None:
             review.stop()
@@ -90,21 +103,34 @@ def listen(config, key):
         ) from None
 
 
-def run(app, sock, threads, body_limit):
-    """Serve ``app`` on ``sock`` until SIGTERM or SIGINT."""
+def _port(address):
+    return address.rpartition(":")[2]
+
+
+def run(app, sock, threads, body_limit, name):
+    """Serve ``app`` on ``sock`` until SIGTERM or SIGINT, saying which
+    server it is when it starts and when it stops."""
     warn_about_config(app)
     signal.signal(signal.SIGTERM, _exit)
     host, port = sock.getsockname()[:2]
-    app.logger.info("serving %s on http://%s:%d with %d threads", app.name, host, port, threads)
-    waitress.serve(
-        app,
-        sockets=[sock],
-        threads=threads,
-        max_request_body_size=body_limit,
-        outbuf_high_watermark=1024 * 1024,
-        ident="tim-audit",
-        _quiet=True,
+    where = (
+        f"{name} on http://{host}:{port}"
+        if ":" not in host
+        else f"{name} on http://[{host}]:{port}"
     )
+    app.logger.info("serving %s with %d threads", where, threads)
+    try:
+        waitress.serve(
+            app,
+            sockets=[sock],
+            threads=threads,
+            max_request_body_size=body_limit,
+            outbuf_high_watermark=1024 * 1024,
+            ident="tim-audit",
+            _quiet=True,
+        )
+    finally:
+        app.logger.info("stopped serving %s", where)
 
 
 def _exit(signum, frame):

@@ -187,4 +187,4 @@ def witness_command(address, key_file, database, log_keys):
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot open the database {database}: {exc}") from None
     app.logger.info("witness %s of %s", signer.verifier, ", ".join(sorted(logs)))
-    run(app, sock, threads=4, body_limit=MAX_BODY)
+    run(app, sock, threads=4, body_limit=MAX_BODY, name="witness (add-checkpoint)")
