@@ -773,3 +773,31 @@ def test_the_strip_turns_red_when_a_stored_checkpoint_contradicts_the_rows(
         "checkpoint 5: the stored event checkpoint has another root than the event tree at 5"
         " leaves" in text
     )
+
+
+def test_a_row_that_fails_verification_offers_no_proof_and_says_why(signed, filled, attacker, get):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    text = get("/history/2").get_data(as_text=True)
+    assert "This row does NOT verify" in text
+    assert "Proof: none. This row does not verify (above), so no proof of it is offered" in text
+    assert "Proof: included" not in text and "Download its proof" not in text
+    response = get("/history/2.tlog-proof")
+    assert response.status_code == 409
+    assert (
+        "event row 2: it is not the leaf that checkpoint of 5 events signed: it was changed"
+        " after it was signed" in response.get_data(as_text=True)
+    )
+
+
+def test_the_archive_of_a_tampered_log_marks_each_event_that_fails(signed, filled, attacker, get):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    archive = zipfile.ZipFile(io.BytesIO(get("/history.evidence").data))
+    names = set(archive.namelist())
+    assert "events/2.FAILS.txt" in names and "events/2.tlog-proof" not in names
+    assert {f"events/{n}.tlog-proof" for n in (1, 3, 4, 5)} <= names
+    assert (
+        archive.read("events/2.FAILS.txt")
+        .decode()
+        .startswith("No proof: event row 2: it is not the leaf that checkpoint of 5 events signed")
+    )
+    assert "1 of them FAIL: their rows do not verify" in archive.read("README.txt").decode()

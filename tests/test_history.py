@@ -1,3 +1,5 @@
+import base64
+import dataclasses
 import datetime
 import html
 import re
@@ -6,6 +8,7 @@ import pytest
 
 from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
 from tencent import CREATE, group_body, signed_query
+from tim_audit import create_app, db
 from tim_audit.auditlog import Rejection
 
 
@@ -416,14 +419,55 @@ def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
 # --- chart and integrity strip ----------------------------------------------
 
 
-def test_chart_counts_events_per_day_up_to_the_newest(events, get):
+def test_chart_counts_events_per_day_from_the_oldest_to_the_newest(events, get):
     text = get("/history").get_data(as_text=True)
     titles = re.findall(r"<title>(\d{4}-\d{2}-\d{2}): (\d+) events?</title>", text)
-    assert titles[0][0] == "2026-01-10" and titles[-1][0] == "2026-03-10"
-    assert len(titles) == 60
-    by_day = {day: int(n) for day, n in titles}
-    assert sum(by_day.values()) == 40
-    assert by_day["2026-03-01"] == 4 and by_day["2026-03-03"] == 4 and by_day["2026-02-28"] == 0
+    assert [day for day, _ in titles] == [f"2026-03-{day:02d}" for day in range(1, 11)]
+    assert [int(n) for _, n in titles] == [4] * 10
+    assert "Events per day (UTC), 2026-03-01 – 2026-03-10</figcaption>" in text
+    # The axis: every other day labelled, under its bar; the peak and 0 beside it.
+    assert re.findall(r'<text x="([\d.]+)%" y="76">([^<]+)</text>', text) == [
+        ("15.0", "Mar 2"),
+        ("35.0", "Mar 4"),
+        ("55.0", "Mar 6"),
+        ("75.0", "Mar 8"),
+        ("95.0", "Mar 10"),
+    ]
+    assert '<p class="scale" aria-hidden="true"><span>4</span><span>0</span></p>' in text
+
+
+def day_after(days, hours=0):
+    return START + days * DAY + hours * 3_600_000
+
+
+@pytest.mark.parametrize(
+    "times, unit, bars, first, last",
+    [
+        # One event: a day of hours, up to its hour.
+        ([day_after(0, 14.5)], "hour", 24, "2026-02-28 15:00", "2026-03-01 14:00"),
+        ([START, day_after(1, 23.99)], "hour", 48, "2026-03-01 00:00", "2026-03-02 23:00"),
+        ([START, day_after(2)], "day", 3, "2026-03-01", "2026-03-03"),
+        ([START, day_after(91)], "day", 92, "2026-03-01", "2026-05-31"),
+        ([START, day_after(92)], "week", 15, "week of 2026-02-23", "week of 2026-06-01"),
+        ([START, day_after(3 * 365)], "month", 36, "2026-03", "2029-02"),
+        ([START, day_after(20 * 365)], "year", 21, "2026", "2046"),
+    ],
+    ids=["one event", "under two days", "two days", "91 days", "92 days", "3 years", "20 years"],
+)
+def test_chart_unit_fits_the_range_of_the_events(app, get, times, unit, bars, first, last):
+    log = app.extensions["tim_audit"]
+    for number, event_time in enumerate(times):
+        log.append(
+            dataclasses.replace(
+                sample_events()[0], group_id=f"@TGS#{number}", event_time=int(event_time)
+            )
+        )
+    text = get("/history").get_data(as_text=True)
+    titles = re.findall(r"<title>([^<]+): (\d+) events?</title>", text)
+    assert (len(titles), titles[0][0], titles[-1][0]) == (bars, first, last)
+    assert sum(int(n) for _, n in titles) == len(times)
+    assert f"Events per {unit} (UTC), {first} – {last}</figcaption>" in text
+    assert 0 < len(re.findall(r"<text ", text)) <= 8
 
 
 def test_chart_follows_the_filter_and_its_dates(events, get):
@@ -493,6 +537,46 @@ def test_verification_runs_when_due(make_app):
     app.test_client().get("/history", headers=CREDENTIALS)
     verifier.wait(10)
     assert verifier.last is first  # not due again for ten minutes
+
+
+@pytest.mark.parametrize(
+    "zone, footer",
+    [
+        ("UTC", "<footer>Times are shown in UTC, as in exports.</footer>"),
+        (
+            "Asia/Shanghai",
+            "<footer>Times are shown in Asia/Shanghai; hover a time for UTC."
+            " Exports use UTC.</footer>",
+        ),
+    ],
+)
+def test_footer_says_each_thing_once(make_app, zone, footer):
+    app = make_app(DISPLAY_TIMEZONE=zone)
+    text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
+    assert re.findall(r"<footer>.*</footer>", text) == [footer]
+
+
+def test_checkpoints_page_shows_each_root_as_its_file_writes_it(config, make_app):
+    origin = {"LOG_ORIGIN": "im-audit.example.com/1400000001"}
+    result = create_app({**config, **origin}).test_cli_runner().invoke(args=["keygen"])
+    assert result.exit_code == 0, result.output
+    app = make_app(**origin)
+    log = app.extensions["tim_audit"]
+    for event in sample_events()[:3]:
+        log.append(event)
+    conn = db.connect(log.path)
+    try:
+        log.notary.sign(conn)
+    finally:
+        conn.close()
+    client = app.test_client()
+    note = client.get("/checkpoints/1.checkpoint", headers=CREDENTIALS).get_data(as_text=True)
+    root = note.splitlines()[2]
+    assert len(base64.b64decode(root, validate=True)) == 32
+    text = client.get("/checkpoints", headers=CREDENTIALS).get_data(as_text=True)
+    assert f'<td><code class="root">{root}</code></td>' in text
+    assert base64.b64decode(root).hex()[:16] not in text
+    assert "The head in the strip\nabove is another value" in text
 
 
 # --- quarantine ------------------------------------------------------------

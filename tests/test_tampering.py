@@ -15,7 +15,8 @@ import sys
 import markupsafe
 import pytest
 
-from conftest import event
+from conftest import event, rejection
+from dashboard import CREDENTIALS
 from tencent import SDKAPPID, TOKEN
 from tim_audit import chain, exports
 
@@ -473,3 +474,22 @@ def test_a_quarantine_blob_is_exported_as_stored(old_schema, filled, attacker, g
     assert (record["reason"], record["query"]) == ("X'FF'", "X'3D31'")
     [_, record] = json.loads(download(get, "/quarantine.json"))
     assert (record["Reason"], record["Query"]) == ("X'FF'", "X'3D31'")
+
+
+def test_the_strip_counts_the_quarantine_and_its_newer_deliveries(filled, app, get):
+    run_verification(app)
+    filled.append(rejection(3))
+    text = get("/history").get_data(as_text=True)
+    assert '<a href="/quarantine">3 quarantined</a>' in text
+    assert "and 2 quarantined (" in text
+    assert "1 newer quarantined delivery not yet verified." in text
+
+
+def test_verify_now_from_another_site_is_refused(app, client):
+    response = client.post(
+        "/history/verify", headers={**CREDENTIALS, "Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status_code == 403
+    assert not app.extensions["tim_audit.verifier"].running
+    same = client.post("/history/verify", headers={**CREDENTIALS, "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 303

@@ -3,6 +3,7 @@ latest checkpoint, an archive of the filtered events with their proofs,
 and the list of checkpoints. Behind the same sign-in as the dashboard."""
 
 import array
+import base64
 import contextlib
 import copy
 import io
@@ -39,7 +40,7 @@ Evidence from the tim-audit log {origin}
 
 {count} events, the ones matching {filters},
 each proved to be in the log's Merkle tree of {size} events, whose
-checkpoint was signed at {signed_at} by the key {key_id}.{newer}
+checkpoint was signed at {signed_at} by the key {key_id}.{newer}{failed}
 
 Files
   checkpoint                  the signed checkpoint (c2sp.org/tlog-checkpoint)
@@ -160,7 +161,11 @@ def listing():
             400,
             description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()),
         )
-    rows = _checkpoints(get_db(), args["limit"], args["before"])
+    # Each root in base64, as its checkpoint file writes it.
+    rows = [
+        {**row, "root": base64.b64encode(row["root"]).decode()}
+        for row in map(dict, _checkpoints(get_db(), args["limit"], args["before"]))
+    ]
     older = rows[-1]["id"] if len(rows) == args["limit"] else None
     return render_template(
         "checkpoints.html",
@@ -218,7 +223,7 @@ def proof(event_id):
             ),
         )
     try:
-        data = proof_file(conn, latest["size"], checkpoints.cosigned(conn, latest), event_id)
+        data = proof_file(conn, checkpoints.cosigned(conn, latest), event_id)
     except chain.ChainBroken as exc:
         abort(409, description=f"No proof: the log does not verify here: {exc}")
     return Response(
@@ -230,12 +235,23 @@ def proof(event_id):
     )
 
 
-def proof_file(conn, size, note, event_id):
-    """The tlog-proof of event ``event_id`` in the tree of ``size`` leaves
-    that ``note`` (the checkpoint, with its cosignatures) signs, with the
-    event's canonical bytes as its extra data."""
-    hashes = tlog.inclusion_proof(size, event_id - 1, merkle.reader(conn, "event"))
+def proof_file(conn, note, event_id):
+    """The tlog-proof of event ``event_id`` in the tree that ``note`` (the
+    checkpoint, with its cosignatures) signs, with the event's canonical
+    bytes as its extra data. ChainBroken when the row as stored is not the
+    leaf the checkpoint signed: a proof that cannot check is never made."""
+    signed = tlog.parse_checkpoint(tlog.split_note(note)[0])
+    hashes = tlog.inclusion_proof(signed.size, event_id - 1, merkle.reader(conn, "event"))
     leaf = merkle.leaf(conn, event_id)
+    try:
+        tlog.verify_inclusion(signed.size, signed.root, event_id - 1, tlog.leaf_hash(leaf), hashes)
+    except tlog.ProofError:
+        raise chain.ChainBroken(
+            "event",
+            event_id,
+            f"it is not the leaf that checkpoint of {signed.size} events signed: it was"
+            " changed after it was signed",
+        ) from None
     return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), note, leaf))
 
 
@@ -274,17 +290,21 @@ def archive_chunks(conn, filters, counter):
     if token is not None and ca is not None:
         add("checkpoint.tsr", token)
         add("tsa-ca.pem", ca)
-    newer = 0
+    newer, failed = 0, 0
     for objects in exports.json_objects(conn, filters):
         for event_id, document in objects:
             if event_id > latest["size"]:
                 newer += 1
                 continue
             add(f"events/{event_id}.json", document + "\n")
-            add(f"events/{event_id}.tlog-proof", proof_file(conn, latest["size"], note, event_id))
+            try:
+                add(f"events/{event_id}.tlog-proof", proof_file(conn, note, event_id))
+            except chain.ChainBroken as exc:
+                failed += 1
+                add(f"events/{event_id}.FAILS.txt", f"No proof: {exc}\n")
             counter["rows"] += 1
         yield out.take()
-    add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca))
+    add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca, failed))
     archive.close()
     yield out.take()
 
@@ -334,7 +354,7 @@ class _Names(dict):
         pass
 
 
-def _readme(latest, count, newer, note, stamped):
+def _readme(latest, count, newer, note, stamped, failed):
     checkpoint = tlog.parse_checkpoint(bytes(latest["note"]).decode().partition("\n\n")[0] + "\n")
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
     return README.format(
@@ -350,6 +370,12 @@ def _readme(latest, count, newer, note, stamped):
             " left out: export again after the next checkpoint."
         )
         if newer
+        else "",
+        failed=(
+            f"\n{failed} of them FAIL: their rows do not verify, so they have no proof; each"
+            " has events/<id>.FAILS.txt saying why, and its .json shows it as stored."
+        )
+        if failed
         else "",
         files=(COSIGNED_FILES if note != bytes(latest["note"]) else "")
         + (TIMESTAMP_FILES if stamped else ""),

@@ -7,6 +7,7 @@ entirely in its URL, so it can be pasted into a report.
 
 import dataclasses
 import datetime
+import itertools
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from markupsafe import Markup, escape
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -44,7 +46,27 @@ bp = Blueprint("history", __name__)
 bp.before_request(require_reviewer)
 bp.before_request(require_log)
 
-CHART_DAYS = 60
+HOUR = 3_600_000
+DAY = 24 * HOUR
+# The chart's unit for the span of its range: hours under two days, days
+# up to three months, then weeks, months and, past ten years, years.
+CHART_UNITS = [
+    (2 * DAY, "hour"),
+    (92 * DAY, "day"),
+    (730 * DAY, "week"),
+    (3653 * DAY, "month"),
+    (None, "year"),
+]
+# Every how many units the axis is labelled, the fewest that keep it to
+# MAX_TICKS labels.
+CHART_STEPS = {
+    "hour": (1, 2, 3, 6, 12),
+    "day": (1, 2, 7, 14),
+    "week": (1, 2, 4, 8, 13, 26),
+    "month": (1, 2, 3, 6, 12),
+    "year": (1, 2, 5, 10, 20),
+}
+MAX_TICKS = 8
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?"
@@ -269,15 +291,18 @@ def _integrity(conn):
     verifier = current_app.extensions["tim_audit.verifier"]
     verifier.start_if_due()
     head_id, head_hash = queries.head(conn)
+    quarantined = queries.quarantine_size(conn)
     last = verifier.last
-    covered = head_id if last is None or last.failure else last.count
+    failed = last is None or last.failure
     return {
         "total": head_id,
         "head_id": head_id,
         "head_hash": head_hash,
+        "quarantined": quarantined,
         "last": last,
         "running": verifier.running,
-        "newer": head_id - covered,
+        "newer": head_id - (head_id if failed else last.count),
+        "newer_quarantined": quarantined - (quarantined if failed else last.quarantined),
     }
 
 
@@ -287,8 +312,10 @@ def _query_string(names):
 
 
 def _chart(conn, filters):
-    """Events per day (in DISPLAY_TIMEZONE) over the last CHART_DAYS days
-    that the filter reaches, ending at ``until`` or the newest match.
+    """Events per hour, day, week, month or year (in DISPLAY_TIMEZONE),
+    whichever fits the range: from ``since`` or the oldest match to
+    ``until`` or the newest, never past the log's own first and last
+    events. An hourly chart shows a day at least.
 
     Only EventTimes the schema accepts are charted: their days exist in
     every zone. None when no match lies in that range.
@@ -299,30 +326,116 @@ def _chart(conn, filters):
     if since > until:
         return None
     charted = dataclasses.replace(filters, since=since, until=until)
-    end = queries.newest(conn, charted)
-    if end is None:
+    last = queries.newest(conn, charted)
+    if last is None:
         return None
-    if filters.until is not None:  # an until in the future would chart empty days
-        end = min(until, queries.newest(conn, queries.Filters(until=MAX_EVENT_TIME)))
-    last_day = _instant(end).astimezone(zone).date()
-    first_day = max(
-        last_day - datetime.timedelta(days=CHART_DAYS - 1), _instant(since).astimezone(zone).date()
-    )
-    days = []
-    day = first_day
-    while day <= last_day:
-        following = day + datetime.timedelta(days=1)
-        # Clipped to since/until here, so each day is one index range.
-        start = max(_ms(datetime.datetime.combine(day, datetime.time(), zone)), since)
-        stop = min(_ms(datetime.datetime.combine(following, datetime.time(), zone)), until + 1)
-        days.append((day, start, stop))
-        day = following
+    first = _oldest(conn, charted)
+    everything = queries.Filters(since=MIN_EVENT_TIME, until=MAX_EVENT_TIME)
+    if filters.since is not None:  # a since before the log began would chart empty days
+        first = max(since, _oldest(conn, everything))
+    if filters.until is not None:  # and an until in the future, empty days to come
+        last = min(until, queries.newest(conn, everything))
+    unit = next(unit for span, unit in CHART_UNITS if span is None or last - first < span)
+    if unit == "hour":
+        first = max(since, min(first, last - 23 * HOUR))
+    starts = _unit_starts(unit, first, last, zone)
+    # Clipped to since/until here, so each bar is one index range.
+    spans = [
+        (max(_ms(start), since), min(_ms(stop), until + 1))
+        for start, stop in itertools.pairwise(starts)
+    ]
     unbounded = dataclasses.replace(filters, since=None, until=None)
-    counts = queries.per_day(conn, unbounded, [(start, stop) for _, start, stop in days])
+    counts = queries.per_day(conn, unbounded, spans)
+    step = next(
+        (n for n in CHART_STEPS[unit] if len(spans) <= MAX_TICKS * n), CHART_STEPS[unit][-1]
+    )
+    width = 100 / len(spans)
     return {
-        "days": [(day, n) for (day, _, _), n in zip(days, counts, strict=True)],
-        "max": max(counts),
+        "unit": unit,
+        "first": _label(unit, starts[0], "title"),
+        "last": _label(unit, starts[-2], "title"),
+        "peak": max(counts),
+        "bars": [
+            {"x": round(n * width, 4), "title": _label(unit, start, "title"), "count": count}
+            for n, (start, count) in enumerate(zip(starts[:-1], counts, strict=True))
+        ],
+        "width": round(width, 4),
+        "ticks": [
+            {"x": round((n + 0.5) * width, 4), "label": _label(unit, start, "tick")}
+            for n, start in enumerate(starts[:-1])
+            if _ordinal(unit, start) % step == 0
+        ],
     }
+
+
+def _oldest(conn, filters):
+    """The oldest matching EventTime, as queries.newest finds the newest."""
+    selection = filters.select(need_event=False)
+    row = conn.execute(
+        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
+        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} LIMIT 1",
+        selection.params,
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _unit_starts(unit, first, last, zone):
+    """The start of each ``unit`` from the one holding ms ``first`` to the
+    one holding ``last``, and the start of the one after (local times)."""
+    local = _instant(first).astimezone(zone)
+    if unit == "hour":
+        # Stepped in UTC: a local hour may repeat or be missing.
+        at = local.replace(minute=0, second=0, microsecond=0).astimezone(datetime.timezone.utc)
+        starts = [at]
+        while _ms(starts[-1]) <= last:
+            starts.append(starts[-1] + datetime.timedelta(hours=1))
+        return [start.astimezone(zone) for start in starts]
+    day = local.date()
+    day = {
+        "day": day,
+        "week": day - datetime.timedelta(days=day.weekday()),
+        "month": day.replace(day=1),
+        "year": day.replace(month=1, day=1),
+    }[unit]
+    starts = [datetime.datetime.combine(day, datetime.time(), zone)]
+    while _ms(starts[-1]) <= last:
+        day = starts[-1].date()
+        if unit in ("day", "week"):
+            day += datetime.timedelta(days=1 if unit == "day" else 7)
+        elif unit == "month":
+            day = day.replace(year=day.year + day.month // 12, month=day.month % 12 + 1)
+        else:
+            day = day.replace(year=day.year + 1)
+        starts.append(datetime.datetime.combine(day, datetime.time(), zone))
+    return starts
+
+
+def _ordinal(unit, start):
+    """A running number of ``unit``s, so that ticks fall on round values:
+    whole hours of the day, Mondays, the first months of quarters."""
+    return {
+        "hour": start.hour,
+        "day": start.toordinal() - 1,
+        "week": start.toordinal() // 7,
+        "month": start.month - 1,
+        "year": start.year,
+    }[unit]
+
+
+def _label(unit, start, form):
+    """A bar's title, or its tick on the axis: short, a new day's date
+    where hours begin one."""
+    if unit == "hour":
+        if form == "title":
+            return f"{start:%Y-%m-%d %H:00}"
+        return f"{start:%b} {start.day}" if start.hour == 0 else f"{start:%H:00}"
+    if unit == "month":
+        return f"{start:%Y-%m}" if form == "title" else f"{start:%b %Y}"
+    if unit == "year":
+        return str(start.year)
+    if form == "title":
+        return f"week of {start:%Y-%m-%d}" if unit == "week" else f"{start:%Y-%m-%d}"
+    return f"{start:%b} {start.day}"
 
 
 @bp.get("/history/<int:event_id>")
@@ -476,8 +589,12 @@ def _export_slot():
 
 @bp.post("/history/verify")
 def verify():
-    """Start a verification now; it is read-only, so a forged request can
-    do no more than start one (and only one runs at a time)."""
+    """Start a verification now. It needs no CSRF token: it is read-only
+    and idempotent (one runs at a time; asking again while it runs does
+    nothing), so a forged request could at most start one early. A browser
+    says when a POST comes from another site, and that is refused anyway."""
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        abort(403, description="Verify now is only accepted from the dashboard itself.")
     current_app.extensions["tim_audit.verifier"].start()
     return redirect(url_for("history.events"), 303)
 
@@ -563,9 +680,30 @@ def repeat_of(reason):
     return (int(found.group(1)), reason[found.end(1) :]) if found else None
 
 
+@bp.app_template_filter("wbr")
+def wbr(value, marks):
+    """``value``, escaped, free to wrap after each of ``marks`` and nowhere
+    else: a query string at "&", an account at "_", never inside a word."""
+    pieces = re.split(f"(?<=[{re.escape(marks)}])", _as_text(value))
+    return Markup("<wbr>").join(escape(piece) for piece in pieces)
+
+
+@bp.app_template_filter("id_parts")
+def id_parts(value, keep=8):
+    """An id as (lead, head, tail): the lead ends at its last punctuation
+    and may wrap there; of the run after it, the tail (the last ``keep``
+    characters) always shows, so that ids which differ at the end look
+    different even when the head is cut."""
+    text = _as_text(value)
+    run = re.search(r"[0-9A-Za-z]*\Z", text).start()
+    split = max(run, len(text) - keep)
+    return text[:run], text[run:split], text[split:]
+
+
 @bp.app_context_processor
 def _page_globals():
-    return {"display_timezone": current_app.config["DISPLAY_TIMEZONE"]}
+    zone = current_app.config["DISPLAY_TIMEZONE"]
+    return {"display_timezone": zone, "shown_in_utc": zone in ("UTC", "Etc/UTC")}
 
 
 @bp.app_errorhandler(400)

@@ -432,6 +432,11 @@ def head(conn):
     return (0, None) if row is None else (row[0], row[1])
 
 
+def quarantine_size(conn):
+    """How many deliveries are in quarantine (ids run from 1 without gaps)."""
+    return conn.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class QuarantineFilters:
     """What a reviewer asked of the quarantine; None means "any".
