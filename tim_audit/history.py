@@ -329,10 +329,10 @@ def _chart(conn, filters):
     last = queries.newest(conn, charted)
     if last is None:
         return None
-    first = _oldest(conn, charted)
+    first = queries.oldest(conn, charted)
     everything = queries.Filters(since=MIN_EVENT_TIME, until=MAX_EVENT_TIME)
     if filters.since is not None:  # a since before the log began would chart empty days
-        first = max(since, _oldest(conn, everything))
+        first = max(since, queries.oldest(conn, everything))
     if filters.until is not None:  # and an until in the future, empty days to come
         last = min(until, queries.newest(conn, everything))
     unit = next(unit for span, unit in CHART_UNITS if span is None or last - first < span)
@@ -366,17 +366,6 @@ def _chart(conn, filters):
             if _ordinal(unit, start) % step == 0
         ],
     }
-
-
-def _oldest(conn, filters):
-    """The oldest matching EventTime, as queries.newest finds the newest."""
-    selection = filters.select(need_event=False)
-    row = conn.execute(
-        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} LIMIT 1",
-        selection.params,
-    ).fetchone()
-    return None if row is None else row[0]
 
 
 def _unit_starts(unit, first, last, zone):

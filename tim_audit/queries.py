@@ -359,10 +359,19 @@ def newest(conn, filters):
     """The newest matching EventTime: the first entry of the index range
     that is an integer (a tampered row may hold anything, and text sorts
     above every number)."""
+    return _edge(conn, filters, "DESC")
+
+
+def oldest(conn, filters):
+    """The oldest matching EventTime, found as newest() finds the newest."""
+    return _edge(conn, filters, "ASC")
+
+
+def _edge(conn, filters, order):
     selection = filters.select(need_event=False)
     row = conn.execute(
         f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} DESC LIMIT 1",
+        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} {order} LIMIT 1",
         selection.params,
     ).fetchone()
     return None if row is None else row[0]
