@@ -512,3 +512,17 @@ def test_an_unexpected_error_is_a_json_500_and_logged(app, post, rows, caplog, m
     }
     assert "callback failed" in caplog.text and "RuntimeError: a bug" in caplog.text
     assert rows("SELECT count(*) FROM event") == [(0,)]
+
+
+def test_a_stored_callback_names_its_event_to_an_authenticated_sender(post):
+    assert post(group_body()).headers["Tim-Audit-Event"] == "1 stored"
+    assert post(group_body()).headers["Tim-Audit-Event"] == "1 repeat"
+    assert post(group_body(Name="other")).headers["Tim-Audit-Event"] == "1 conflict"
+
+
+def test_without_callback_token_no_answer_says_which_events_exist(make_app):
+    client = make_app(CALLBACK_TOKEN=None).test_client()
+    query = signed_query(RequestTime=None, Sign=None)
+    response = client.post("/callback", query_string=query, data=group_body())
+    assert response.status_code == 200
+    assert "Tim-Audit-Event" not in response.headers

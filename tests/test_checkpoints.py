@@ -217,6 +217,30 @@ def test_rotate_key_lets_the_next_start_sign_with_the_new_key(
     assert tlog.open_checkpoint(old_note, [tlog.Verifier(keyed)])[0].size == 5
 
 
+def test_two_rotations_keep_every_checkpoint_verifiable(signed, filled, make_app, runner):
+    for number in (6, 7):
+        filled.close()
+        app = create_app({"LOG_ORIGIN": ORIGIN, "DATABASE": filled.path})
+        assert app.test_cli_runner().invoke(args=["rotate-key"]).exit_code == 0
+        filled = make_app().extensions["tim_audit"]
+        filled.append(event(number))
+        assert len(sign(filled.notary)) == 2  # the event tree, and the quarantine's re-signed
+    result = runner.invoke(args=["verify"])
+    assert (result.exit_code, result.output.split()[:2]) == (0, ["OK", "7"])
+
+
+def test_a_clean_stop_signs_what_was_written_since_the_last_round(keyed, make_app, rows):
+    """So a log stopped before its first checkpoint is signed, and its next
+    start needs no CHECKPOINT_ADOPT."""
+    log = make_app(CHECKPOINT_INTERVAL=3600).extensions["tim_audit"]
+    log.append(event(1))
+    log.close()
+    assert rows("SELECT tree, size FROM checkpoint") == [("event", 1)]
+    log = make_app(CHECKPOINT_INTERVAL=3600).extensions["tim_audit"]
+    log.append(event(2))
+    assert len(sign(log.notary)) == 1
+
+
 # --- the public endpoints ----------------------------------------------------
 
 
@@ -784,8 +808,8 @@ def test_a_row_that_fails_verification_offers_no_proof_and_says_why(signed, fill
     response = get("/history/2.tlog-proof")
     assert response.status_code == 409
     assert (
-        "event row 2: it is not the leaf that checkpoint of 5 events signed: it was changed"
-        " after it was signed" in response.get_data(as_text=True)
+        "event row 2: no proof leads from it to the root that checkpoint of 5 events signed"
+        in response.get_data(as_text=True)
     )
 
 
@@ -798,6 +822,15 @@ def test_the_archive_of_a_tampered_log_marks_each_event_that_fails(signed, fille
     assert (
         archive.read("events/2.FAILS.txt")
         .decode()
-        .startswith("No proof: event row 2: it is not the leaf that checkpoint of 5 events signed")
+        .startswith("No proof: event row 2: no proof leads from it to the root that checkpoint")
     )
-    assert "1 of them FAIL: their rows do not verify" in archive.read("README.txt").decode()
+    assert "1 of them have NO PROOF against this checkpoint" in archive.read("README.txt").decode()
+
+
+def test_a_rewritten_and_rechained_row_offers_no_proof_on_its_page(signed, filled, attacker, get):
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
+    rewrite(attacker)  # the chain verifies again: only the signed checkpoint tells
+    text = get("/history/2").get_data(as_text=True)
+    assert "This row does NOT verify" not in text
+    assert "Proof: No proof: event row 2: no proof leads from it to the root" in text
+    assert "Download its proof" not in text

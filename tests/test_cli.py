@@ -320,3 +320,17 @@ def test_tim_audit_help_lists_serve_and_not_flasks_run(tmp_path):
     }
     assert {"serve", "verify", "witness", "send-sample"} <= commands
     assert not commands & {"run", "shell", "routes"}
+
+
+def test_hash_password_refuses_a_piped_password_that_is_not_utf_8(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tim_audit", "hash-password"],
+        input=b"\xff\xfe not a password\n",
+        env={**os.environ, "TIM_AUDIT_INSTANCE_PATH": str(tmp_path)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (
+        1,
+        b"Error: the password piped in is not UTF-8\n",
+    )

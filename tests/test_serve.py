@@ -292,3 +292,45 @@ def test_the_same_port_for_both_servers_is_named_as_such(tmp_path):
             " (0.0.0.0:8090) use the same port: give each server its own"
         ],
     )
+
+
+def test_the_same_port_on_two_addresses_is_no_clash(tmp_path):
+    port = free_port()
+    env = {
+        **server_env(tmp_path / "audit.sqlite3", tmp_path),
+        "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{port}",
+        "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.2:{port}",
+        "PYTHONPATH": str(ROOT),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tim_audit", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while get_from("127.0.0.2", port, "/healthz") is None:
+            assert process.poll() is None, "serve stopped"
+            assert time.monotonic() < deadline, "the review server did not start"
+            time.sleep(0.05)
+        assert get_from("127.0.0.1", port, "/healthz")[0] == 200
+        assert get_from("127.0.0.2", port, "/history")[0] == 401  # the dashboard
+        assert get_from("127.0.0.1", port, "/history")[0] == 404  # ingest
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def get_from(host, port, path):
+    """(status, body), or None while nothing answers there."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+    return None

@@ -57,8 +57,8 @@ Outcome = namedtuple("Outcome", "name status code info group_id event_id", defau
 
 # Names the stored event a 200 is about, for send-sample and an operator's
 # curl: "12 stored", "12 repeat" (nothing new stored) or "12 conflict" (a
-# repeat with another body, quarantined). Only an authenticated sender
-# gets it.
+# repeat with another body, quarantined). Only a sender that proved it
+# holds CALLBACK_TOKEN gets it: it says whether an event exists.
 RECEIPT_HEADER = "Tim-Audit-Event"
 
 
@@ -83,7 +83,7 @@ def receive():
     if metrics is not None:
         metrics.observe(outcome.name, seconds)
     response = _answer(outcome.status, outcome.code, outcome.info)
-    if outcome.event_id is not None:
+    if outcome.event_id is not None and current_app.config["CALLBACK_TOKEN"]:
         response.headers[RECEIPT_HEADER] = f"{outcome.event_id} {outcome.name}"
     return response
 

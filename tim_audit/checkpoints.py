@@ -51,7 +51,8 @@ def origin(log_origin, table):
 
 
 def rotation_path(key_path):
-    """Where rotate-key records a rotation the operator meant."""
+    """Where rotate-key records the rotations the operator meant: every key
+    the log was signed with, oldest first, one per line."""
     return f"{key_path}.rotation"
 
 
@@ -87,8 +88,11 @@ def verifiers(key_path, log_origin, verifier_key=None):
         return None
     if os.path.exists(key_path):
         keys = [read_signer(key_path, log_origin).verifier]
-    elif verifier_key is not None:
-        keys = [log_verifier(verifier_key)]
+    elif verifier_key:
+        keys = [
+            log_verifier(text)
+            for text in ([verifier_key] if isinstance(verifier_key, str) else verifier_key)
+        ]
     else:
         return None
     try:
@@ -386,7 +390,7 @@ class Notary:
                 rotation = file.read().split()
         except (OSError, UnicodeDecodeError):
             rotation = None
-        if rotation != [row[0], current]:
+        if rotation is None or rotation[-2:] != [row[0], current]:
             raise KeyRefused(
                 f"the checkpoint key {self.key_path} ({current}) is not the key that signed"
                 f" the latest checkpoint ({row[0]}): put that key back, or rotate to a new"
@@ -408,12 +412,25 @@ class Notary:
             publisher.start()
 
     def close(self):
+        """Stop, after a last round: what was written since the last one is
+        signed now, so a log stopped before its first checkpoint is not left
+        for CHECKPOINT_ADOPT at the next start."""
         for publisher in self.publishers:
-            publisher.close()
+            publisher.stop()
         if self._thread is not None:
             self._stopping.set()
             self._thread.join()
             self._thread = None
+            try:
+                conn = db.connect(self.path, timeout=SIGN_TIMEOUT)
+                try:
+                    self.sign(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                logger.error("no checkpoint signed at shutdown: %s", exc)
+        for publisher in self.publishers:
+            publisher.close()
 
     def _run(self, stopping):
         conn = None
@@ -445,6 +462,8 @@ class Notary:
             conn.execute("ROLLBACK")
             raise
         for table, (size, note) in notes:
+            # Known as signed once committed: a round rolled back signed nothing.
+            self._signed[table] = (size, tlog.parse_checkpoint(tlog.split_note(note)[0]).root)
             if self.directory is not None:
                 ship(self.directory, table, size, note)
         if notes:
@@ -497,7 +516,6 @@ class Notary:
             "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
             (table, size, root, int(time.time() * 1000), key, note),
         )
-        self._signed[table] = (size, root)
         return size, note
 
     def _refusal(self, conn, table, previous):

@@ -86,10 +86,12 @@ def _witnesses(keys, quorum):
 )
 @click.option(
     "--key",
+    "key",
+    multiple=True,
     metavar="VERIFIER_KEY",
     help="The log's verifier key, name+keyid+base64: check every checkpoint's"
-    " signature with it instead of the one CHECKPOINT_KEY holds. Never with a"
-    " key the database names.",
+    " signature with it instead of the one CHECKPOINT_KEY holds; repeat it for"
+    " each key the log was signed with. Never with a key the database names.",
 )
 @_witness_options
 def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum):
@@ -160,7 +162,7 @@ def _log_keys(key):
     rotated from, or CHECKPOINT_VERIFIER_KEY; and the log's origin
     (LOG_ORIGIN, or the key's name). (None, origin) when there is none."""
     config = current_app.config
-    if key is None:
+    if not key:
         try:
             keys = checkpoints.verifiers(
                 config["CHECKPOINT_KEY"], config["LOG_ORIGIN"], config["CHECKPOINT_VERIFIER_KEY"]
@@ -169,10 +171,10 @@ def _log_keys(key):
             raise click.ClickException(str(exc)) from None
         return keys, config["LOG_ORIGIN"]
     try:
-        verifier = checkpoints.log_verifier(key)
+        keys = [checkpoints.log_verifier(text) for text in key]
     except tlog.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
-    return [verifier], config["LOG_ORIGIN"] or verifier.name
+    return keys, config["LOG_ORIGIN"] or keys[0].name
 
 
 def _check_kept(conn, trees, note, verifiers, log_origin):
@@ -265,8 +267,10 @@ def rotate_key_command():
     retired = f"{path}.retired-{old.key_id}"
     os.replace(path, retired)
     verifier = _new_key(path, config["LOG_ORIGIN"])
-    with open(checkpoints.rotation_path(path), "w", encoding="ascii") as file:
-        file.write(f"{old.verifier}\n{verifier}\n")
+    with open(checkpoints.rotation_path(path), "a", encoding="ascii") as file:
+        if file.tell() == 0:
+            file.write(f"{old.verifier}\n")
+        file.write(f"{verifier}\n")
     click.echo(f"Moved the old key to {retired}: keep it offline or destroy it.")
     click.echo(
         f"Wrote a new key to {path}; restart the ingest server to sign with it. Its verifier key:"
@@ -490,7 +494,10 @@ def hash_password_command():
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
-        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            password = sys.stdin.buffer.readline().decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise click.ClickException("the password piped in is not UTF-8") from None
     if len(password) < MIN_PASSWORD:
         raise click.ClickException(f"use at least {MIN_PASSWORD} characters")
     click.echo(generate_password_hash(password))

@@ -240,13 +240,21 @@ def _zone(name):
         raise ValidationError("") from None
 
 
-def _log_key(value):
-    try:
-        verifier = tlog.Verifier(value)
-    except tlog.Malformed:
-        raise ValidationError("") from None
-    if verifier.cosigner:
-        raise ValidationError("")
+class _LogKeys(fields.Field):
+    """One log verifier key, or a list of them (after rotations)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        keys = [value] if isinstance(value, str) else value
+        if not isinstance(keys, (list, tuple)) or not keys:
+            raise ValidationError("")
+        for key in keys:
+            try:
+                verifier = tlog.Verifier(key) if isinstance(key, str) else None
+            except tlog.Malformed:
+                verifier = None
+            if verifier is None or verifier.cosigner:
+                raise ValidationError("")
+        return list(keys)
 
 
 def _address(value):
@@ -314,10 +322,12 @@ class Settings(Schema):
     CHECKPOINT_INTERVAL = _whole(1, "whole seconds of at least 1")
     CHECKPOINT_DIR = fields.String(allow_none=True, **_must("the path of a folder, or None"))
     CHECKPOINT_ADOPT = _flag()
-    CHECKPOINT_VERIFIER_KEY = fields.String(
+    CHECKPOINT_VERIFIER_KEY = _LogKeys(
         allow_none=True,
-        validate=_log_key,
-        **_must("the log's verifier key, name+keyid+base64, as keygen printed it"),
+        **_must(
+            "the log's verifier key, name+keyid+base64, as keygen printed it, or a list of"
+            " every key it was signed with"
+        ),
     )
     WITNESSES = _Witnesses()
     TIMESTAMP_URL = fields.String(

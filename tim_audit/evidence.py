@@ -99,7 +99,7 @@ OpenSSL (it prints "Verification: OK"; "openssl ts -reply -in checkpoint.tsr
 def _page_globals():
     return {
         "latest_checkpoint": _latest_checkpoint,
-        "checkpoint_covering": _covering,
+        "proof_status": _proof_status,
         "witnessing": _witnessing,
     }
 
@@ -134,6 +134,42 @@ def _witnessing():
     }
 
 
+def _not_yet(conn, event_id):
+    """Why an event has no proof yet, when its row is fine."""
+    covering = checkpoints.covering(conn, event_id)
+    if covering is None:
+        return (
+            f"Event {event_id} is not in a signed checkpoint yet; the next one is signed"
+            " within CHECKPOINT_INTERVAL seconds of its arrival."
+        )
+    return (
+        f"Event {event_id} is in checkpoint {covering['id']}, which is not yet cosigned by"
+        f" WITNESS_QUORUM witnesses{' and timestamped' if _stamped() else ''}; its proof is"
+        " offered once it is."
+    )
+
+
+def _stamped():
+    return current_app.config["TIMESTAMP_URL"] is not None
+
+
+def _proof_status(event_id):
+    """For the detail page: the checkpoint the event's proof is against
+    and None, or None and why there is none; the same rule as the proof
+    download, so the page never offers a proof that would fail."""
+    with contextlib.suppress(sqlite3.OperationalError):  # no checkpoint table yet
+        conn = get_db()
+        best = _best(conn)
+        if best is None or event_id > best["size"]:
+            return None, _not_yet(conn, event_id)
+        try:
+            proof_file(conn, bytes(best["note"]), event_id)
+        except chain.ChainBroken as exc:
+            return None, f"No proof: {exc}."
+        return best, None
+    return None, "No checkpoint has been signed yet."
+
+
 def _best(conn):
     """The checkpoint proofs are made against: the newest that is witnessed
     and timestamped as configured, so that its evidence is whole."""
@@ -142,14 +178,8 @@ def _best(conn):
         conn,
         [witness["key"] for witness in config["WITNESSES"]],
         config["WITNESS_QUORUM"],
-        config["TIMESTAMP_URL"] is not None,
+        _stamped(),
     )
-
-
-def _covering(event_id):
-    with contextlib.suppress(sqlite3.OperationalError):
-        return checkpoints.covering(get_db(), event_id)
-    return None
 
 
 @bp.get("/checkpoints")
@@ -215,13 +245,7 @@ def proof(event_id):
     if queries.event(conn, min(event_id, 2**63 - 1)) is None:
         abort(404, description=f"There is no event {event_id}.")
     if latest is None or event_id > latest["size"]:
-        abort(
-            404,
-            description=(
-                f"Event {event_id} is not in a signed checkpoint yet; the next one is signed"
-                " within CHECKPOINT_INTERVAL seconds of its arrival."
-            ),
-        )
+        abort(404, description=_not_yet(conn, event_id))
     try:
         data = proof_file(conn, checkpoints.cosigned(conn, latest), event_id)
     except chain.ChainBroken as exc:
@@ -240,7 +264,10 @@ def proof_file(conn, note, event_id):
     checkpoint, with its cosignatures) signs, with the event's canonical
     bytes as its extra data. ChainBroken when the row as stored is not the
     leaf the checkpoint signed: a proof that cannot check is never made."""
-    signed = tlog.parse_checkpoint(tlog.split_note(note)[0])
+    try:
+        signed = tlog.parse_checkpoint(tlog.split_note(note)[0])
+    except tlog.Malformed as exc:
+        raise chain.ChainBroken("checkpoint", signed_size(note), f"its note: {exc}") from None
     hashes = tlog.inclusion_proof(signed.size, event_id - 1, merkle.reader(conn, "event"))
     leaf = merkle.leaf(conn, event_id)
     try:
@@ -249,10 +276,15 @@ def proof_file(conn, note, event_id):
         raise chain.ChainBroken(
             "event",
             event_id,
-            f"it is not the leaf that checkpoint of {signed.size} events signed: it was"
-            " changed after it was signed",
+            f"no proof leads from it to the root that checkpoint of {signed.size} events"
+            " signed: the row, or the tree's hashes above it, changed after it was signed",
         ) from None
     return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), note, leaf))
+
+
+def signed_size(note):
+    """The size line of a note that may not parse, for a message."""
+    return note.split(b"\n")[1][:20].decode("ascii", "replace") if note.count(b"\n") else "?"
 
 
 @bp.get("/history.evidence")
@@ -372,8 +404,9 @@ def _readme(latest, count, newer, note, stamped, failed):
         if newer
         else "",
         failed=(
-            f"\n{failed} of them FAIL: their rows do not verify, so they have no proof; each"
-            " has events/<id>.FAILS.txt saying why, and its .json shows it as stored."
+            f"\n{failed} of them have NO PROOF against this checkpoint: the row, or the tree's"
+            " hashes above it, changed after it was signed. Each has events/<id>.FAILS.txt"
+            " saying why, and its .json shows it as stored."
         )
         if failed
         else "",

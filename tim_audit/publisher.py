@@ -92,11 +92,17 @@ class Publisher:
     def notify(self):
         self._wake.set()
 
+    def stop(self):
+        """Ask the thread to stop, without waiting: the notary asks them all
+        at once, then waits for each in close()."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._wake.set()
+
     def close(self):
         if self._thread is None:
             return
-        self._stopping.set()
-        self._wake.set()
+        self.stop()
         self._thread.join(TIMEOUT + 1)
         if not self._thread.is_alive():
             self._thread = None  # else start() waits for it once more

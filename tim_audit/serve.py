@@ -57,7 +57,7 @@ def serve_command(only, review_fd, parent_fd):
             _stop_with_parent(parent_fd)
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT, REVIEW)
         return
-    if only is None and _port(config["INGEST_LISTEN"]) == _port(config["REVIEW_LISTEN"]):
+    if only is None and _clash(config["INGEST_LISTEN"], config["REVIEW_LISTEN"]):
         raise StartupError(
             f"INGEST_LISTEN ({config['INGEST_LISTEN']}) and REVIEW_LISTEN"
             f" ({config['REVIEW_LISTEN']}) use the same port: give each server its own"
@@ -103,8 +103,11 @@ def listen(config, key):
         ) from None
 
 
-def _port(address):
-    return address.rpartition(":")[2]
+def _clash(first, second):
+    """Both listeners on one port of one address (a wildcard is every one)."""
+    (host, _, port), (other, _, other_port) = first.rpartition(":"), second.rpartition(":")
+    wildcards = {"", "0.0.0.0", "[::]", "::"}  # noqa: S104 (compared, not bound)
+    return port == other_port and (host == other or host in wildcards or other in wildcards)
 
 
 def run(app, sock, threads, body_limit, name):
