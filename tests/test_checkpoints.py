@@ -834,3 +834,30 @@ def test_a_rewritten_and_rechained_row_offers_no_proof_on_its_page(signed, fille
     assert "This row does NOT verify" not in text
     assert "Proof: No proof: event row 2: no proof leads from it to the root" in text
     assert "Download its proof" not in text
+
+
+def test_a_stored_key_that_is_no_key_renders_and_verify_names_it(signed, attacker, get, runner):
+    attacker.execute("UPDATE checkpoint SET key = 'no plus here' WHERE id = 1")
+    for page in ("/history", "/checkpoints", "/history/1"):
+        assert get(page).status_code == 200, page
+    assert "no plus here" in get("/checkpoints").get_data(as_text=True)
+    assert runner.invoke(args=["verify"]).output == (
+        "FAIL checkpoint 5: the stored event checkpoint's row and note differ\n"
+    )
+
+
+def test_a_stored_note_that_is_not_utf_8_leaves_a_whole_archive_and_fails_verify(
+    signed, attacker, get, runner
+):
+    attacker.execute("UPDATE checkpoint SET note = CAST(x'ff' || note AS BLOB) WHERE id = 1")
+    response = get("/history.evidence")
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(response.data))
+    assert archive.testzip() is None
+    assert archive.read("events/3.FAILS.txt").decode().startswith("No proof: checkpoint ")
+    assert "its checkpoint's note does not parse" in archive.read("README.txt").decode()
+    result = runner.invoke(args=["verify"])
+    assert (result.exit_code, result.output) == (
+        1,
+        "FAIL checkpoint 5: the stored event checkpoint does not verify: the note is not UTF-8\n",
+    )

@@ -158,21 +158,21 @@ def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
     rows = (
         [row for row in (latest(conn, table) for table in merkle.TABLES) if row is not None]
         if newest_only
-        else conn.execute("SELECT id, tree, size, root, note FROM checkpoint ORDER BY id")
+        else conn.execute("SELECT id, tree, size, root, key, note FROM checkpoint ORDER BY id")
     )
     count = 0
     for row in rows:
         table, size = row["tree"], row["size"]
         if keys is not None:
             try:
-                signed, _ = tlog.open_checkpoint(
+                signed, signer = tlog.open_checkpoint(
                     bytes(row["note"]), keys, origin(log_origin, table)
                 )
             except tlog.TlogError as exc:
                 raise Contradicted(
                     size, f"the stored {table} checkpoint does not verify: {exc}"
                 ) from None
-            if (signed.size, signed.root) != (size, row["root"]):
+            if (signed.size, signed.root, str(signer)) != (size, row["root"], row["key"]):
                 raise Contradicted(size, f"the stored {table} checkpoint's row and note differ")
         _extends(conn, table, sizes[table], size, row["root"], f"the stored {table} checkpoint")
         count += 1

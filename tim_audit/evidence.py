@@ -106,8 +106,11 @@ def _page_globals():
 
 @bp.app_template_filter("key_id")
 def key_id(verifier_key):
-    """The key ID of a verifier key name+keyid+base64."""
-    return verifier_key.split("+")[1]
+    """The key ID of a verifier key name+keyid+base64; a stored value that
+    is no such key (only tampering stores one, and verify names it) is
+    shown whole."""
+    parts = verifier_key.split("+", 2)
+    return parts[1] if len(parts) == 3 else verifier_key
 
 
 def _latest_checkpoint():
@@ -387,11 +390,14 @@ class _Names(dict):
 
 
 def _readme(latest, count, newer, note, stamped, failed):
-    checkpoint = tlog.parse_checkpoint(bytes(latest["note"]).decode().partition("\n\n")[0] + "\n")
+    try:
+        origin = tlog.parse_checkpoint(tlog.split_note(bytes(latest["note"]))[0]).origin
+    except tlog.TlogError as exc:
+        origin = f"(its checkpoint's note does not parse: {exc})"
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
     return README.format(
-        origin=checkpoint.origin,
-        rule="=" * (30 + len(checkpoint.origin)),
+        origin=origin,
+        rule="=" * (30 + len(origin)),
         count=count,
         filters=json.dumps(asked, ensure_ascii=False) if asked else "no filter (all events)",
         size=latest["size"],
