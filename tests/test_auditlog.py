@@ -245,3 +245,31 @@ def test_a_closed_log_opens_again_at_the_next_append(log):
     log.close()
     assert log.append(event(2)).outcome == "stored"
     assert check(log)[0] == 2
+
+
+@pytest.mark.parametrize(
+    "group_id", ["@TGS#a\x00b", "\x00", "@TGS#🎉群", "@TGS#" + "x" * 1000], ids=repr
+)
+def test_a_repeat_is_found_whatever_text_its_group_id_holds(log, rows, group_id):
+    stored = log.append(event(1, group_id=group_id))
+    assert log.append(event(1, group_id=group_id)) == auditlog.Receipt(
+        "repeat", stored.id, stored.hash
+    )
+    assert log.append(event(1, group_id=group_id, raw=b"{}")).outcome == "conflict"
+    assert rows("SELECT count(*) FROM event") == [(1,)]
+
+
+def test_a_repeat_on_a_group_id_with_many_events_reads_only_the_one_row(log, rows):
+    for number in range(1, 4):
+        log.append(event(number, group_id="@TGS#hot", event_time=1700000000000 + number))
+    conn = sqlite3.connect(log.path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id, hash, raw FROM event"
+        " WHERE group_id = ? AND event_time = ? AND command = ?",
+        ("@TGS#hot", 1700000000002, "Group.CallbackAfterCreateGroup"),
+    ).fetchall()
+    conn.close()
+    assert [row[3] for row in plan] == [
+        "SEARCH event USING INDEX sqlite_autoindex_event_1 (group_id=? AND event_time=? AND command=?)"
+    ]
+    assert log.append(event(2, group_id="@TGS#hot", event_time=1700000000002)).outcome == "repeat"

@@ -5,7 +5,6 @@ transaction they are written.
 """
 
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -493,17 +492,20 @@ class AuditLog:
     @staticmethod
     def _stored_with_keys(conn, events):
         """The stored events sharing a (GroupId, EventTime, command) key with
-        ``events``, as {key: (id, hash, raw)}."""
-        if not events:
-            return {}
-        # One statement text whatever the batch size, so the statement
-        # cache holds one prepared statement, not one per size.
-        rows = conn.execute(
-            "SELECT group_id, event_time, command, id, hash, raw FROM event"
-            " WHERE group_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted({event.group_id for event in events})),),
-        )
-        return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
+        ``events``, as {key: (id, hash, raw)}: one lookup a key through the
+        UNIQUE index, reading the body of the one row that matches, however
+        many events the GroupId has. Bound parameters match any text the
+        schema accepts, NUL included."""
+        known = {}
+        for key in {(event.group_id, event.event_time, event.command) for event in events}:
+            row = conn.execute(
+                "SELECT id, hash, raw FROM event"
+                " WHERE group_id = ? AND event_time = ? AND command = ?",
+                key,
+            ).fetchone()
+            if row is not None:
+                known[key] = tuple(row)
+        return known
 
     def close(self):
         """Stop the writer once the queue is written; for tests, init-db
