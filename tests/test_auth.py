@@ -306,3 +306,12 @@ def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(
         as_text=True
     )
     assert sign_in(client, PASSWORD) == 200
+
+
+@pytest.mark.parametrize("method", ["pbkdf2:sha256:1000", "scrypt:16384:8:1"])
+def test_an_unknown_name_costs_what_a_known_one_does(method):
+    """The decoy checked for an unknown name is made as the reviewers' hash
+    is, so its timing does not tell which names exist."""
+    reviewers = Reviewers({"alice": generate_password_hash("x" * 12, method)}, 10)
+    assert not reviewers.check("mallory", "a wrong password", "192.0.2.1")
+    assert reviewers._decoy.split("$")[0] == method

@@ -105,8 +105,13 @@ class Reviewers:
             self._failures.popitem(last=False)
 
     def _decoy_hash(self):
+        """A hash made as the reviewers' are (the method and parameters of
+        the first), so that an unknown name costs what a known one does."""
         if self._decoy is None:
-            self._decoy = generate_password_hash(secrets.token_hex(16))
+            methods = [hashed.split("$", 1)[0] for _, hashed in sorted(self.users.items())]
+            self._decoy = generate_password_hash(
+                secrets.token_hex(16), *(methods[:1] or ["scrypt"])
+            )
         return self._decoy
 
 
