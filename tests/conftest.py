@@ -1,3 +1,4 @@
+import contextlib
 import os
 import pathlib
 import shutil
@@ -301,6 +302,13 @@ def rows(app):
 @pytest.fixture
 def live_server(app):
     """The app under waitress on a free loopback port."""
+    with serving(app) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(app):
+    """``app`` under waitress on a free loopback port, until the block ends."""
     server = create_server(app, host="127.0.0.1", port=0, threads=8)
     stopping = threading.Event()
 
@@ -313,12 +321,14 @@ def live_server(app):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield SimpleNamespace(
-        app=app,
-        host="127.0.0.1",
-        port=server.effective_port,
-        url=f"http://127.0.0.1:{server.effective_port}",
-    )
-    server.task_dispatcher.shutdown()
-    stopping.set()
-    thread.join(5)
+    try:
+        yield SimpleNamespace(
+            app=app,
+            host="127.0.0.1",
+            port=server.effective_port,
+            url=f"http://127.0.0.1:{server.effective_port}",
+        )
+    finally:
+        server.task_dispatcher.shutdown()
+        stopping.set()
+        thread.join(5)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import event
+from conftest import event, serving
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, sample
 from werkzeug.security import check_password_hash
 
@@ -334,3 +334,15 @@ def test_hash_password_refuses_a_piped_password_that_is_not_utf_8(tmp_path):
         1,
         b"Error: the password piped in is not UTF-8\n",
     )
+
+
+def test_send_sample_says_what_a_server_without_a_token_did_from_the_log_here(make_app, tmp_path):
+    app = make_app(CALLBACK_TOKEN=None)
+    (tmp_path / "body.json").write_bytes(group_body())
+    send = ["send-sample", "--body", str(tmp_path / "body.json")]
+    with serving(app) as server:
+        runner = app.test_cli_runner()
+        first = runner.invoke(args=[*send, f"{server.url}/callback"])
+        again = runner.invoke(args=[*send, f"{server.url}/callback"])
+    assert first.output.splitlines()[-1] == "stored as event 1"
+    assert again.output.splitlines()[-1] == "a repeat of event 1; nothing new stored"

@@ -461,7 +461,7 @@ def send_sample_command(url, body_file, command):
         method="POST",
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
-    receipt = None
+    receipt, before = None, _stored_here(body, command)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (as above)
             status, answer = response.status, response.read()
@@ -471,10 +471,42 @@ def send_sample_command(url, body_file, command):
     except urllib.error.URLError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc.reason}") from None
     click.echo(f"{status} {answer.decode('utf-8', 'replace').strip()}")
+    if receipt is None and status == 200:
+        receipt = _receipt_here(before, _stored_here(body, command), raw)
     if receipt is not None:
         click.echo(_what_was_stored(receipt))
     if status != 200:
         sys.exit(1)
+
+
+def _stored_here(body, command):
+    """(id, raw) of the event with the body's key in this instance's log,
+    read-only, or None: how send-sample tells what a server without
+    CALLBACK_TOKEN did, as that server does not say (it would tell anyone)."""
+    try:
+        key = (body["GroupId"], int(body["EventTime"]), command)
+        conn = _read_only(current_app.config["DATABASE"])
+    except (KeyError, TypeError, ValueError, click.ClickException):
+        return None
+    try:
+        return conn.execute(
+            "SELECT id, raw FROM event WHERE group_id = ? AND event_time = ? AND command = ?",
+            key,
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def _receipt_here(before, after, raw):
+    """The Tim-Audit-Event header the server would have sent, from this
+    instance's log before and after; None when the event is not in it."""
+    if after is None:
+        return None
+    if before is None:
+        return f"{after['id']} stored"
+    return f"{after['id']} {'repeat' if bytes(after['raw']) == raw else 'conflict'}"
 
 
 def _what_was_stored(receipt):
