@@ -781,3 +781,25 @@ def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(
         assert '<form class="filters"' in text and '<input name="command" value="keep"' in text
         assert f"<li><code>{field}</code>: " in text
         assert quarantine_ids(text) == []
+
+
+def test_the_quarantine_page_reads_a_bounded_prefix_of_each_body(app, get, rows):
+    log = app.extensions["tim_audit"]
+    body = b'{"Name": "' + "群".encode() * 400_000 + b'"}'  # 1.2 MB of three-byte characters
+    log.append(
+        Rejection(
+            received_at=1700000000000,
+            error_code=60024,
+            reason="invalid fields",
+            command="Group.CallbackAfterCreateGroup",
+            query="SdkAppid=1400000001",
+            peer="127.0.0.1",
+            content_length=len(body),
+            raw=body,
+        )
+    )
+    text = get("/quarantine").get_data(as_text=True)
+    assert f"<summary>{len(body):,} bytes</summary>" in text
+    shown = html.unescape(text.split('<pre class="raw">')[1].split("</pre>")[0])
+    assert shown == '{"Name": "' + "群" * 3990
+    assert "… the first 4,000 characters of it: download it whole." in text
