@@ -286,9 +286,11 @@ def test_flask_command_line_verifies_with_environment_config(app, post, tmp_path
     assert result.stderr == ""  # nothing for a cron job to mail but the result
 
 
-def test_send_sample_says_when_the_server_stored_nothing_new(live_server, runner, rows):
-    runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
-    result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
+def test_send_sample_says_when_the_server_stored_nothing_new(live_server, runner, rows, tmp_path):
+    (tmp_path / "body.json").write_bytes(group_body())  # the built-in sample is new each second
+    send = ["send-sample", "--body", str(tmp_path / "body.json"), f"{live_server.url}/callback"]
+    runner.invoke(args=send)
+    result = runner.invoke(args=send)
     assert result.output.splitlines()[-1] == "a repeat of event 1; nothing new stored"
     assert rows("SELECT count(*) FROM event") == [(1,)]
 
