@@ -166,22 +166,24 @@ def test_only_starts_one_server(serve, tmp_path, only, running, absent):
     assert not answering(ports[absent])
 
 
+def serve_once(tmp_path, **settings):
+    """Run ``tim-audit serve`` with ``settings`` (TIM_AUDIT_* variables) when
+    it is expected to stop at start-up; the finished process."""
+    env = {**server_env(tmp_path / "audit.sqlite3", tmp_path), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "tim_audit", "serve"],
+        env={**env, **{f"TIM_AUDIT_{key}": value for key, value in settings.items()}},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_a_port_in_use_stops_serve_with_one_line(serve, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        env = {
-            **server_env(tmp_path / "audit.sqlite3", tmp_path),
-            "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{port}",
-            "PYTHONPATH": str(ROOT),
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "tim_audit", "serve"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = serve_once(tmp_path, REVIEW_LISTEN=f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"tim-audit cannot start: cannot listen on REVIEW_LISTEN 127.0.0.1:{port}: Address already in use"
@@ -271,20 +273,7 @@ def test_each_server_says_which_it_is_when_it_starts_and_stops(serve, tmp_path):
 
 
 def test_the_same_port_for_both_servers_is_named_as_such(tmp_path):
-    env = {
-        **server_env(tmp_path / "audit.sqlite3", tmp_path),
-        "TIM_AUDIT_INGEST_LISTEN": "127.0.0.1:8090",
-        "TIM_AUDIT_REVIEW_LISTEN": "0.0.0.0:8090",
-        "PYTHONPATH": str(ROOT),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tim_audit", "serve"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_once(tmp_path, INGEST_LISTEN="127.0.0.1:8090", REVIEW_LISTEN="0.0.0.0:8090")
     assert (result.returncode, result.stderr.strip().splitlines()) == (
         1,
         [
