@@ -461,15 +461,15 @@ class Notary:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        for table, (size, note) in notes:
+        for table, (size, root, note) in notes:
             # Known as signed once committed: a round rolled back signed nothing.
-            self._signed[table] = (size, tlog.parse_checkpoint(tlog.split_note(note)[0]).root)
+            self._signed[table] = (size, root)
             if self.directory is not None:
                 ship(self.directory, table, size, note)
         if notes:
             for publisher in self.publishers:
                 publisher.notify()
-        return [note for _, (_, note) in notes]
+        return [note for _, (_, _, note) in notes]
 
     def _sign_tree(self, conn, table):
         size = merkle.size(conn, table)
@@ -516,7 +516,7 @@ class Notary:
             "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
             (table, size, root, int(time.time() * 1000), key, note),
         )
-        return size, note
+        return size, root, note
 
     def _refusal(self, conn, table, previous):
         """Why the tree must not be signed now, or None. The newest stored
