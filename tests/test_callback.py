@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from tim_audit import schemas
 from tencent import CREATE, TOKEN, group_body, sample, signed_query
 
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
@@ -343,6 +344,73 @@ def test_invalid_fields_are_named_and_quarantined(post, rows, fields, problem):
     assert answer["ErrorCode"] == 60024
     assert answer["ErrorInfo"].startswith("invalid fields: ")
     assert problem in answer["ErrorInfo"]
+    assert rows("SELECT count(*) FROM event") == [(0,)]
+    assert rows("SELECT error_code, raw FROM quarantine") == [(60024, body)]
+
+
+def _at(size, unit="群"):
+    """Text of exactly ``size`` bytes of UTF-8, mostly three-byte characters."""
+    return unit * (size // len(unit.encode())) + "x" * (size % len(unit.encode()))
+
+
+# Each bounded field, and the body with it at a given size in bytes (or
+# entries, for the lists). GroupId and accounts stay ASCII, as Tencent's are.
+BOUNDED = [
+    ("GroupId", schemas.MAX_GROUP_ID, lambda n: {"GroupId": "g" * n}),
+    ("Type", schemas.MAX_TYPE, lambda n: {"Type": "t" * n}),
+    ("Name", schemas.MAX_NAME, lambda n: {"Name": _at(n)}),
+    ("Operator_Account", schemas.MAX_ACCOUNT, lambda n: {"Operator_Account": "o" * n}),
+    ("Owner_Account", schemas.MAX_ACCOUNT, lambda n: {"Owner_Account": "o" * n}),
+    (
+        "MemberList.0.Member_Account",
+        schemas.MAX_ACCOUNT,
+        lambda n: {"MemberList": [{"Member_Account": "m" * n}]},
+    ),
+    (
+        "UserDefinedDataList.0.Key",
+        schemas.MAX_USER_DATA_KEY,
+        lambda n: {"UserDefinedDataList": [{"Key": "k" * n, "Value": "v"}]},
+    ),
+    (
+        "UserDefinedDataList.0.Value",
+        schemas.MAX_USER_DATA_VALUE,
+        lambda n: {"UserDefinedDataList": [{"Key": "k", "Value": _at(n)}]},
+    ),
+    (
+        "MemberList",
+        schemas.MAX_MEMBERS,
+        lambda n: {"MemberList": [{"Member_Account": f"m{i}"} for i in range(n)]},
+    ),
+    (
+        "UserDefinedDataList",
+        schemas.MAX_USER_DATA,
+        lambda n: {"UserDefinedDataList": [{"Key": f"k{i}", "Value": "v"} for i in range(n)]},
+    ),
+]
+
+
+@pytest.mark.parametrize("field, bound, fields", BOUNDED, ids=[b[0] for b in BOUNDED])
+def test_a_field_at_its_bound_is_stored(post, rows, field, bound, fields):
+    response = post(group_body(**fields(bound)))
+    assert (response.status_code, response.get_json()) == (200, OK)
+    assert rows("SELECT count(*) FROM event") == [(1,)]
+
+
+@pytest.mark.parametrize("field, bound, fields", BOUNDED, ids=[b[0] for b in BOUNDED])
+def test_a_field_over_its_bound_is_quarantined_not_indexed(post, rows, field, bound, fields):
+    body = group_body(**fields(bound + 1))
+    response = post(body)
+    assert response.status_code == 400
+    problem = (
+        f"More than {bound} {'members' if field == 'MemberList' else 'entries'}."
+        if field in ("MemberList", "UserDefinedDataList")
+        else f"Longer than {bound} bytes of UTF-8 ({bound + 1})."
+    )
+    assert response.get_json() == {
+        "ActionStatus": "FAIL",
+        "ErrorCode": 60024,
+        "ErrorInfo": f"invalid fields: {field}: {problem}",
+    }
     assert rows("SELECT count(*) FROM event") == [(0,)]
     assert rows("SELECT error_code, raw FROM quarantine") == [(60024, body)]
 

@@ -26,15 +26,47 @@ class Body(Schema):
         unknown = EXCLUDE
 
 
+# Field bounds, in UTF-8 bytes. Tencent documents the limits below; each
+# bound is several times the largest figure it gives, so that a limit Tencent
+# raises or documents loosely never turns a real event away, while no sender
+# can make the writer index or store a field of unbounded size. A body over
+# a bound is quarantined with its bytes (ErrorCode 60024), never indexed.
+#   GroupId: custom IDs are printable ASCII of at most 48 bytes (IM SDK,
+#     V2TIMGroupInfo.groupID); system IDs such as @TGS#2J4SZEAEL are shorter.
+#   Accounts (Operator, Owner, Member_Account): UserIDs are at most 32 bytes
+#     (Chat "Usage Limits", product 1047, doc 34381).
+#   Name: at most 30 bytes (V2TIMCreateGroupInfo.groupName) or 100 bytes
+#     of UTF-8 (V2TIMGroupInfo.groupName), depending on the page.
+#   Type: one of a few short words (Work, Public, Meeting, AVChatRoom, ...).
+#   MemberList: at most 500 initial members (Web SDK CreateGroupParams).
+#   UserDefinedDataList: group custom field keys of at most 16 bytes and
+#     values of at most 512 bytes (V2TIMSetGroupInfoParam.customInfo).
+MAX_GROUP_ID = 256
+MAX_ACCOUNT = 256
+MAX_NAME = 1024
+MAX_TYPE = 64
+MAX_MEMBERS = 2000
+MAX_USER_DATA = 64
+MAX_USER_DATA_KEY = 256
+MAX_USER_DATA_VALUE = 8192
+
+
 class Text(fields.String):
-    """A string SQLite can store as UTF-8: no unpaired surrogates."""
+    """A string SQLite can store as UTF-8 (no unpaired surrogates), of at
+    most ``max_bytes`` bytes in UTF-8 when given."""
+
+    def __init__(self, *args, max_bytes=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_bytes = max_bytes
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
-            text.encode("utf-8")
+            size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
             raise ValidationError("Not valid Unicode (unpaired surrogate).") from None
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise ValidationError(f"Longer than {self.max_bytes} bytes of UTF-8 ({size}).")
         return text
 
 
@@ -51,12 +83,12 @@ class Milliseconds(fields.Field):
 
 
 class Member(Body):
-    Member_Account = Text(required=True, validate=validate.Length(min=1))
+    Member_Account = Text(required=True, validate=validate.Length(min=1), max_bytes=MAX_ACCOUNT)
 
 
 class UserDefinedData(Body):
-    Key = Text(required=True)
-    Value = Text(required=True)
+    Key = Text(required=True, max_bytes=MAX_USER_DATA_KEY)
+    Value = Text(required=True, max_bytes=MAX_USER_DATA_VALUE)
 
 
 class AfterCreateGroup(Body):
@@ -64,19 +96,28 @@ class AfterCreateGroup(Body):
 
     Owner_Account may be absent or empty (a group can have no owner);
     MemberList is absent or empty for AVChatRoom; UserDefinedDataList is
-    sent only when switched on in the console. Name and Type are not checked
-    against Tencent's current limits and values, which change.
+    sent only when switched on in the console. Type is not checked against
+    Tencent's current values, which change; fields are bounded in size only
+    (see above).
     """
 
     CallbackCommand = Text(required=True)
-    GroupId = Text(required=True, validate=validate.Length(min=1))
-    Type = Text(required=True, validate=validate.Length(min=1))
-    Name = Text(required=True)
-    Operator_Account = Text(required=True)
-    Owner_Account = Text(load_default=None, allow_none=True)
-    MemberList = fields.List(fields.Nested(Member), load_default=None, allow_none=True)
+    GroupId = Text(required=True, validate=validate.Length(min=1), max_bytes=MAX_GROUP_ID)
+    Type = Text(required=True, validate=validate.Length(min=1), max_bytes=MAX_TYPE)
+    Name = Text(required=True, max_bytes=MAX_NAME)
+    Operator_Account = Text(required=True, max_bytes=MAX_ACCOUNT)
+    Owner_Account = Text(load_default=None, allow_none=True, max_bytes=MAX_ACCOUNT)
+    MemberList = fields.List(
+        fields.Nested(Member),
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=MAX_MEMBERS, error="More than {max} members."),
+    )
     UserDefinedDataList = fields.List(
-        fields.Nested(UserDefinedData), load_default=None, allow_none=True
+        fields.Nested(UserDefinedData),
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(max=MAX_USER_DATA, error="More than {max} entries."),
     )
     EventTime = Milliseconds(
         required=True,
