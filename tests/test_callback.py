@@ -147,6 +147,13 @@ def test_same_group_and_event_time_with_other_bytes_is_quarantined_not_stored(po
     ]
 
 
+def test_identical_conflicting_retries_are_quarantined_once(post, rows):
+    assert post(group_body(Name="first")).get_json() == OK
+    second = group_body(Name="second")
+    assert [post(second).get_json() for _ in range(3)] == [OK] * 3
+    assert rows("SELECT id, raw FROM quarantine") == [(1, second)]
+
+
 def test_reused_group_id_with_new_event_time_is_a_new_event(post, rows):
     assert post(group_body(EventTime=1670574414123)).get_json() == OK
     assert post(group_body(EventTime=1770574414123)).get_json() == OK
@@ -282,6 +289,27 @@ def test_refused_body_is_quarantined_with_its_bytes(post, rows, body, status, co
     assert rows("SELECT error_code, reason, command, raw, content_length FROM quarantine") == [
         (code, answer["ErrorInfo"], CREATE, body, len(body) or None),
     ]
+
+
+def test_identical_retries_of_a_refused_body_get_its_answer_and_are_stored_once(post, rows, caplog):
+    caplog.set_level("INFO")
+    answers = [post(b"{oops") for _ in range(3)]
+    assert {(a.status_code, a.get_data()) for a in answers} == {
+        (answers[0].status_code, answers[0].get_data())
+    }
+    assert answers[0].get_json()["ErrorCode"] == 60021
+    assert rows("SELECT id, raw FROM quarantine") == [(1, b"{oops")]
+    outcomes = [
+        r.fields["outcome"] for r in caplog.records if r.getMessage().startswith("callback ")
+    ]
+    assert outcomes == ["not_json", "quarantined_again", "quarantined_again"]
+
+
+def test_refused_bodies_sharing_length_and_start_are_each_stored(post, rows):
+    first, second = b"{" + b"x" * 100 + b"1", b"{" + b"x" * 100 + b"2"
+    for body in (first, second, first, second):
+        assert post(body).status_code == 400
+    assert rows("SELECT id, raw FROM quarantine") == [(1, first), (2, second)]
 
 
 INVALID_FIELDS = [

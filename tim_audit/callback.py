@@ -4,8 +4,10 @@ The checks run in a fixed order and each refusal has a stable ErrorCode (the
 README lists them): who is calling (SdkAppid, then Sign and RequestTime),
 then the body (size, JSON, command, fields). A request that passed the first
 two but whose body is refused is quarantined with its bytes, so nothing an
-authenticated sender sent is lost. Commands we do not record are answered
-OK and dropped unread: message callbacks carry chat content.
+authenticated sender sent is lost; a retry of a refused body gets the same
+answer, logged as ``quarantined_again``, and its bytes are not stored twice.
+Commands we do not record are answered OK and dropped unread: message
+callbacks carry chat content.
 """
 
 import enum
@@ -114,9 +116,11 @@ def _process(received_at, started):
         event = _deserialize(command, raw, received_at)
     except Refusal as refusal:
         try:
-            _quarantine(refusal.code, refusal.info, raw, received_at, started)
+            receipt = _quarantine(refusal.code, refusal.info, raw, received_at, started)
         except (StorageUnavailable, StorageUncertain) as exc:
             return _unavailable(exc)
+        if receipt.outcome == "repeat":
+            return refusal.outcome()._replace(name="quarantined_again")
         return refusal.outcome()
 
     try:
@@ -265,7 +269,7 @@ def _describe(messages):
 
 
 def _quarantine(code, reason, raw, received_at, started):
-    current_log().append(
+    return current_log().append(
         Rejection(
             received_at=received_at,
             error_code=int(code),
