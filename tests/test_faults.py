@@ -170,7 +170,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
 
 # --- the disk is full --------------------------------------------------------
 
-# A valid body of about 240 KB (the most members the schema takes), so that
+# A valid body of about 120 KB (the most members the schema takes), so that
 # storing it needs new pages.
 MANY_MEMBERS = [{"Member_Account": f"{n:0>96}"} for n in range(schemas.MAX_MEMBERS)]
 

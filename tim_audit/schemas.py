@@ -27,10 +27,12 @@ class Body(Schema):
 
 
 # Field bounds, in UTF-8 bytes. Tencent documents the limits below; each
-# bound is several times the largest figure it gives, so that a limit Tencent
-# raises or documents loosely never turns a real event away, while no sender
+# bound is at least twice the largest figure it gives, so that a limit Tencent
+# raises or documents loosely does not turn a real event away, while no sender
 # can make the writer index or store a field of unbounded size. A body over
-# a bound is quarantined with its bytes (ErrorCode 60024), never indexed.
+# a bound is quarantined with its bytes (ErrorCode 60024), never indexed. The
+# member bound is the tightest: each member is a row and an index entry, and
+# 1,000 of them take the writer about 20 ms (bench/worst.py).
 #   GroupId: custom IDs are printable ASCII of at most 48 bytes (IM SDK,
 #     V2TIMGroupInfo.groupID); system IDs such as @TGS#2J4SZEAEL are shorter.
 #   Accounts (Operator, Owner, Member_Account): UserIDs are at most 32 bytes
@@ -42,10 +44,10 @@ class Body(Schema):
 #   UserDefinedDataList: group custom field keys of at most 16 bytes and
 #     values of at most 512 bytes (V2TIMSetGroupInfoParam.customInfo).
 MAX_GROUP_ID = 256
-MAX_ACCOUNT = 256
+MAX_ACCOUNT = 128
 MAX_NAME = 1024
 MAX_TYPE = 64
-MAX_MEMBERS = 2000
+MAX_MEMBERS = 1000
 MAX_USER_DATA = 64
 MAX_USER_DATA_KEY = 256
 MAX_USER_DATA_VALUE = 8192
