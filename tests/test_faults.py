@@ -40,10 +40,20 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start_server(env, port):
-    """waitress in a process of its own, as deployed; returns once it answers."""
+def start_server(env, port, wrapper=()):
+    """waitress in a process of its own, as deployed, started through
+    ``wrapper`` (such as strace and its options) if given; returns once it
+    answers."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=8", "wsgi:app"],
+        [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "waitress",
+            f"--listen=127.0.0.1:{port}",
+            "--threads=8",
+            "wsgi:app",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
