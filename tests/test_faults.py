@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tim_audit import schemas
+from conftest import serving
 from tencent import SDKAPPID, TOKEN, group_body, signed_query
+from tim_audit import schemas
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}
@@ -245,6 +246,15 @@ def small_filesystem(tmp_path):
         yield path
 
 
+def fill_up(filler):
+    """Write ``filler`` until the filesystem it is on has no room left."""
+    with contextlib.suppress(OSError), open(filler, "wb") as blob:
+        while True:
+            blob.write(b"\0" * 65536)
+            blob.flush()
+            os.fsync(blob.fileno())
+
+
 def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(
     make_app, small_filesystem, runner
 ):
@@ -260,11 +270,7 @@ def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(
 
     assert send("@TGS#first").status_code == 200
     filler = small_filesystem / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as blob:
-        while True:
-            blob.write(b"\0" * 65536)
-            blob.flush()
-            os.fsync(blob.fileno())
+    fill_up(filler)
     answers = [send(f"@TGS#full{n}") for n in range(20)]
     refused = [a for a in answers if a.status_code == 503]
     assert refused and all(a.get_json()["ErrorCode"] == 60030 for a in refused)
@@ -278,6 +284,79 @@ def test_real_full_disk_answers_503_and_recovers_when_space_is_freed(
     conn.close()
     result = app.test_cli_runner().invoke(args=["verify"])
     assert result.exit_code == 0, result.output
+
+
+def events(database):
+    """(id, GroupId, members stored) of each event in the log."""
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute(
+            "SELECT id, group_id, (SELECT count(*) FROM event_member WHERE event_id = event.id)"
+            " FROM event ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def fill_up_at_commit(log, filler):
+    """Fill the disk as the writer's next COMMIT starts, and only then: its
+    rows were written with room to spare, in SQLite's cache, and reach the
+    WAL at COMMIT. Returns the list in which that COMMIT is noted."""
+    committed = []
+
+    def trace(sql):
+        if sql == "COMMIT" and not committed:
+            committed.append(sql)
+            fill_up(filler)
+
+    log._conn.set_trace_callback(trace)
+    return committed
+
+
+def test_a_disk_full_at_commit_answers_503_keeps_nothing_and_stores_the_retry(
+    make_app, small_filesystem
+):
+    """SQLITE_FULL from COMMIT is the one failure there that rules out a
+    commit: 503, nothing of the transaction in the log, and the same
+    server stores the retry once there is room again."""
+    database = small_filesystem / "audit.sqlite3"
+    app = make_app(DATABASE=str(database))
+    # The most members the schema takes, each a row and an index entry,
+    # make more frames than the WAL file has room for: the COMMIT needs new
+    # room on the disk.
+    large = group_body(GroupId="@TGS#full", MemberList=MANY_MEMBERS)
+    filler = small_filesystem / "filler"
+    with serving(app) as server:
+        assert post(server.port, group_body(GroupId="@TGS#before")) == (200, OK)
+        committed = fill_up_at_commit(app.extensions["tim_audit"], filler)
+        assert post(server.port, large) == (
+            503,
+            {
+                "ActionStatus": "FAIL",
+                "ErrorCode": 60030,
+                "ErrorInfo": "the audit log cannot store this now (database or disk is full);"
+                " nothing was recorded",
+            },
+        )
+        assert committed == ["COMMIT"]  # the batch was written: the failure was COMMIT's
+        health = app.test_client().get("/healthz")
+        assert (health.status_code, health.get_json()["error"]) == (
+            503,
+            "the last write failed: database or disk is full",
+        )
+        assert events(database) == [(1, "@TGS#before", 2)]
+        assert app.test_cli_runner().invoke(args=["verify"]).output.startswith("OK 1 ")
+
+        filler.unlink()
+        assert post(server.port, large) == (200, OK)
+        assert post(server.port, group_body(GroupId="@TGS#after")) == (200, OK)
+    assert app.test_client().get("/healthz").status_code == 200
+    assert events(database) == [
+        (1, "@TGS#before", 2),
+        (2, "@TGS#full", schemas.MAX_MEMBERS),
+        (3, "@TGS#after", 2),
+    ]
+    assert app.test_cli_runner().invoke(args=["verify"]).output.startswith("OK 3 ")
 
 
 # --- another process holds the write lock -------------------------------------
