@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import pathlib
+import resource
 import signal
 import socket
 import sqlite3
@@ -357,6 +358,41 @@ def test_a_disk_full_at_commit_answers_503_keeps_nothing_and_stores_the_retry(
         (3, "@TGS#after", 2),
     ]
     assert app.test_cli_runner().invoke(args=["verify"]).output.startswith("OK 3 ")
+
+
+def test_a_write_error_at_commit_answers_that_the_callback_may_be_stored(tmp_path):
+    """A file size limit cuts the WAL short at COMMIT. SQLite writes the rest
+    of a short write again, which fails with EFBIG: SQLITE_IOERR_WRITE, not
+    SQLITE_FULL, and an I/O error at COMMIT does not rule out a commit, so
+    the answer is 500/60032, not 503. Nothing was committed; once the limit
+    is lifted the same server stores the retry, once."""
+    database, port = tmp_path / "audit.sqlite3", free_port()
+    env = server_env(database, tmp_path)
+    server = start_server(env, port)
+    large = group_body(GroupId="@TGS#cut", Name="n" * 200_000)
+    try:
+        assert post(port, group_body(GroupId="@TGS#before")) == (200, OK)
+        limit = max(os.path.getsize(path) for path in tmp_path.glob("audit.sqlite3*"))
+        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        assert post(port, large) == (
+            500,
+            {
+                "ActionStatus": "FAIL",
+                "ErrorCode": 60032,
+                "ErrorInfo": "the audit log did not confirm this write in time (disk I/O error);"
+                " it may have been recorded, and a retry is recognised as a repeat",
+            },
+        )
+        assert events(database) == [(1, "@TGS#before", 2)]
+        resource.prlimit(server.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        assert post(port, large) == (200, OK)
+        assert post(port, large) == (200, OK)  # a repeat
+    finally:
+        server.terminate()
+        server.wait()
+    assert events(database) == [(1, "@TGS#before", 2), (2, "@TGS#cut", 2)]
+    status, last = verify(env)
+    assert (status, last.split()[:2]) == (0, ["OK", "2"])
 
 
 # --- another process holds the write lock -------------------------------------
