@@ -5,7 +5,9 @@ synchronous=FULL from OFF; the order of the ingest server's system calls
 can. The server runs under strace, and for every callback answered 200 the
 trace must show the WAL frames of the transaction holding it written, then
 an fsync or fdatasync of the WAL begun after them and finished before the
-answer began to be sent.
+answer began to be sent. The trace's line order is safe to judge by: a
+thread stops at each traced call until strace has printed its entry line,
+and strace prints the line where a call returns only once it has.
 """
 
 import dataclasses
