@@ -135,6 +135,10 @@ class AuditLog:
     a batch is written, and the chain head is read inside that transaction,
     so the chain never forks.
 
+    :meth:`open` takes the log's lock (db.hold) and keeps it until
+    :meth:`close`, so a second ingest server on the same file, or
+    rebuild-index, is refused while this one writes.
+
     Creating the object touches nothing: the file is created and the writer
     started by :meth:`open`, which the servers call at start-up and the first
     append calls otherwise. So an operator's command never creates the log.
@@ -149,6 +153,7 @@ class AuditLog:
         self._lock = threading.Lock()  # guards opening and every job's state
         self._queue = queue.SimpleQueue()
         self._conn = None
+        self._held = None  # the lock's descriptor (db.hold) while the writer runs
         self._writer = None
         self._checkpointer = None
         self._closing = threading.Event()
@@ -164,8 +169,9 @@ class AuditLog:
                 raise StorageUnavailable("the log is closing")
             if self._writer is not None:
                 return
-            self._conn = self._connect()
+            self._held = db.hold(self.path)
             try:
+                self._conn = self._connect()
                 self._conn.executescript(
                     resources.files(__package__).joinpath("schema.sql").read_text()
                 )
@@ -175,8 +181,11 @@ class AuditLog:
                     self.notary.open(self._conn)
                 derived.catch_up(self._conn)
             except BaseException:
-                self._conn.close()
-                self._conn = None
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                os.close(self._held)
+                self._held = None
                 raise
             self._writer = threading.Thread(target=self._run, name="tim-audit writer", daemon=True)
             self._writer.start()
@@ -252,7 +261,7 @@ class AuditLog:
         if self._writer is None:
             try:
                 self.open()
-            except (sqlite3.Error, OSError, ChainMismatch, ChainBroken) as exc:
+            except (sqlite3.Error, OSError, ChainMismatch, ChainBroken, db.Held) as exc:
                 self.failure = str(exc)
                 raise StorageUnavailable(f"cannot open the log: {exc}") from None
         stalled = self.stalled()
@@ -532,6 +541,8 @@ class AuditLog:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        os.close(self._held)
+        self._held = None
         self._closing.clear()
 
 
@@ -592,6 +603,11 @@ def open_log(app):
         app.extensions["tim_audit"].open()
     except ChainMismatch as exc:
         raise StartupError(str(exc)) from None
+    except db.Held as exc:
+        raise StartupError(
+            f"{exc}: one process writes a log; stop the other ingest server, or wait for"
+            " rebuild-index to finish"
+        ) from None
     except ChainBroken as exc:
         raise StartupError(
             f"the log does not verify, so its Merkle trees cannot be built over it: {exc}"

@@ -393,10 +393,17 @@ def backup_command(destination):
 @with_appcontext
 def rebuild_index_command():
     """Make the name index and the hourly counts again from the chained
-    rows, while the service keeps running. They are derived data, outside
-    the chain; this never changes a chained row."""
+    rows, while no ingest server runs: it writes the log, so it is refused
+    while one holds it. They are derived data, outside the chain; this
+    never changes a chained row."""
     path = current_app.config["DATABASE"]
     _read_only(path).close()  # the same message as verify's when there is no log
+    try:
+        held = db.hold(path)
+    except db.Held as exc:
+        raise click.ClickException(
+            f"{exc}: stop the ingest server, run rebuild-index, then start it again"
+        ) from None
     started = time.monotonic()
     conn = db.connect(path, timeout=current_app.config["STORAGE_TIMEOUT"])
     try:
@@ -405,6 +412,7 @@ def rebuild_index_command():
         raise click.ClickException(f"cannot rebuild the index: {exc}") from None
     finally:
         conn.close()
+        os.close(held)
     click.echo(
         f"rebuilt the name index and hourly counts of {events} events in {time.monotonic() - started:.1f} s"
     )

@@ -5,15 +5,19 @@ process; every dashboard request reads through a fresh read-only one, so no
 page can change the log whatever its code does.
 """
 
+import fcntl
 import os
 import pathlib
 import sqlite3
 
 from flask import current_app, g
 
+from . import derived
+
 
 def connect(path, *, readonly=False, timeout=1.0):
-    """Open ``path`` in WAL mode with the pragmas the log relies on.
+    """Open ``path`` in WAL mode with the pragmas the log relies on; a
+    read-write connection may write the derived tables (derived.py).
 
     ``synchronous=FULL`` makes every commit durable before it returns, which
     is what lets the callback answer OK right after it.
@@ -26,8 +30,31 @@ def connect(path, *, readonly=False, timeout=1.0):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA journal_size_limit = 16777216")  # the WAL file, after a burst
+        derived.allow_writes(conn)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+class Held(Exception):
+    """Another writer holds the log: an ingest server, or rebuild-index."""
+
+
+def hold(path):
+    """Take the lock that the one process writing the log at ``path`` holds
+    for as long as it writes: an advisory flock on ``<path>.lock``, which
+    the kernel releases however that process ends, so a crash never leaves
+    it stale. Returns the lock file's descriptor, to close when done;
+    raises :class:`Held` while another holder (even in this process) has it."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise Held(f"process {holder} writes the log at {path} (it holds {path}.lock)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 class NoLog(sqlite3.OperationalError):

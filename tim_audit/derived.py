@@ -1,17 +1,52 @@
 """Derived data: the trigram index of names and the hourly count summary.
 
 schema.sql's event_derived trigger keeps both in step with event, in the
-transaction that appends each event. Neither is chained: verify never reads
-them, and :func:`rebuild` makes them again from the chained rows when they
-are missing, damaged or (in a log from before them) incomplete.
+transaction that appends each event, and other triggers refuse any change
+to them from a connection without :data:`WRITER` (see :func:`allow_writes`).
+Neither is chained: :func:`check` compares them with the chained rows, so
+verify notices them damaged, and :func:`rebuild` makes them again from the
+chained rows when they are missing, damaged or (in a log from before them)
+incomplete. A query never trusts them unless :func:`current` says they
+cover every event.
 """
 
 import sqlite3
 from importlib import resources
 
-# Events indexed per transaction: a running writer waits for one of them at
-# most (a fraction of a second), well within its busy timeout.
+from . import chain
+
+# Characters of a folded name the trigram index holds, as schema.sql's
+# trigger writes it (substr(name_folded, 1, 1024)): every name a callback
+# may carry, and the start of a longer one in an older log, which would
+# otherwise hold the writer for as long as its trigrams take to index.
+NAME_INDEXED = 1024
+# Events indexed per transaction, so that the WAL stays bounded.
 REBUILD_ROWS = 20_000
+# The function only tim-audit's read-write connections have: the triggers
+# on the derived tables call it, so a change from any other connection
+# fails with "no such function".
+WRITER = "tim_audit_writer"
+
+
+class Mismatch(chain.ChainBroken):
+    """Derived data that does not agree with the chained rows:
+    ``derived <table>: why``, and what repairs it."""
+
+    def __init__(self, table, reason):
+        Exception.__init__(
+            self,
+            f"derived {table}: {reason}; tim-audit rebuild-index makes it again"
+            " from the chained rows",
+        )
+        self.table, self.row_id, self.reason = f"derived {table}", None, reason
+
+
+def allow_writes(conn):
+    """Let ``conn`` write the derived tables, as the writer and the rebuild
+    do. trusted_schema is SQLite's default, set here in case a build turns
+    it off: it would refuse the function in the triggers."""
+    conn.execute("PRAGMA trusted_schema = ON")
+    conn.create_function(WRITER, 0, lambda: 1, deterministic=True)
 
 
 def _schema_statements():
@@ -28,16 +63,16 @@ def _schema_statements():
 
 
 def rebuild(conn):
-    """Drop event_name and event_hour, make them afresh (with the trigger,
-    if it is gone) and fill them from event; returns how many events.
+    """Drop event_name and event_hour, make them afresh (with their
+    triggers) and fill them from event; returns how many events.
 
-    The first transaction swaps in the empty tables, so every event the
-    writer appends from then on is indexed by the trigger; the events
-    before it are then indexed REBUILD_ROWS at a time, each batch in a
-    BEGIN IMMEDIATE of its own like the writer's, so a running ingest
-    server is held up by one batch at most. Meanwhile counts and name
-    searches miss the events not yet indexed. The append-only triggers are
-    on the chained tables only, so they neither block this nor are dropped.
+    Only the process that holds the log's lock (serve.py) runs this: the
+    ingest server when it opens a log from before these tables, or
+    rebuild-index while no server runs. The first transaction swaps in the
+    empty tables; the events are then indexed REBUILD_ROWS at a time, each
+    batch in a transaction of its own, so that the WAL stays small. Until
+    the last batch, :func:`current` says the tables are behind, and queries
+    do not use them.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -56,8 +91,8 @@ def rebuild(conn):
         try:
             conn.execute(
                 "INSERT INTO event_name (rowid, name_folded)"
-                " SELECT id, name_folded FROM event WHERE id BETWEEN ? AND ?",
-                bounds,
+                " SELECT id, substr(name_folded, 1, ?) FROM event WHERE id BETWEEN ? AND ?",
+                (NAME_INDEXED, *bounds),
             )
             conn.execute(
                 "INSERT INTO event_hour (hour, type, events)"
@@ -80,3 +115,137 @@ def catch_up(conn):
     ).fetchone()[0]
     if pending:
         rebuild(conn)
+
+
+def _varints(data, count):
+    """The first ``count`` SQLite varints in ``data``."""
+    values, at = [], 0
+    for _ in range(count):
+        value = 0
+        for length in range(9):
+            byte = data[at]
+            at += 1
+            if length == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if byte < 0x80:
+                break
+        values.append(value)
+    return values
+
+
+def _indexed(conn):
+    """(names, trigrams) in the name index, from FTS5's own record of them
+    (the "averages" row of event_name_data, two varints); (0, 0) when it
+    has none yet."""
+    row = conn.execute("SELECT block FROM event_name_data WHERE id = 1").fetchone()
+    return (0, 0) if row is None or not row[0] else tuple(_varints(bytes(row[0]), 2))
+
+
+def current(conn):
+    """Whether the derived tables cover every event, read in two lookups:
+    the name index counts what it holds, and each of its batches and
+    appends writes event_hour in the same transaction. False while a
+    rebuild is under way, after one that stopped, or if rows were taken
+    out of the index."""
+    try:
+        names = _indexed(conn)[0]
+    except sqlite3.OperationalError:  # no index: being rebuilt, or dropped
+        return False
+    events = conn.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
+    return names == events
+
+
+def check(conn):
+    """Compare the derived tables with the chained rows, in the caller's
+    snapshot; raise :class:`Mismatch` at the first difference. A log from
+    before them, which has neither, is not checked (the ingest server makes
+    them when it opens it). Memory stays bounded: the sums are SQL
+    aggregates or running totals."""
+    tables = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name IN ('event_name', 'event_hour')"
+        )
+    }
+    if not tables:
+        return
+    for table in ("event_name", "event_hour"):
+        if table not in tables:
+            raise Mismatch(table, "the table is missing")
+    events = conn.execute("SELECT count(*) FROM event").fetchone()[0]
+    _check_names(conn, events)
+    _check_hours(conn, events)
+
+
+# The name index is compared through sums over every trigram it holds:
+# how many, their rowids, their positions, and their characters weighted
+# by position in the trigram and by rowid modulo MIX (small enough that no
+# sum overflows 64 bits). A row taken out, added or altered changes them.
+MIX = 1021
+_INDEX_SUMS = (
+    "SELECT count(*), coalesce(sum(doc), 0), coalesce(sum(offset), 0),"
+    " coalesce(sum((doc % ?) * (unicode(term) + 3 * unicode(substr(term, 2, 1))"
+    " + 7 * unicode(substr(term, 3, 1)))), 0)"
+    " FROM temp.event_name_instance"
+)
+
+
+def _check_names(conn, events):
+    names, trigrams = _indexed(conn)
+    if names != events:
+        raise Mismatch("event_name", f"the name index holds {names} names of {events} events")
+    # A temp table is the connection's own, so a read-only one may create it.
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.event_name_instance"
+        " USING fts5vocab(main, event_name, instance)"
+    )
+    held = conn.execute(_INDEX_SUMS, (MIX,)).fetchone()
+    count = rowids = offsets = mixed = 0
+    for event_id, text in conn.execute(
+        "SELECT id, substr(name_folded, 1, ?) FROM event", (NAME_INDEXED,)
+    ):
+        if not isinstance(text, str) or len(text) < 3:
+            continue
+        k = len(text) - 2  # trigrams: one starts at each of the first k characters
+        codes = list(map(ord, text))
+        count += k
+        rowids += event_id * k
+        offsets += k * (k - 1) // 2
+        mixed += (event_id % MIX) * (sum(codes[:k]) + 3 * sum(codes[1:-1]) + 7 * sum(codes[2:]))
+    if trigrams != count or tuple(held) != (count, rowids, offsets, mixed):
+        raise Mismatch(
+            "event_name",
+            "the name index's trigrams are not those of the chained events' names",
+        )
+
+
+def _check_hours(conn, events):
+    """Each event_hour row against an index count of its hour and type,
+    then the total against the events, which finds an hour without a row."""
+    wrong = conn.execute(
+        "SELECT hour, type, events, chained FROM ("
+        " SELECT hour, type, events, (SELECT count(*) FROM event AS e"
+        "  WHERE e.type = h.type AND e.event_time BETWEEN"
+        "   CASE WHEN hour > 0 THEN hour * 3600000 ELSE hour * 3600000 - 3599999 END"
+        "   AND CASE WHEN hour < 0 THEN hour * 3600000 ELSE hour * 3600000 + 3599999 END"
+        " ) AS chained FROM event_hour AS h)"
+        " WHERE events IS NOT chained LIMIT 1"
+    ).fetchone()
+    if wrong is not None:
+        hour, type, counted, chained = wrong
+        raise Mismatch(
+            "event_hour",
+            f"hour {hour} type {type!r} counts {counted} events, the chained rows {chained}",
+        )
+    summed = conn.execute("SELECT coalesce(sum(events), 0) FROM event_hour").fetchone()[0]
+    if summed == events:
+        return
+    missing = conn.execute(
+        "SELECT event_time / 3600000, type, count(*) FROM event AS e WHERE NOT EXISTS"
+        " (SELECT 1 FROM event_hour WHERE hour = e.event_time / 3600000 AND type = e.type)"
+        " GROUP BY 1, 2 LIMIT 1"
+    ).fetchone()
+    hour, type, chained = missing
+    raise Mismatch("event_hour", f"hour {hour} type {type!r} has no row for its {chained} events")

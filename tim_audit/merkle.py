@@ -13,7 +13,7 @@ O(log n) stored hashes, in one SELECT.
 import json
 import logging
 
-from . import chain, tlog
+from . import chain, derived, tlog
 
 TABLES = ("event", "quarantine")
 BUILD_BATCH = 10_000  # leaves per INSERT while building a tree
@@ -163,14 +163,16 @@ class _Builder:
 def verify(conn, key=None, anchor=None, then=None):
     """chain.verify, checking the trees too, in one snapshot; then
     ``then(conn, checks)``, in the same snapshot, for what is checked
-    against the trees (checkpoints.check). Returns the Heads and
-    {table: Check}, empty for a log whose trees are not built yet."""
+    against the trees (checkpoints.check); then the derived tables against
+    the rows just verified. Returns the Heads and {table: Check}, empty for
+    a log whose trees are not built yet."""
     conn.execute("BEGIN")
     try:
         checks = {table: Check(conn, table) for table in TABLES} if _has_trees(conn) else {}
         heads = chain.verify(conn, key, anchor, trees=checks)
         if then is not None:
             then(conn, checks)
+        derived.check(conn)
     finally:
         conn.execute("ROLLBACK")
     return heads, checks

@@ -8,7 +8,9 @@ can answer it, and is otherwise counted up to COUNT_CAP matches and for at
 most COUNT_TIME (:class:`Count` says which). A name of 3 or more characters
 with few matches is found through the trigram index; a short or common one
 by walking the EventTime index, which carries the casefolded name, until a
-page is full. Values from the request reach SQL only as ``?`` parameters;
+page is full. Neither derived table answers while it is behind the log (a
+rebuild under way, or rows taken out): then names are walked and counts
+counted. Values from the request reach SQL only as ``?`` parameters;
 the statement text is joined from the fixed fragments below.
 """
 
@@ -17,6 +19,8 @@ import dataclasses
 import json
 import sqlite3
 import time as clock
+
+from . import derived
 
 # Columns a list page shows.
 LIST_COLUMNS = (
@@ -232,8 +236,11 @@ def route(conn, filters):
     anyway, it stops after COUNT_TIME, and the count says "at least" what
     it found; the deadline is checked between rows, so a lookup that finds
     nothing for long is not cut short."""
-    # FTS5 reads a NUL as the end of the query: such a search walks.
+    # FTS5 reads a NUL as the end of the query: such a search walks, and
+    # so does any while the index is behind the log (derived.current).
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN or "\0" in filters.q:
+        return filters
+    if not derived.current(conn):
         return filters
     if filters.off_time_index:
         ids = _lookup(conn, _cover(filters.q), [])
@@ -280,8 +287,9 @@ class Count:
 
 def count(conn, filters):
     """The number of matching events, from the summary when only type and
-    time are asked for; otherwise counted, within COUNT_CAP and COUNT_TIME."""
-    if _summarised(filters):
+    time are asked for and it covers every event; otherwise counted,
+    within COUNT_CAP and COUNT_TIME."""
+    if _summarised(filters) and derived.current(conn):
         return Count(summed(conn, filters.type, filters.since, filters.until))
     if filters.name_at_least is not None and _name_only(filters):
         return Count(filters.name_at_least, "at least")
@@ -384,7 +392,7 @@ def per_day(conn, filters, days):
     asked for when the count was exact and so within COUNT_CAP rows.
     ``days`` carry the time bounds, so ``filters`` should have no
     since/until of their own."""
-    if _summarised(filters):
+    if _summarised(filters) and derived.current(conn):
         return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
     # A name search whose count was exact has all its matches' ids.
     found = filters.name_found

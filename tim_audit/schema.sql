@@ -221,14 +221,18 @@ WHEN EXISTS (SELECT 1 FROM timestamp WHERE id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'timestamp is append-only'); END;
 
 -- Derived data, kept in step with event by the trigger below, in the
--- transaction that appends the event. It is not chained, not append-only
--- and verify never reads it: `tim-audit rebuild-index` makes it
--- again from the chained rows (derived.py), whatever became of it.
+-- transaction that appends the event. It is not chained and not
+-- append-only: `tim-audit rebuild-index` makes it again from the chained
+-- rows (derived.py), whatever became of it, and verify compares it with
+-- them (a difference is `FAIL derived ...`).
 --
 -- event_name: the folded names in an FTS5 trigram index, which answers a
 -- substring of 3 or more characters. It reads the names themselves from
 -- event (external content), so it stores only the trigrams; the folding is
--- done by casefold() before it, so the tokenizer must not fold again.
+-- done by casefold() before it, so the tokenizer must not fold again. It
+-- holds the first 1024 characters of each name (derived.NAME_INDEXED), so
+-- that no name, however long, holds the writer; FTS5's own 'rebuild' and
+-- 'integrity-check' would read whole names, so they are never used on it.
 CREATE VIRTUAL TABLE IF NOT EXISTS event_name USING fts5(
     name_folded, content = 'event', content_rowid = 'id',
     tokenize = 'trigram case_sensitive 1', columnsize = 0
@@ -248,7 +252,27 @@ CREATE INDEX IF NOT EXISTS event_hour_by_type ON event_hour (type, hour, events)
 
 CREATE TRIGGER IF NOT EXISTS event_derived AFTER INSERT ON event
 BEGIN
-    INSERT INTO event_name (rowid, name_folded) VALUES (NEW.id, NEW.name_folded);
+    INSERT INTO event_name (rowid, name_folded) VALUES (NEW.id, substr(NEW.name_folded, 1, 1024));
     INSERT INTO event_hour (hour, type, events) VALUES (NEW.event_time / 3600000, NEW.type, 1)
         ON CONFLICT DO UPDATE SET events = events + 1;
 END;
+
+-- Only tim-audit's read-write connections (the writer's, and the rebuild's
+-- while no server runs) change event_hour: these triggers call
+-- tim_audit_writer(), a function only they register (derived.py), so the
+-- same change from any other connection (the sqlite3 shell, another
+-- program) fails with "no such function", and so does an event appended
+-- there. Read-only connections never run them, so reads need no function.
+-- event_name is a virtual table, which takes no trigger; its FTS5 shadow
+-- tables take them, but SQLite 3.40 crashes (a segmentation fault) when
+-- FTS5's own writes fire one, so it has none. This guards against a stray
+-- statement, not against whoever holds the file, who can drop triggers or
+-- register the function: verify's comparison with the chained rows finds
+-- what they did to either table, and queries stop using a name index that
+-- lost rows (derived.current).
+CREATE TRIGGER IF NOT EXISTS event_hour_insert BEFORE INSERT ON event_hour
+WHEN NOT tim_audit_writer() BEGIN SELECT RAISE(ABORT, 'event_hour is derived data'); END;
+CREATE TRIGGER IF NOT EXISTS event_hour_update BEFORE UPDATE ON event_hour
+WHEN NOT tim_audit_writer() BEGIN SELECT RAISE(ABORT, 'event_hour is derived data'); END;
+CREATE TRIGGER IF NOT EXISTS event_hour_delete BEFORE DELETE ON event_hour
+WHEN NOT tim_audit_writer() BEGIN SELECT RAISE(ABORT, 'event_hour is derived data'); END;
