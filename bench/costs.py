@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 
 import dataset  # noqa: E402
 
-from tim_audit import callback, chain, create_ingest_app, tlog  # noqa: E402
+from tim_audit import callback, chain, create_ingest_app, derived, tlog  # noqa: E402
 from tim_audit.auditlog import AuditLog  # noqa: E402
 
 BATCH = 8
@@ -49,6 +49,7 @@ def write_all(path, events, schema_filter=None):
     log.open()
     log.close()
     conn = sqlite3.connect(path, isolation_level=None)
+    derived.allow_writes(conn)  # as the writer's connection, for the hourly counts' triggers
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous = OFF")
     if schema_filter is not None:
