@@ -180,6 +180,9 @@ def event(number, **fields):
 
 
 def rejection(number):
+    """A refused body, another one for each ``number`` (a retry of the same
+    bytes is not stored again)."""
+    raw = b"{oops %d" % number
     return Rejection(
         received_at=1700000000000 + number,
         error_code=60021,
@@ -187,8 +190,8 @@ def rejection(number):
         command="Group.CallbackAfterCreateGroup",
         query="SdkAppid=1400000001",
         peer="127.0.0.1",
-        content_length=5,
-        raw=b"{oops",
+        content_length=len(raw),
+        raw=raw,
     )
 
 
@@ -285,12 +288,13 @@ def get(client):
 
 
 @pytest.fixture
-def rows(app):
-    """Run a query on the app's database file through a connection of its
-    own, as an auditor with the sqlite3 shell would."""
+def rows(config):
+    """Run a query on the test's database file through a connection of its
+    own, as an auditor with the sqlite3 shell would. It opens no app: a
+    test may open the one it needs, as one process writes a log."""
 
     def rows(sql, params=()):
-        conn = sqlite3.connect(app.config["DATABASE"])
+        conn = sqlite3.connect(config["DATABASE"])
         try:
             return conn.execute(sql, params).fetchall()
         finally:

@@ -250,8 +250,8 @@ def test_send_sample_refuses_a_url_that_is_not_http(runner):
     )
 
 
-def test_send_sample_exits_non_zero_on_a_refusal(live_server, make_app):
-    runner = make_app(CALLBACK_TOKEN="not-the-servers").test_cli_runner()
+def test_send_sample_exits_non_zero_on_a_refusal(live_server, config):
+    runner = create_app({**config, "CALLBACK_TOKEN": "not-the-servers"}).test_cli_runner()
     result = runner.invoke(args=["send-sample", f"{live_server.url}/callback"])
     assert result.exit_code == 1
     assert result.output.startswith('403 {"ActionStatus":"FAIL","ErrorCode":60013,')

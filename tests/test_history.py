@@ -405,7 +405,7 @@ def test_pages_load_nothing_from_elsewhere(events, get):
     assert "<script" not in text and "style=" not in text
 
 
-def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app, post):
+def test_times_are_shown_in_display_timezone_with_utc_alongside(make_app):
     app = make_app(DISPLAY_TIMEZONE="Asia/Shanghai")
     app.test_client().post("/callback", query_string=signed_query(), data=group_body())
     text = app.test_client().get("/history", headers=CREDENTIALS).get_data(as_text=True)
@@ -713,8 +713,8 @@ def quarantined(app):
                 command=command,
                 query=f"n={number}",
                 peer=None,
-                content_length=2,
-                raw=b"{}",
+                content_length=3,
+                raw=b"{%d}" % number,
             )
         )
 

@@ -45,6 +45,7 @@ def hold(path):
     the kernel releases however that process ends, so a crash never leaves
     it stale. Returns the lock file's descriptor, to close when done;
     raises :class:`Held` while another holder (even in this process) has it."""
+    path = os.path.realpath(path)  # one lock file, by whichever link the log is named
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
