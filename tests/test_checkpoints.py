@@ -18,7 +18,8 @@ import pytest
 from conftest import event, rewrite
 from test_exports import started, truncate_wal
 from test_tampering import run_verification
-from tim_audit import StartupError, create_app, db, evidence, exports, merkle, tlog
+from test_zipstream import Unseekable, info_zip_tests
+from tim_audit import StartupError, create_app, db, exports, merkle, tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -371,14 +372,14 @@ def test_the_evidence_archive_is_the_zip_zipfile_writes_with_every_zipinfo_kept(
     served = get("/history.evidence").data
     read = zipfile.ZipFile(io.BytesIO(served))
     assert read.testzip() is None
-    out = evidence._Chunks()
+    out = Unseekable()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as plain:
         for member in read.infolist():
             info = zipfile.ZipInfo(member.filename, member.date_time)
             info.compress_type = zipfile.ZIP_DEFLATED
             plain.writestr(info, read.read(member))
     assert len(read.infolist()) == 13
-    assert out.take() == served
+    assert out.written == served
 
 
 def test_events_newer_than_the_checkpoint_are_left_out_and_the_readme_says_so(signed, get, filled):
@@ -403,6 +404,13 @@ def test_a_stalled_evidence_archive_holds_no_read_snapshot(
         f"events/{n}.json" for n in range(1, 6)
     ]
     assert reset == ((0, 0, 0), 0)
+
+
+def test_info_zip_tests_the_evidence_archive_ok(signed, get, tmp_path):
+    code, said, names = info_zip_tests(get("/history.evidence").data, tmp_path)
+    assert (code, said) == (0, "")
+    assert names[:2] == ["checkpoint", "verifier.key"] and names[-1] == "README.txt"
+    assert len(names) == 13
 
 
 def test_no_evidence_before_any_checkpoint(filled, get):

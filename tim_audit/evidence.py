@@ -2,15 +2,12 @@
 latest checkpoint, an archive of the filtered events with their proofs,
 and the list of checkpoints. Behind the same sign-in as the dashboard."""
 
-import array
 import base64
 import contextlib
-import copy
-import io
 import json
 import sqlite3
+import tempfile
 import time
-import zipfile
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
@@ -24,6 +21,7 @@ from . import (
     timestamps,
     tlog,
     witnesses,
+    zipstream,
 )
 from .auth import require_reviewer
 from .db import get_db, require_log
@@ -300,93 +298,49 @@ def export_evidence():
 
 
 def archive_chunks(conn, filters, counter):
-    """The evidence archive of ``filters``, streamed: the zip is written to
-    a buffer that is emptied after every chunk of events. What stays is
-    what the central directory at the end needs (_Members): about 130
-    bytes an event, then the directory itself."""
+    """The evidence archive of ``filters``, streamed a chunk of events at a
+    time. Nothing grows with the number of events but the zip's central
+    directory, which zipstream keeps in a temporary file until the end."""
     latest = _best(conn)
-    out = _Chunks()
-    archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED)
-    archive.filelist, archive.NameToInfo = _Members(), _Names()
-    made = time.localtime()[:6]
+    with tempfile.TemporaryFile() as directory:
+        archive = zipstream.Writer(directory, time.localtime()[:6])
+        pending = []
 
-    def add(name, data):
-        info = zipfile.ZipInfo(name, made)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        archive.writestr(info, data)
+        def add(name, data):
+            pending.append(archive.add(name, data))
 
-    note = checkpoints.cosigned(conn, latest)
-    add("checkpoint", bytes(latest["note"]))
-    if note != bytes(latest["note"]):
-        add("checkpoint.cosigned", note)
-    add("verifier.key", f"{latest['key']}\n")
-    token = timestamps.stored(conn, latest["id"])
-    ca = current_app.extensions["tim_audit.tsa_ca"]
-    if token is not None and ca is not None:
-        add("checkpoint.tsr", token)
-        add("tsa-ca.pem", ca)
-    newer, failed = 0, 0
-    for objects in exports.json_objects(conn, filters):
-        for event_id, document in objects:
-            if event_id > latest["size"]:
-                newer += 1
-                continue
-            add(f"events/{event_id}.json", document + "\n")
-            try:
-                add(f"events/{event_id}.tlog-proof", proof_file(conn, note, event_id))
-            except chain.ChainBroken as exc:
-                failed += 1
-                add(f"events/{event_id}.FAILS.txt", f"No proof: {exc}\n")
-            counter["rows"] += 1
-        yield out.take()
-    add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca, failed))
-    archive.close()
-    yield out.take()
+        def take():
+            data = b"".join(pending)
+            pending.clear()
+            return data
 
-
-class _Members:
-    """zipfile's list of an archive's members (ZipFile.filelist), which it
-    reads once, to write the central directory at the end. A ZipInfo takes
-    about 1 KB, so an archive of 10k events would hold 20 MB of them; this
-    keeps each member's name and the four numbers that tell members apart
-    when all are written alike (add() in archive_chunks) and none is large
-    enough (2 GiB) for a zip64 header of its own, and gives them back as
-    ZipInfo one at a time."""
-
-    def __init__(self):
-        self._like = None
-        self._names = bytearray()
-        self._ends = array.array("Q")
-        self._numbers = array.array("Q")
-
-    def append(self, info):
-        self._like = self._like or copy.copy(info)
-        self._names += info.filename.encode()
-        self._ends.append(len(self._names))
-        self._numbers.extend((info.header_offset, info.CRC, info.compress_size, info.file_size))
-
-    def __len__(self):
-        return len(self._ends)
-
-    def __iter__(self):
-        start = 0
-        for number, end in enumerate(self._ends):
-            info = copy.copy(self._like)
-            info.filename = info.orig_filename = self._names[start:end].decode()
-            (info.header_offset, info.CRC, info.compress_size, info.file_size) = self._numbers[
-                4 * number : 4 * number + 4
-            ]
-            start = end
-            yield info
-
-
-class _Names(dict):
-    """zipfile's name -> ZipInfo map (ZipFile.NameToInfo), which it only
-    asks, while writing, whether a name is taken: here none is kept, as
-    every name is unique (an event's id, or one of the fixed files)."""
-
-    def __setitem__(self, name, info):
-        pass
+        note = checkpoints.cosigned(conn, latest)
+        add("checkpoint", bytes(latest["note"]))
+        if note != bytes(latest["note"]):
+            add("checkpoint.cosigned", note)
+        add("verifier.key", f"{latest['key']}\n")
+        token = timestamps.stored(conn, latest["id"])
+        ca = current_app.extensions["tim_audit.tsa_ca"]
+        if token is not None and ca is not None:
+            add("checkpoint.tsr", token)
+            add("tsa-ca.pem", ca)
+        newer, failed = 0, 0
+        for objects in exports.json_objects(conn, filters):
+            for event_id, document in objects:
+                if event_id > latest["size"]:
+                    newer += 1
+                    continue
+                add(f"events/{event_id}.json", document + "\n")
+                try:
+                    add(f"events/{event_id}.tlog-proof", proof_file(conn, note, event_id))
+                except chain.ChainBroken as exc:
+                    failed += 1
+                    add(f"events/{event_id}.FAILS.txt", f"No proof: {exc}\n")
+                counter["rows"] += 1
+            yield take()
+        add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca, failed))
+        yield take()
+        yield from archive.close()
 
 
 def _readme(latest, count, newer, note, stamped, failed):
@@ -420,26 +374,3 @@ def _readme(latest, count, newer, note, stamped, failed):
         + (TIMESTAMP_FILES if stamped else ""),
         timestamp=TIMESTAMP_STEPS if stamped else "",
     )
-
-
-class _Chunks(io.RawIOBase):
-    """A write-only stream that hands over what was written to it; zipfile
-    writes to such an unseekable stream with data descriptors. One buffer:
-    the central directory comes as four small writes per member, which as
-    separate bytes objects would take several times their size."""
-
-    def __init__(self):
-        super().__init__()
-        self._buffer = bytearray()
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        self._buffer += data
-        return len(data)
-
-    def take(self):
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
