@@ -8,7 +8,8 @@ import pytest
 
 from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
 from tencent import CREATE, group_body, signed_query
-from tim_audit import create_app, db
+import conftest
+from tim_audit import create_app, db, queries
 from tim_audit.auditlog import Rejection
 
 
@@ -346,6 +347,23 @@ def test_detail_page_links_other_events_of_the_same_group(events, get):
     assert "Other events of this GroupId" in text
 
 
+def test_detail_page_lists_twenty_other_events_of_the_group_and_links_to_all(app, get):
+    log = app.extensions["tim_audit"]
+    log._write(log._connection(), [conftest.event(n, group_id="@TGS#reused") for n in range(1, 23)])
+    text = get("/history/1").get_data(as_text=True)
+    listed = re.findall(r'<li><a href="/history/(\d+)">', text)
+    assert listed == [str(n) for n in range(22, 2, -1)]
+    assert '<a href="/history?group_id=@TGS%23reused">All events of this GroupId</a>' in text
+
+
+def test_detail_page_of_a_group_with_twenty_others_has_no_more_link(app, get):
+    log = app.extensions["tim_audit"]
+    log._write(log._connection(), [conftest.event(n, group_id="@TGS#reused") for n in range(1, 22)])
+    text = get("/history/1").get_data(as_text=True)
+    assert len(re.findall(r'<li><a href="/history/(\d+)">', text)) == 20
+    assert "All events of this GroupId" not in text
+
+
 @pytest.mark.parametrize("event_id", ["999", "0", "99999999999999999999999"])
 def test_unknown_event_is_a_404_page(events, get, event_id):
     response = get(f"/history/{event_id}")
@@ -635,6 +653,16 @@ def test_conflicting_repeat_and_its_event_link_to_each_other(post, get):
     assert "Conflicting repeats (1)" in text
     assert '<a href="/quarantine?repeat_of=1#q1">quarantined #1</a>' in text
     assert '<tr id="q1">' in get("/quarantine?repeat_of=1").get_data(as_text=True)
+
+
+def test_the_event_page_counts_conflicting_repeats_only_up_to_the_cap(post, get, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_CAP", 2)
+    for name in ("first", "second", "third", "fourth"):
+        post(group_body(Name=name))
+    text = get("/history/1").get_data(as_text=True)
+    assert "Conflicting repeats (more than 2)" in text
+    assert text.count('<a href="/quarantine?repeat_of=1#q') == 3
+    assert '<a href="/quarantine?repeat_of=1">All of them</a>' in text
 
 
 def test_event_without_repeats_does_not_mention_them(post, get):

@@ -434,6 +434,31 @@ def test_a_page_reads_the_intended_index_in_list_order(planner, label, filters, 
     ), plan
 
 
+def test_an_events_page_reads_its_group_and_repeats_from_indexes(planner):
+    plans = planned(
+        planner,
+        lambda conn: (
+            queries.same_group(conn, "@TGS#1", 1),
+            queries.quarantined(conn, queries.QuarantineFilters(repeat_of=1), 20),
+            queries.repeat_count(conn, 1),
+        ),
+    )
+    assert plans == [
+        [
+            "SEARCH event USING INDEX sqlite_autoindex_event_1 (group_id=?)",
+            "USE TEMP B-TREE FOR RIGHT PART OF ORDER BY",
+        ],
+        [
+            "SEARCH quarantine USING INDEX quarantine_by_repeat (error_code=? AND <expr>=? AND rowid<?)"
+        ],
+        [
+            "CO-ROUTINE (subquery-1)",
+            "SEARCH quarantine USING INDEX quarantine_by_repeat (error_code=? AND <expr>=?)",
+            "SCAN (subquery-1)",
+        ],
+    ]
+
+
 @pytest.mark.parametrize(
     "filters",
     [

@@ -444,6 +444,7 @@ def event(event_id):
         raw = json.dumps(json.loads(received), ensure_ascii=False, indent=2)
     except ValueError:
         raw = received
+    same_group, more_same_group = queries.same_group(conn, row["group_id"], event_id)
     return render_template(
         "event.html",
         integrity=_integrity(conn),
@@ -455,9 +456,12 @@ def event(event_id):
         raw_size=len(row["raw"] if isinstance(row["raw"], bytes) else received.encode()),
         previous=queries.previous_hash(conn, event_id),
         broken=broken,
-        same_group=queries.same_group(conn, row["group_id"], event_id),
-        repeats=queries.quarantined(conn, queries.QuarantineFilters(repeat_of=event_id), 20)[0],
-        repeat_count=queries.quarantine_count(conn, queries.QuarantineFilters(repeat_of=event_id)),
+        same_group=same_group,
+        more_same_group=more_same_group,
+        repeats=queries.quarantined(
+            conn, queries.QuarantineFilters(repeat_of=event_id), queries.EVENT_PAGE_ROWS
+        )[0],
+        repeat_count=queries.repeat_count(conn, event_id),
     )
 
 

@@ -432,14 +432,21 @@ def previous_hash(conn, event_id):
     return None if row is None else row[0]
 
 
+# The event page lists this many other events of its GroupId, and as many
+# of its conflicting repeats.
+EVENT_PAGE_ROWS = 20
+
+
 def same_group(conn, group_id, event_id):
-    """Other events of the same GroupId (custom IDs are reused after a group
-    is destroyed)."""
-    return conn.execute(
+    """Up to EVENT_PAGE_ROWS other events of the same GroupId, newest first
+    (custom IDs are reused after a group is destroyed), and whether there
+    are more; from the (group_id, event_time, command) index."""
+    rows = conn.execute(
         "SELECT id, event_time, name FROM event WHERE group_id = ? AND id != ?"
-        " ORDER BY event_time DESC, id DESC",
-        (group_id, event_id),
+        " ORDER BY event_time DESC, id DESC LIMIT ?",
+        (group_id, event_id, EVENT_PAGE_ROWS + 1),
     ).fetchall()
+    return rows[:EVENT_PAGE_ROWS], len(rows) > EVENT_PAGE_ROWS
 
 
 def head(conn):
@@ -466,8 +473,10 @@ class QuarantineFilters:
     until: int | None = None
 
     def where(self):
-        """WHERE and its parameters. The quarantine is small and has no
-        index but its id, so each filter is a scan of it."""
+        """WHERE and its parameters. The quarantine is small, so each
+        filter is a scan of it, but repeat_of: an authenticated sender can
+        repeat an event without end, and its repeats are found in the
+        quarantine_by_repeat index."""
         clauses, params = [], []
         for clause, value in (
             ("error_code = ?", self.error_code),
@@ -479,9 +488,10 @@ class QuarantineFilters:
                 clauses.append(clause)
                 params.append(value)
         if self.repeat_of is not None:
-            # The reason callback.py writes; the digits end at the space.
-            clauses.append("error_code = 0 AND substr(reason, 1, length(?)) = ?")
-            params += [f"repeat of event {self.repeat_of} ("] * 2
+            # The reason callback.py writes, up to its first "(", as the
+            # index has it.
+            clauses.append("error_code = 0 AND substr(reason, 1, instr(reason, '(')) = ?")
+            params.append(f"repeat of event {self.repeat_of} (")
         return " AND ".join(clauses) or "1", params
 
 
@@ -508,6 +518,17 @@ def quarantined(conn, filters, limit, before=None):
 def quarantine_count(conn, filters):
     where, params = filters.where()
     return conn.execute(f"SELECT count(*) FROM quarantine WHERE {where}", params).fetchone()[0]
+
+
+def repeat_count(conn, event_id):
+    """How many conflicting repeats of event ``event_id`` are quarantined,
+    counted up to COUNT_CAP in the index (a :class:`Count`)."""
+    where, params = QuarantineFilters(repeat_of=event_id).where()
+    found = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM quarantine WHERE {where} LIMIT ?)",
+        params + [COUNT_CAP + 1],
+    ).fetchone()[0]
+    return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
 
 
 def quarantined_row(conn, row_id):

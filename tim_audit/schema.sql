@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
 -- rows of the same length and first 64 bytes.
 CREATE INDEX IF NOT EXISTS quarantine_by_body ON quarantine (length(raw), substr(raw, 1, 64));
 
+-- A conflicting repeat's reason starts "repeat of event N (" (callback.py);
+-- its event's page finds the repeats here, newest first and counted up to a
+-- cap, however many an authenticated sender has sent.
+CREATE INDEX IF NOT EXISTS quarantine_by_repeat
+    ON quarantine (error_code, substr(reason, 1, instr(reason, '(')));
+
 CREATE TRIGGER IF NOT EXISTS meta_no_update BEFORE UPDATE ON meta
 BEGIN SELECT RAISE(ABORT, 'meta is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS meta_no_delete BEFORE DELETE ON meta
