@@ -1,8 +1,10 @@
 import base64
 import csv
+import dataclasses
 import io
 import json
 import os
+import re
 import sqlite3
 
 import pytest
@@ -389,6 +391,19 @@ def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(
     for number in range(11, 16):
         log.append(rejection(number))
     assert parsed(kind, first + b"".join(rest)) == list(range(10, 0, -1))
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_a_quarantine_export_sends_bodies_of_a_bounded_size_a_chunk(client, log, monkeypatch, kind):
+    monkeypatch.setattr(exports, "QUARANTINE_CHUNK_BYTES", 100)
+    for number, size in enumerate([10, 250, 40, 40, 30, None, 60], start=1):
+        body = None if size is None else b"x" * size
+        log.append(dataclasses.replace(rejection(number), raw=body, content_length=size))
+    first, rest = started(client, f"/quarantine.{kind}")
+    row = rb"^(\d+)," if kind == "csv" else rb'^\{"id": (\d+),'
+    ids = [re.findall(row, chunk, re.M) for chunk in [first, *rest]]
+    # Newest first: 60 + 0 + 30 bytes; 40 + 40; 250 alone, as it is over; 10.
+    assert [[int(i) for i in chunk] for chunk in ids if chunk] == [[7, 6, 5], [4, 3], [2], [1]]
 
 
 def truncate_wal(path):

@@ -304,21 +304,39 @@ QUARANTINE_CSV_HEADER = (
 )
 
 
+# A chunk of quarantined deliveries holds bodies of at most this many bytes
+# in all; a larger body goes alone. Each body is written several times over
+# (as text, in base64, quoted), so a chunk of rows alone would not bound it.
+QUARANTINE_CHUNK_BYTES = 1024 * 1024
+
+
 def _quarantined(conn, filters):
-    """The matching quarantined deliveries, newest first, CHUNK_ROWS at a
-    time, of those there when the export began; like _chunks."""
+    """The matching quarantined deliveries, newest first, of those there
+    when the export began, like _chunks: CHUNK_ROWS at a time, or fewer when
+    their bodies add up to more than QUARANTINE_CHUNK_BYTES. The lengths are
+    read first, which SQLite reads without the bodies."""
     where, params = filters.where()
     cursor = conn.cursor()
     cursor.row_factory = None
     below = cursor.execute("SELECT ifnull(max(id), 0) + 1 FROM quarantine").fetchone()[0]
-    while rows := cursor.execute(
-        f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
-        f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ?"
+    while sizes := cursor.execute(
+        f"SELECT id, ifnull(length(raw), 0) FROM quarantine WHERE {where} AND id < ?"
         f" ORDER BY id DESC LIMIT {CHUNK_ROWS}",
         [*params, below],
     ).fetchall():
-        yield rows
-        below = rows[-1][0]
+        last, total = sizes[0]
+        for row_id, size in sizes[1:]:
+            total += size
+            if total > QUARANTINE_CHUNK_BYTES:
+                break
+            last = row_id
+        yield cursor.execute(
+            f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
+            f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ? AND id >= ?"
+            " ORDER BY id DESC",
+            [*params, below, last],
+        ).fetchall()
+        below = last
 
 
 def as_bytes(raw):
