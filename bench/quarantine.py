@@ -1,12 +1,14 @@
-"""How much memory does the quarantine page take? Issue 15 measured one
-request for 200 quarantined 1 MiB bodies take the review process from 49 to
-257 MB.
+"""How much memory do the quarantine page and exports take? Issue 15
+measured one request for 200 quarantined 1 MiB bodies take the review
+process from 49 to 257 MB.
 
 Builds a log of ``--rows`` quarantined bodies of ``--size`` bytes each, then
 for each source tree given (this one by default; ``--against DIR`` adds
-another checkout, e.g. a ``git worktree`` of an older commit, measured side
-by side in the same run) starts ``tim-audit serve --only review`` on it,
-asks for ``/quarantine?limit=ROWS`` ``--requests`` times, and prints the
+another checkout, e.g. ``git archive`` of an older commit unpacked,
+measured side by side in the same run) and for each of
+``/quarantine?limit=ROWS``, ``/quarantine.csv`` and ``/quarantine.json``
+starts ``tim-audit serve --only review`` on it (a process per request, so
+each peak is its own), asks for it ``--requests`` times, and prints the
 review process's RSS before and its peak (VmHWM) after, with the median
 time of a request.
 
@@ -15,6 +17,7 @@ time of a request.
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -81,7 +84,11 @@ def get(port, path):
         conn.close()
 
 
-def measure(tree, database, rows, requests, work):
+@contextlib.contextmanager
+def review_server(tree, database, work, **settings):
+    """``tim-audit serve --only review`` from the source ``tree`` on
+    ``database``, with TIM_AUDIT_ ``settings``, until the block ends: its
+    process and port, once it answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -91,6 +98,7 @@ def measure(tree, database, rows, requests, work):
         "TIM_AUDIT_REVIEW_LISTEN": f"127.0.0.1:{port}",
         "TIM_AUDIT_DASHBOARD_USERS": json.dumps({USER: generate_password_hash(PASSWORD)}),
         "TIM_AUDIT_VERIFY_INTERVAL": "0",
+        **{f"TIM_AUDIT_{name}": value for name, value in settings.items()},
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "tim_audit", "serve", "--only", "review"],
@@ -109,17 +117,22 @@ def measure(tree, database, rows, requests, work):
                 pass
             assert time.monotonic() < deadline, "the review server did not start"
             time.sleep(0.1)
+        yield process, port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def measure(tree, database, path, requests, work):
+    with review_server(tree, database, work) as (process, port):
         before = kib(process.pid, "VmRSS")
         times = []
         for _ in range(requests):
             started = time.monotonic()
-            status, body = get(port, f"/quarantine?limit={rows}")
+            status, body = get(port, path)
             times.append(time.monotonic() - started)
             assert status == 200, status
         return before, kib(process.pid, "VmHWM"), statistics.median(times), len(body)
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def main():
@@ -133,13 +146,17 @@ def main():
     database = work / "audit.sqlite3"
     print(f"building {args.rows} quarantined bodies of {args.size:,} bytes ...", flush=True)
     build(database, args.rows, args.size)
-    print(f"\n{'source':<40} {'RSS before':>11} {'peak RSS':>10} {'median s':>9} {'page':>9}")
+    print(
+        f"\n{'source':<32} {'request':<22} {'RSS before':>11} {'peak RSS':>10}"
+        f" {'median s':>9} {'size':>9}"
+    )
     for tree in [ROOT, *args.against]:
-        before, peak, seconds, page = measure(tree, database, args.rows, args.requests, work)
-        print(
-            f"{str(tree):<40} {before / 1024:>9.1f} MB {peak / 1024:>7.1f} MB"
-            f" {seconds:>9.3f} {page / 1024:>7.0f} KB"
-        )
+        for path in (f"/quarantine?limit={args.rows}", "/quarantine.csv", "/quarantine.json"):
+            before, peak, seconds, size = measure(tree, database, path, args.requests, work)
+            print(
+                f"{str(tree):<32} {path:<22} {before / 1024:>8.1f} MB {peak / 1024:>7.1f} MB"
+                f" {seconds:>9.3f} {size / 2**20:>6.1f} MB"
+            )
     print(f"\n(work files in {work})")
 
 
