@@ -47,7 +47,7 @@ def zipfile_writes(members, made=MADE):
 def zipstream_writes(members, made=MADE):
     with tempfile.TemporaryFile() as directory:
         writer = zipstream.Writer(directory, made)
-        return b"".join([writer.add(name, data) for name, data in members] + [*writer.close()])
+        return b"".join([writer.add(name, data) for name, data in members] + [*writer.finish()])
 
 
 def read_back(archive, members):

@@ -340,7 +340,7 @@ def archive_chunks(conn, filters, counter):
             yield take()
         add("README.txt", _readme(latest, counter["rows"], newer, note, token and ca, failed))
         yield take()
-        yield from archive.close()
+        yield from archive.finish()
 
 
 def _readme(latest, count, newer, note, stamped, failed):

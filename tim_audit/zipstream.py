@@ -90,7 +90,7 @@ class Writer:
         self._count += 1
         return member
 
-    def close(self):
+    def finish(self):
         """The central directory and the end records, in chunks of at most
         COPY_SIZE bytes: the archive's last bytes."""
         start, size = self._offset, self._directory.tell()
