@@ -12,7 +12,7 @@ from waitress import create_server
 
 from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, signed_query
-from tim_audit import chain, create_app, db, merkle, open_log
+from tim_audit import chain, create_app, db, derived, merkle, open_log
 from tim_audit.auditlog import Event, Rejection
 
 
@@ -215,8 +215,7 @@ def attacker(filled):
     """A connection to the file with every trigger dropped, as anyone with
     write access to it could do."""
     conn = sqlite3.connect(filled.path, isolation_level=None)
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-        conn.execute(f'DROP TRIGGER "{name}"')
+    drop_triggers(conn)
     yield conn
     conn.close()
 
@@ -229,6 +228,13 @@ def old_schema(config):
     conn = sqlite3.connect(config["DATABASE"])
     conn.executescript((pathlib.Path(__file__).parent / "data" / "schema-v0.sql").read_text())
     conn.close()
+
+
+def drop_triggers(conn, keep=()):
+    """Drop the triggers, but those whose names start with one of ``keep``."""
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        if not name.startswith(keep):
+            conn.execute(f'DROP TRIGGER "{name}"')
 
 
 def rewrite(conn, key=None):
@@ -253,6 +259,9 @@ def rewrite(conn, key=None):
         previous = chain.link(key, previous, chain.canonical(chain.event_values(values, members)))
         conn.execute("UPDATE event SET hash = ? WHERE id = ?", (previous, row[0]))
     rebuild_trees(conn, key)
+    derived.allow_writes(conn)
+    derived.rebuild(conn)  # which makes every trigger of the schema again ...
+    drop_triggers(conn, keep=("event_derived", "event_hour_"))  # ... but the derived data's
 
 
 def rebuild_trees(conn, key=None):

@@ -8,6 +8,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 import tim_audit.auth
 from dashboard import CREDENTIALS, PASSWORD, REVIEWER, REVIEWERS
+from tim_audit import create_app
 from tim_audit.auth import Busy, Reviewers, TooManyFailures
 from tencent import group_body
 
@@ -120,9 +121,11 @@ def test_hash_password_refuses_a_short_password(runner):
     assert "use at least 12 characters" in result.output
 
 
-def test_hash_password_output_works_as_config(runner, make_app):
+def test_hash_password_output_works_as_config(config, make_app):
     hashed = (
-        runner.invoke(args=["hash-password"], input="bob's own password\nbob's own password\n")
+        create_app(config)
+        .test_cli_runner()
+        .invoke(args=["hash-password"], input="bob's own password\nbob's own password\n")
         .output.strip()
         .splitlines()[-1]
     )

@@ -397,7 +397,7 @@ def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(
 def test_a_quarantine_export_sends_bodies_of_a_bounded_size_a_chunk(client, log, monkeypatch, kind):
     monkeypatch.setattr(exports, "QUARANTINE_CHUNK_BYTES", 100)
     for number, size in enumerate([10, 250, 40, 40, 30, None, 60], start=1):
-        body = None if size is None else b"x" * size
+        body = None if size is None else bytes([64 + number]) * size  # each its own body
         log.append(dataclasses.replace(rejection(number), raw=body, content_length=size))
     first, rest = started(client, f"/quarantine.{kind}")
     row = rb"^(\d+)," if kind == "csv" else rb'^\{"id": (\d+),'

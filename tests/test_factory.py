@@ -309,14 +309,14 @@ def test_database_that_is_not_sqlite_stops_start_up(made, tmp_path):
 
 def test_hmac_key_cannot_be_added_to_an_unkeyed_log(made, tmp_path):
     database = str(tmp_path / "audit.sqlite3")
-    made({"DATABASE": database})
+    made({"DATABASE": database}).extensions["tim_audit"].close()
     with pytest.raises(StartupError, match="was started without AUDIT_HMAC_KEY"):
         made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32})
 
 
 def test_keyed_log_refuses_to_start_without_its_key(made, tmp_path):
     database = str(tmp_path / "audit.sqlite3")
-    made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32})
+    made({"DATABASE": database, "AUDIT_HMAC_KEY": "k" * 32}).extensions["tim_audit"].close()
     with pytest.raises(StartupError, match="is chained with an HMAC key: set AUDIT_HMAC_KEY"):
         made({"DATABASE": database})
     with pytest.raises(StartupError, match="AUDIT_HMAC_KEY is not the key the log at"):

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import importlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -87,8 +88,9 @@ def fill(path, count):
     """``count`` events, written through the writer's own _write in large
     transactions, as bench/dataset.py does."""
     log = AuditLog(str(path))
-    log.open()
-    log.close()
+    if not os.path.exists(path):  # else the log's server holds it, and it has its tables
+        log.open()
+        log.close()
     conn = db.connect(str(path))
     conn.execute("BEGIN IMMEDIATE")
     log._write(

@@ -171,6 +171,7 @@ def test_a_timestamp_ca_that_holds_no_certificate_stops_start_up(config, tsa, tm
 
 
 def test_metrics_count_the_failed_timestamp_requests(stamped_app, tsa, make_app, config):
+    stamped_app.extensions["tim_audit"].close()  # the server restarts with METRICS
     app = make_app(TIMESTAMP_URL=tsa.url, TIMESTAMP_CA=str(tsa.ca), METRICS=True)
     tsa.mode = "http-error"
     timestamper = app.extensions["tim_audit"].notary.publishers[0]
