@@ -295,9 +295,10 @@ def test_the_witness_keeps_its_state_in_its_own_file_across_restarts(
 
 
 def test_check_proof_with_the_witness_key_passes_and_fails_below_quorum(
-    go_witness, our_witness, log_key, make_app, get, runner, tmp_path
+    go_witness, our_witness, log_key, make_app, tmp_path
 ):
     app = signed_log(make_app, [go_witness, our_witness])
+    runner = app.test_cli_runner()
     submit(app, 0)
     proof = tmp_path / "3.tlog-proof"
     proof.write_bytes(app.test_client().get("/history/3.tlog-proof", headers=CREDENTIALS).data)
@@ -343,7 +344,7 @@ def test_verify_fails_a_stored_cosignature_that_was_altered(go_witness, make_app
     conn.close()
     result = app.test_cli_runner().invoke(args=["verify"])
     assert result.exit_code == 1
-    assert result.output.startswith("FAIL checkpoint 5: a stored cosignature (")
+    assert result.output.startswith("FAIL cosignature row 1: the line (")
     assert result.output.endswith(
         " does not verify: the signature by go.witness.example/w1+"
         f"{tlog.Verifier(go_witness[1]).key_id} does not verify: the note's text was altered\n"
@@ -498,9 +499,10 @@ def test_the_by_hand_cosignature_check_in_docs_trust_md_works(go_witness, make_a
 
 
 def test_proofs_are_made_against_the_newest_witnessed_checkpoint(
-    go_witness, log_key, make_app, runner, tmp_path
+    go_witness, log_key, make_app, tmp_path
 ):
     app = signed_log(make_app, [go_witness])
+    runner = app.test_cli_runner()
     submit(app)
     grow(app, 6, 7)  # signed, not yet cosigned
     client = app.test_client()

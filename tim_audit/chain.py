@@ -120,6 +120,14 @@ def tolerant_text(conn):
         conn.text_factory = saved
 
 
+def as_bytes(value):
+    """A stored BLOB as bytes. A tampered table can hold TEXT or a number
+    there (verify names it): taken as the bytes of its text, so that it
+    renders and fails to parse, where bytes() would raise or, given a large
+    integer, allocate that many bytes."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+
+
 def _storage_class(value):
     if value is None:
         return "NULL"
@@ -132,7 +140,7 @@ def _storage_class(value):
     return "BLOB"
 
 
-def _shown(value):
+def shown(value):
     """A stored value as the sqlite3 shell would write it, cut short."""
     kind = _storage_class(value)
     if kind == "TEXT":
@@ -151,7 +159,7 @@ def check_types(table, row_id, values, types):
     for column, value in zip(types, values, strict=True):
         declared = types[column]
         if isinstance(value, NotUtf8) or _storage_class(value) not in declared.split(" or "):
-            raise ChainBroken(table, row_id, f"{column} is {_shown(value)}, expected {declared}")
+            raise ChainBroken(table, row_id, f"{column} is {shown(value)}, expected {declared}")
 
 
 def event_values(row, members):
@@ -164,7 +172,7 @@ def event_values(row, members):
             raise ChainBroken(
                 "event_member",
                 row["id"],
-                f"account at position {position} is {_shown(account)}, expected TEXT",
+                f"account at position {position} is {shown(account)}, expected TEXT",
             )
     return values + list(members)
 

@@ -32,6 +32,25 @@ SIGN_TIMEOUT = 5.0  # seconds the notary waits for the writer's transaction
 
 MAX_NOTE = 64 * 1024  # bytes read of a checkpoint file in CHECKPOINT_DIR
 
+# The type of each stored column, as schema.sql declares it: a table made
+# again without STRICT can hold anything, and verify names what it finds.
+CHECKPOINT_TYPES = {
+    "tree": "TEXT",
+    "size": "INTEGER",
+    "root": "BLOB",
+    "signed_at": "INTEGER",
+    "key": "TEXT",
+    "note": "BLOB",
+}
+COSIGNATURE_TYPES = {
+    "checkpoint_id": "INTEGER",
+    "witness": "TEXT",
+    "cosigned_at": "INTEGER",
+    "line": "BLOB",
+}
+# A cosignature/v1 signature: key ID, timestamp, Ed25519 signature.
+COSIGNATURE_SIZE = 4 + 8 + 64
+
 
 class KeyRefused(ChainMismatch):
     """The signing key cannot be used: the service must not start with it."""
@@ -155,6 +174,7 @@ def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
     alone (the notary's start). Returns how many checkpoints were checked;
     Contradicted names the first that the log does not extend."""
     sizes = {table: merkle.size(conn, table) for table in merkle.TABLES}
+    _check_rows(conn)
     rows = (
         [row for row in (latest(conn, table) for table in merkle.TABLES) if row is not None]
         if newest_only
@@ -166,7 +186,7 @@ def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
         if keys is not None:
             try:
                 signed, signer = tlog.open_checkpoint(
-                    bytes(row["note"]), keys, origin(log_origin, table)
+                    chain.as_bytes(row["note"]), keys, origin(log_origin, table)
                 )
             except tlog.TlogError as exc:
                 raise Contradicted(
@@ -192,30 +212,68 @@ def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
     return count
 
 
+def _check_rows(conn):
+    """Every stored checkpoint and cosignature value is of its column's
+    type, and names a tree there is; every cosignature is of a stored
+    checkpoint of the event tree. What the file says is checked against
+    the keys after this; this makes sure there is something to check."""
+    with chain.tolerant_text(conn):
+        for row in conn.execute(f"SELECT id, {', '.join(CHECKPOINT_TYPES)} FROM checkpoint"):
+            chain.check_types("checkpoint", row[0], tuple(row)[1:], CHECKPOINT_TYPES)
+            if row["tree"] not in merkle.TABLES:
+                raise chain.ChainBroken(
+                    "checkpoint", row[0], f"tree is {chain.shown(row['tree'])}, expected a tree"
+                )
+        for row in conn.execute(
+            f"SELECT cosignature.id, {', '.join(f'cosignature.{c}' for c in COSIGNATURE_TYPES)},"
+            " checkpoint.tree FROM cosignature"
+            " LEFT JOIN checkpoint ON checkpoint.id = cosignature.checkpoint_id"
+        ):
+            chain.check_types("cosignature", row[0], tuple(row)[1:-1], COSIGNATURE_TYPES)
+            if row["tree"] != "event":
+                raise chain.ChainBroken(
+                    "cosignature",
+                    row[0],
+                    f"checkpoint_id {row['checkpoint_id']} is no stored checkpoint of the events",
+                )
+
+
 def _check_cosignatures(conn, witnesses):
-    """Each stored line must be a signature line; one whose name and key ID
-    are a configured witness's must verify over its checkpoint."""
+    """Each stored line must be one cosignature/v1 line, by the witness its
+    row names and at the time it records; one by a configured witness must
+    verify over its checkpoint."""
     configured = {(witness.name, witness.key_id): witness for witness in witnesses}
     for row in conn.execute(
-        "SELECT checkpoint.size, checkpoint.note, cosignature.line"
+        "SELECT cosignature.id, cosignature.witness, cosignature.cosigned_at, checkpoint.note,"
+        " cosignature.line"
         " FROM cosignature JOIN checkpoint ON checkpoint.id = cosignature.checkpoint_id"
         " ORDER BY cosignature.id"
     ):
-        line = bytes(row["line"])
+        line = row["line"]
         try:
-            text, _ = tlog.split_note(bytes(row["note"]))
-            name, key_id = _signer_of(line)
+            text, _ = tlog.split_note(row["note"])
+            name, signature = _signer_of(line)
+            key_id = signature[:4].hex()
+            if len(signature) != COSIGNATURE_SIZE:
+                raise tlog.Malformed("it is not a cosignature/v1 signature")
+            named = tlog.Verifier(row["witness"])
+            if (named.name, named.key_id) != (name, key_id):
+                raise tlog.Malformed(f"it is not by {named.name}+{named.key_id}, as its row says")
+            made = int.from_bytes(signature[4:12], "big")
+            if made != row["cosigned_at"]:
+                raise tlog.Malformed(f"it was made at {made}, not at its cosigned_at")
             witness = configured.get((name, key_id))
             if witness is not None:
                 tlog.open_note(text.encode("utf-8") + b"\n" + line, [witness])
         except tlog.TlogError as exc:
-            raise Contradicted(
-                row["size"], f"a stored cosignature ({line[:60]!r}) does not verify: {exc}"
+            raise chain.ChainBroken(
+                "cosignature", row["id"], f"the line ({line[:60]!r}) does not verify: {exc}"
             ) from None
 
 
 def _signer_of(line):
-    """The (name, key ID) a signature line names; Malformed if it is none."""
+    """The name and the signature (key ID first) of a signature line;
+    Malformed if it is none."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
@@ -224,7 +282,10 @@ def _signer_of(line):
     name, _, signature = rest.partition(" ")
     if dash != "\u2014" or not text.endswith("\n") or "\n" in text[:-1]:
         raise tlog.Malformed("it is not one signature line")
-    return name, tlog.decode(signature, "the signature")[:4].hex()
+    signature = tlog.decode(signature, "the signature")
+    if len(signature) < 4:
+        raise tlog.Malformed("the signature has no key ID")
+    return name, signature
 
 
 def _extends(conn, table, tree_size, size, root, what):
@@ -253,8 +314,8 @@ def cosigned(conn, checkpoint):
     lines = conn.execute(
         "SELECT line FROM cosignature WHERE checkpoint_id = ? ORDER BY id", (checkpoint["id"],)
     )
-    return bytes(checkpoint["note"]) + b"".join(
-        bytes(line) for (line,) in lines if _is_signature_line(bytes(line))
+    return chain.as_bytes(checkpoint["note"]) + b"".join(
+        chain.as_bytes(line) for (line,) in lines if _is_signature_line(chain.as_bytes(line))
     )
 
 
@@ -270,10 +331,12 @@ def best(conn, witness_keys=(), quorum=0, stamped=False, look_back=16):
     """The newest event checkpoint, among the ``look_back`` newest, that at
     least ``quorum`` of ``witness_keys`` cosigned and, with ``stamped``, that
     has a timestamp: the one proofs and archives should use, as the newest
-    is bare until its witnesses and the TSA answer. Else the newest."""
+    is bare until its witnesses and the TSA answer. Else the newest. A row
+    whose size is no integer (only tampering stores one; verify names it)
+    is passed over."""
     rows = conn.execute(
-        "SELECT id, tree, size, root, signed_at, key, note FROM checkpoint WHERE tree = 'event'"
-        " ORDER BY id DESC LIMIT ?",
+        "SELECT id, tree, size, root, signed_at, key, note FROM checkpoint"
+        " WHERE tree = 'event' AND typeof(size) = 'integer' ORDER BY id DESC LIMIT ?",
         (look_back,),
     ).fetchall()
     for row in rows:
@@ -539,7 +602,7 @@ class Notary:
             return None
         try:
             signed, _ = tlog.open_checkpoint(
-                bytes(previous["note"]),
+                chain.as_bytes(previous["note"]),
                 verifiers(self.key_path, self.origin),
                 origin(self.origin, table),
             )

@@ -107,6 +107,8 @@ def key_id(verifier_key):
     """The key ID of a verifier key name+keyid+base64; a stored value that
     is no such key (only tampering stores one, and verify names it) is
     shown whole."""
+    if not isinstance(verifier_key, str):
+        return verifier_key
     parts = verifier_key.split("+", 2)
     return parts[1] if len(parts) == 3 else verifier_key
 
@@ -164,7 +166,7 @@ def _proof_status(event_id):
         if best is None or event_id > best["size"]:
             return None, _not_yet(conn, event_id)
         try:
-            proof_file(conn, bytes(best["note"]), event_id)
+            proof_file(conn, chain.as_bytes(best["note"]), event_id)
         except chain.ChainBroken as exc:
             return None, f"No proof: {exc}."
         return best, None
@@ -194,7 +196,12 @@ def listing():
         )
     # Each root in base64, as its checkpoint file writes it.
     rows = [
-        {**row, "root": base64.b64encode(row["root"]).decode()}
+        {
+            **row,
+            "root": base64.b64encode(row["root"]).decode()
+            if type(row["root"]) is bytes
+            else chain.shown(row["root"]),
+        }
         for row in map(dict, _checkpoints(get_db(), args["limit"], args["before"]))
     ]
     older = rows[-1]["id"] if len(rows) == args["limit"] else None
@@ -230,12 +237,15 @@ def checkpoint_note(checkpoint_id):
     )
     if row is None:
         abort(404, description=f"There is no checkpoint {checkpoint_id}.")
+    # Named as CHECKPOINT_DIR names it, from the stored row only when that
+    # is a tree and a size: a tampered row must not reach the header.
+    name = f"checkpoint-{row['id']}"
+    if row["tree"] in merkle.TABLES and type(row["size"]) is int:
+        name = f"{row['tree']}-{row['size']}"
     return Response(
         checkpoints.cosigned(get_db(), row),
         mimetype="text/plain",
-        headers={
-            "Content-Disposition": f'attachment; filename="{row["tree"]}-{row["size"]}.checkpoint"'
-        },
+        headers={"Content-Disposition": f'attachment; filename="{name}.checkpoint"'},
     )
 
 
@@ -290,7 +300,10 @@ def signed_size(note):
 
 @bp.get("/history.evidence")
 def export_evidence():
-    if _latest_checkpoint() is None:
+    best = None
+    with contextlib.suppress(sqlite3.OperationalError):  # no checkpoint table yet
+        best = _best(get_db())
+    if best is None:
         abort(
             404, description="No checkpoint has been signed yet: there is nothing to prove against."
         )
@@ -315,8 +328,8 @@ def archive_chunks(conn, filters, counter):
             return data
 
         note = checkpoints.cosigned(conn, latest)
-        add("checkpoint", bytes(latest["note"]))
-        if note != bytes(latest["note"]):
+        add("checkpoint", chain.as_bytes(latest["note"]))
+        if note != chain.as_bytes(latest["note"]):
             add("checkpoint.cosigned", note)
         add("verifier.key", f"{latest['key']}\n")
         token = timestamps.stored(conn, latest["id"])
@@ -345,7 +358,7 @@ def archive_chunks(conn, filters, counter):
 
 def _readme(latest, count, newer, note, stamped, failed):
     try:
-        origin = tlog.parse_checkpoint(tlog.split_note(bytes(latest["note"]))[0]).origin
+        origin = tlog.parse_checkpoint(tlog.split_note(chain.as_bytes(latest["note"]))[0]).origin
     except tlog.TlogError as exc:
         origin = f"(its checkpoint's note does not parse: {exc})"
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
@@ -370,7 +383,7 @@ def _readme(latest, count, newer, note, stamped, failed):
         )
         if failed
         else "",
-        files=(COSIGNED_FILES if note != bytes(latest["note"]) else "")
+        files=(COSIGNED_FILES if note != chain.as_bytes(latest["note"]) else "")
         + (TIMESTAMP_FILES if stamped else ""),
         timestamp=TIMESTAMP_STEPS if stamped else "",
     )

@@ -22,7 +22,7 @@ import itertools
 import json
 import operator
 
-from . import queries
+from . import chain, queries
 
 CHUNK_ROWS = 250
 
@@ -339,16 +339,10 @@ def _quarantined(conn, filters):
         below = last
 
 
-def as_bytes(raw):
-    """A stored body as bytes; a tampered row of a log made before STRICT
-    tables can hold it as TEXT or a number, taken here as stored."""
-    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-
-
 def _bodies(raw):
     if raw is None:
         return None, None
-    raw = as_bytes(raw)
+    raw = chain.as_bytes(raw)
     return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
 
 

@@ -622,7 +622,7 @@ def quarantined_body(row_id):
     if row is None or row["raw"] is None:
         abort(404, description=f"No body is kept for quarantined delivery {row_id}.")
     return Response(
-        exports.as_bytes(row["raw"]),
+        chain.as_bytes(row["raw"]),
         mimetype="application/octet-stream",
         headers={
             "Content-Disposition": f'attachment; filename="tim-audit-quarantine-{row_id}.body"'
@@ -640,7 +640,14 @@ def _instant(ms):
         return None
 
 
-bp.add_app_template_filter(exports.as_bytes)
+bp.add_app_template_filter(chain.as_bytes)
+
+
+@bp.app_template_filter("count")
+def count(value):
+    """A whole number with thousands separators; a stored value of another
+    type (only tampering stores one, and verify names it) as it is."""
+    return f"{value:,}" if type(value) is int else value
 
 
 @bp.app_template_filter("utc")

@@ -50,6 +50,13 @@ def reader(conn, table):
             raise chain.ChainBroken(
                 f"{table}_tree", missing[0], "a stored hash of the tree is missing"
             )
+        for index, digest in rows:
+            if type(digest) is not bytes or len(digest) != tlog.HASH_SIZE:
+                raise chain.ChainBroken(
+                    f"{table}_tree",
+                    index,
+                    f"hash is {chain.shown(digest)}, expected a BLOB of {tlog.HASH_SIZE} bytes",
+                )
         return [row[1] for row in rows]
 
     return read_hashes

@@ -27,7 +27,7 @@ from rfc3161_client import (
     decode_timestamp_response,
 )
 
-from . import checkpoints, publisher
+from . import chain, checkpoints, publisher
 from .db import get_db
 from .publisher import Refused
 
@@ -84,7 +84,7 @@ class Timestamper(publisher.Publisher):
         latest = checkpoints.latest(conn, "event")
         if latest is None or stored(conn, latest["id"]) is not None:
             return None
-        note = bytes(latest["note"])
+        note = chain.as_bytes(latest["note"])
         request = TimestampRequestBuilder().data(note).hash_algorithm(HashAlgorithm.SHA256).build()
         status, _, token = publisher.post(
             self.url, request.as_bytes(), {"Content-Type": QUERY_TYPE}
@@ -109,7 +109,7 @@ def stored(conn, checkpoint_id):
         "SELECT token FROM timestamp WHERE checkpoint_id = ? ORDER BY id LIMIT 1",
         (checkpoint_id,),
     ).fetchone()
-    return None if row is None else bytes(row[0])
+    return None if row is None else chain.as_bytes(row[0])
 
 
 def from_config(config, pem):
@@ -119,22 +119,44 @@ def from_config(config, pem):
     return [Timestamper(config["DATABASE"], config["TIMESTAMP_URL"], roots(pem))]
 
 
+TIMESTAMP_TYPES = {"checkpoint_id": "INTEGER", "stamped_at": "INTEGER", "token": "BLOB"}
+
+
 def check_stored(conn, certificates):
-    """Check every stored token against its checkpoint's note and the CA
-    ``certificates`` (from TIMESTAMP_CA, outside the file); None checks
-    nothing. Contradicted names the first that does not verify."""
-    if certificates is None:
-        return
-    for row in conn.execute(
-        "SELECT checkpoint.size, checkpoint.note, timestamp.token FROM timestamp"
-        " JOIN checkpoint ON checkpoint.id = timestamp.checkpoint_id ORDER BY timestamp.id"
-    ):
+    """Check every stored token: of its columns' types and of a stored
+    event checkpoint; with the CA ``certificates`` (from TIMESTAMP_CA,
+    outside the file; None checks no more), over that checkpoint's note and
+    made at the time its row records. ChainBroken names the first that
+    does not verify."""
+    with chain.tolerant_text(conn):
+        rows = conn.execute(
+            "SELECT timestamp.id, timestamp.checkpoint_id, timestamp.stamped_at,"
+            " timestamp.token, checkpoint.tree, checkpoint.size, checkpoint.note"
+            " FROM timestamp LEFT JOIN checkpoint ON checkpoint.id = timestamp.checkpoint_id"
+            " ORDER BY timestamp.id"
+        ).fetchall()
+    for row in rows:
+        chain.check_types("timestamp", row["id"], tuple(row)[1:4], TIMESTAMP_TYPES)
+        if row["tree"] != "event":
+            raise chain.ChainBroken(
+                "timestamp",
+                row["id"],
+                f"checkpoint_id {row['checkpoint_id']} is no stored checkpoint of the events",
+            )
+        if certificates is None:
+            continue
         try:
-            check(bytes(row["token"]), bytes(row["note"]), certificates)
+            made = check(row["token"], chain.as_bytes(row["note"]), certificates)
         except Refused as exc:
             raise checkpoints.Contradicted(
                 row["size"], f"its timestamp does not verify with TIMESTAMP_CA: {exc}"
             ) from None
+        if int(made.timestamp()) != row["stamped_at"]:
+            raise chain.ChainBroken(
+                "timestamp",
+                row["id"],
+                f"stamped_at is {row['stamped_at']}, but its token was made at {int(made.timestamp())}",
+            )
 
 
 @bp.get("/checkpoint.tsr")

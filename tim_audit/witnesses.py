@@ -9,7 +9,7 @@ tree than this log has signed has seen another history of it, and is
 refused and logged, never overwritten.
 """
 
-from . import checkpoints, merkle, publisher, tlog
+from . import chain, checkpoints, merkle, publisher, tlog
 from .publisher import Refused
 
 SIZE_TYPE = "text/x.tlog.size"  # a 409's body: the size the witness last cosigned
@@ -61,11 +61,16 @@ class Witness(publisher.Publisher):
         proof = []
         if 0 < old < size:
             proof = tlog.consistency_proof(old, size, merkle.reader(conn, "event"))
-        return f"old {old}\n".encode() + tlog.format_hashes(proof) + b"\n" + bytes(latest["note"])
+        return (
+            f"old {old}\n".encode()
+            + tlog.format_hashes(proof)
+            + b"\n"
+            + chain.as_bytes(latest["note"])
+        )
 
     def _store(self, conn, latest, answer):
         """Keep the line of the answer that verifies with this witness's key."""
-        text, _ = tlog.split_note(bytes(latest["note"]))
+        text, _ = tlog.split_note(chain.as_bytes(latest["note"]))
         message = text.encode("utf-8") + b"\n"
         for line in answer.splitlines(keepends=True):
             try:
