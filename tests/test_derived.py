@@ -121,6 +121,29 @@ def test_the_count_ignores_hourly_counts_behind_the_log(filled, attacker, get):
     assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
 
 
+def test_counts_found_unlike_the_chained_rows_are_not_used_once_verified(
+    filled, attacker, app, get
+):
+    attacker.execute("UPDATE event_hour SET events = events - 5")  # covers every event still
+    assert "<strong>0</strong> events match" in get("/history").get_data(as_text=True)
+    verifier = app.extensions["tim_audit.verifier"]
+    assert verifier.start()
+    verifier.wait(10)
+    assert verifier.derived_failed
+    assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
+
+
+def test_a_name_index_found_unlike_the_chained_rows_is_not_used_once_verified(
+    filled, attacker, app, get
+):
+    attacker.execute("UPDATE event_name SET name_folded = 'group 9' WHERE rowid = 3")
+    verifier = app.extensions["tim_audit.verifier"]
+    assert verifier.start()
+    verifier.wait(10)
+    assert verifier.derived_failed
+    assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == [3]
+
+
 # --- what the name index holds ---------------------------------------------------
 
 

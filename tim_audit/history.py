@@ -214,7 +214,11 @@ def _milliseconds(name, when, whole_day, end):
 
 
 def _history_filters(args):
-    return queries.Filters(**{name: args[name] for name in HISTORY_FILTERS})
+    verifier = current_app.extensions.get("tim_audit.verifier")
+    return queries.Filters(
+        **{name: args[name] for name in HISTORY_FILTERS},
+        derived=verifier is None or not verifier.derived_failed,
+    )
 
 
 def _quarantine_filters(args):

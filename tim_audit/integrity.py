@@ -59,6 +59,12 @@ class Verifier:
         self._thread = None
 
     @property
+    def derived_failed(self):
+        """Whether the last verification found the name index or the counts
+        unlike the chained rows: until one passes, pages do not use them."""
+        return self.last is not None and (self.last.failure or "").startswith("derived ")
+
+    @property
     def running(self):
         return self._thread is not None and self._thread.is_alive()
 

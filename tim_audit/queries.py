@@ -83,6 +83,9 @@ class Filters:
     # ran out of time, having found name_at_least).
     name_found: tuple | None = None
     name_at_least: int | None = None
+    # False once a verification found the derived tables unlike the chained
+    # rows: then neither answers, however current they look.
+    derived: bool = True
 
     @property
     def by_id(self):
@@ -240,7 +243,7 @@ def route(conn, filters):
     # so does any while the index is behind the log (derived.current).
     if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN or "\0" in filters.q:
         return filters
-    if not derived.current(conn):
+    if not (filters.derived and derived.current(conn)):
         return filters
     if filters.off_time_index:
         ids = _lookup(conn, _cover(filters.q), [])
@@ -289,7 +292,7 @@ def count(conn, filters):
     """The number of matching events, from the summary when only type and
     time are asked for and it covers every event; otherwise counted,
     within COUNT_CAP and COUNT_TIME."""
-    if _summarised(filters) and derived.current(conn):
+    if _summarised(filters) and filters.derived and derived.current(conn):
         return Count(summed(conn, filters.type, filters.since, filters.until))
     if filters.name_at_least is not None and _name_only(filters):
         return Count(filters.name_at_least, "at least")
@@ -392,7 +395,7 @@ def per_day(conn, filters, days):
     asked for when the count was exact and so within COUNT_CAP rows.
     ``days`` carry the time bounds, so ``filters`` should have no
     since/until of their own."""
-    if _summarised(filters) and derived.current(conn):
+    if _summarised(filters) and filters.derived and derived.current(conn):
         return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
     # A name search whose count was exact has all its matches' ids.
     found = filters.name_found
