@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import check, event, require
+from conftest import check, event, rejection, require
 from tim_audit import auditlog, derived
 from tim_audit.auditlog import AuditLog, StorageUnavailable
 
@@ -144,6 +144,28 @@ def test_a_second_writer_on_the_same_file_is_refused_while_the_first_runs(log, t
     )
     log.append(event(3))
     assert check(log).events == 2
+
+
+def test_a_retried_refused_body_is_looked_up_through_its_index_alone(log, rows):
+    """However many bodies of its ErrorCode the quarantine holds, the lookup
+    reads the newest few of its length and first bytes, then those rows."""
+    for number in range(1, 301):
+        log.append(rejection(number))
+    conn = log._connection()
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert log.append(rejection(7)).outcome == "repeat"
+    finally:
+        conn.set_trace_callback(None)
+    [lookup] = [sql for sql in statements if "substr(raw, 1, 64)" in sql]
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {lookup}")]
+    assert plan == [
+        "SEARCH quarantine USING INTEGER PRIMARY KEY (rowid=?)",
+        "LIST SUBQUERY 1",
+        "SEARCH quarantine USING INDEX quarantine_by_retry (error_code=? AND <expr>=? AND <expr>=?)",
+    ]
+    assert rows("SELECT count(*) FROM quarantine") == [(300,)]
 
 
 def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):

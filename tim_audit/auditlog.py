@@ -554,21 +554,22 @@ QUARANTINE_COMPARED = 8 * 1024 * 1024
 def _quarantined_before(conn, rejection):
     """(id, hash) of a quarantined row with the same bytes and ErrorCode, or
     None. A sender that retries a refused body gets the same answer without
-    adding its bytes again. The lookup goes through quarantine_by_body and
+    adding its bytes again. The lookup goes through quarantine_by_retry and
     compares whole bodies only for the newest rows sharing a length and a
     prefix, QUARANTINE_COMPARED bytes of them at most, however many such
     rows a sender has made; past those, a copy is stored again, as before."""
     candidates = max(8, min(1024, QUARANTINE_COMPARED // max(len(rejection.raw), 1)))
     return conn.execute(
         "SELECT id, hash FROM quarantine WHERE id IN ("
-        "  SELECT id FROM quarantine WHERE length(raw) = ? AND substr(raw, 1, 64) = ?"
+        "  SELECT id FROM quarantine"
+        "  WHERE error_code = ? AND length(raw) = ? AND substr(raw, 1, 64) = ?"
         "  ORDER BY id DESC LIMIT ?"
-        ") AND error_code = ? AND raw = ? ORDER BY id LIMIT 1",
+        ") AND raw = ? ORDER BY id LIMIT 1",
         (
+            rejection.error_code,
             len(rejection.raw),
             rejection.raw[:64],
             candidates,
-            rejection.error_code,
             rejection.raw,
         ),
     ).fetchone()

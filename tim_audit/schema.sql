@@ -81,8 +81,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 -- A refused body a sender retries is recognised by its bytes and not stored
 -- again (auditlog._quarantined_before): this index narrows the comparison to
--- rows of the same length and first 64 bytes.
-CREATE INDEX IF NOT EXISTS quarantine_by_body ON quarantine (length(raw), substr(raw, 1, 64));
+-- rows of the same ErrorCode, length and first 64 bytes, newest first.
+CREATE INDEX IF NOT EXISTS quarantine_by_retry
+    ON quarantine (error_code, length(raw), substr(raw, 1, 64));
 
 -- A conflicting repeat's reason starts "repeat of event N (" (callback.py);
 -- its event's page finds the repeats here, newest first and counted up to a
