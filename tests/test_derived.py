@@ -37,6 +37,25 @@ DAMAGE = {
         f"INSERT INTO event_hour VALUES ({HOUR + 1}, 'Public', 2)",
         f"derived event_hour: hour {HOUR + 1} type 'Public' counts 2 events, the chained rows 0",
     ),
+    # The same characters in another order keep every count and plain sum.
+    "name row swapped for an anagram": (
+        "INSERT INTO event_name (event_name, rowid, name_folded) VALUES ('delete', 3, 'group 3');"
+        " INSERT INTO event_name (rowid, name_folded) VALUES (3, 'gruop 3')",
+        "derived event_name: the name index's trigrams are not those of the chained events' names",
+    ),
+    "record of the index cut short": (
+        "UPDATE event_name_data SET block = x'80' WHERE id = 1",
+        "derived event_name: its record of what it holds is cut short",
+    ),
+    "record of the index of another type": (
+        "UPDATE event_name_data SET block = 4611686018427387904 WHERE id = 1",
+        "derived event_name: its record of what it holds is not a BLOB",
+    ),
+    "hour of another type": (
+        f"INSERT INTO event_hour VALUES ('{HOUR}x', 'Public', 5)",
+        f"derived event_hour: a row holds hour TEXT '{HOUR}x' and events INTEGER 5,"
+        " where both are whole numbers",
+    ),
 }
 
 
@@ -45,7 +64,7 @@ def damaged(request, attacker):
     """The five-event log with its derived data changed one way, by someone
     with the file who dropped the triggers first; what verify says."""
     statement, failure = request.param
-    attacker.execute(statement)
+    attacker.executescript(statement)
     return failure + REPAIR
 
 
@@ -96,6 +115,15 @@ def test_the_strip_shows_the_derived_failure(damaged, app, get):
     text = get("/history").get_data(as_text=True)
     assert 'class="integrity broken"' in text
     assert str(markupsafe.escape(damaged)) in text
+
+
+def test_pages_answer_in_full_from_the_chained_rows_once_verified(damaged, app, get):
+    verifier = app.extensions["tim_audit.verifier"]
+    assert verifier.start()
+    verifier.wait(10)
+    text = get("/history").get_data(as_text=True)
+    assert "<strong>5</strong> events match" in text
+    assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == [3]
 
 
 def test_rebuild_index_repairs_what_verify_failed(filled, runner, damaged):

@@ -10,6 +10,7 @@ incomplete. A query never trusts them unless :func:`current` says they
 cover every event.
 """
 
+import secrets
 import sqlite3
 from importlib import resources
 
@@ -138,20 +139,27 @@ def _varints(data, count):
 def _indexed(conn):
     """(names, trigrams) in the name index, from FTS5's own record of them
     (the "averages" row of event_name_data, two varints); (0, 0) when it
-    has none yet."""
+    has none yet. ValueError when that record is not one."""
     row = conn.execute("SELECT block FROM event_name_data WHERE id = 1").fetchone()
-    return (0, 0) if row is None or not row[0] else tuple(_varints(bytes(row[0]), 2))
+    if row is None or row[0] in (None, b""):
+        return (0, 0)
+    if type(row[0]) is not bytes:
+        raise ValueError("its record of what it holds is not a BLOB")
+    try:
+        return tuple(_varints(row[0], 2))
+    except IndexError:
+        raise ValueError("its record of what it holds is cut short") from None
 
 
 def current(conn):
     """Whether the derived tables cover every event, read in two lookups:
     the name index counts what it holds, and each of its batches and
     appends writes event_hour in the same transaction. False while a
-    rebuild is under way, after one that stopped, or if rows were taken
-    out of the index."""
+    rebuild is under way, after one that stopped, if rows were taken out
+    of the index, or if its record of them cannot be read."""
     try:
         names = _indexed(conn)[0]
-    except sqlite3.OperationalError:  # no index: being rebuilt, or dropped
+    except (sqlite3.Error, ValueError):  # no index (being rebuilt, dropped), or damaged
         return False
     events = conn.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
     return names == events
@@ -179,42 +187,58 @@ def check(conn):
     _check_hours(conn, events)
 
 
-# The name index is compared through sums over every trigram it holds:
-# how many, their rowids, their positions, and their characters weighted
-# by position in the trigram and by rowid modulo MIX (small enough that no
-# sum overflows 64 bits). A row taken out, added or altered changes them.
-MIX = 1021
-_INDEX_SUMS = (
-    "SELECT count(*), coalesce(sum(doc), 0), coalesce(sum(offset), 0),"
-    " coalesce(sum((doc % ?) * (unicode(term) + 3 * unicode(substr(term, 2, 1))"
-    " + 7 * unicode(substr(term, 3, 1)))), 0)"
-    " FROM temp.event_name_instance"
+# The name index is compared through a sum over every trigram it holds of
+# a hash of (rowid, position, its three characters): a polynomial with
+# coefficients drawn afresh at each check, modulo a prime small enough that
+# no step overflows 64 bits, then squared, so that no change to the index
+# keeps the sum but by a chance of about one in PRIME. Whoever writes the
+# file cannot know the coefficients the next check draws.
+PRIME = 2_147_483_647
+_INDEX_HASH = (
+    "SELECT count(*), coalesce(sum(v * v % :p), 0) FROM (SELECT"
+    " (((doc % :p) * :a + offset) % :p * :b + unicode(term) * :c1"
+    " + coalesce(unicode(substr(term, 2, 1)), 0) * :c2"
+    " + coalesce(unicode(substr(term, 3, 1)), 0) * :c3) % :p AS v"
+    " FROM temp.event_name_instance)"
 )
 
 
 def _check_names(conn, events):
-    names, trigrams = _indexed(conn)
+    try:
+        names, trigrams = _indexed(conn)
+    except ValueError as exc:
+        raise Mismatch("event_name", str(exc)) from None
     if names != events:
         raise Mismatch("event_name", f"the name index holds {names} names of {events} events")
+    key = {name: 1 + secrets.randbelow(PRIME - 1) for name in ("a", "b", "c1", "c2", "c3")}
     # A temp table is the connection's own, so a read-only one may create it.
     conn.execute(
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.event_name_instance"
         " USING fts5vocab(main, event_name, instance)"
     )
-    held = conn.execute(_INDEX_SUMS, (MIX,)).fetchone()
-    count = rowids = offsets = mixed = 0
+    try:
+        held = tuple(conn.execute(_INDEX_HASH, {"p": PRIME, **key}).fetchone())
+    except sqlite3.DatabaseError as exc:
+        raise Mismatch("event_name", f"the name index cannot be read: {exc}") from None
+    a, b, c1, c2, c3 = (key[name] for name in ("a", "b", "c1", "c2", "c3"))
+    count = total = 0
     for event_id, text in conn.execute(
         "SELECT id, substr(name_folded, 1, ?) FROM event", (NAME_INDEXED,)
     ):
         if not isinstance(text, str) or len(text) < 3:
             continue
-        k = len(text) - 2  # trigrams: one starts at each of the first k characters
         codes = list(map(ord, text))
-        count += k
-        rowids += event_id * k
-        offsets += k * (k - 1) // 2
-        mixed += (event_id % MIX) * (sum(codes[:k]) + 3 * sum(codes[1:-1]) + 7 * sum(codes[2:]))
-    if trigrams != count or tuple(held) != (count, rowids, offsets, mixed):
+        base = (event_id % PRIME) * a
+        for offset in range(len(codes) - 2):
+            v = (
+                (base + offset) % PRIME * b
+                + codes[offset] * c1
+                + codes[offset + 1] * c2
+                + codes[offset + 2] * c3
+            ) % PRIME
+            total += v * v % PRIME
+        count += len(codes) - 2
+    if trigrams != count or held != (count, total):
         raise Mismatch(
             "event_name",
             "the name index's trigrams are not those of the chained events' names",
@@ -223,7 +247,19 @@ def _check_names(conn, events):
 
 def _check_hours(conn, events):
     """Each event_hour row against an index count of its hour and type,
-    then the total against the events, which finds an hour without a row."""
+    then the total against the events, which finds an hour without a row.
+    The table is not STRICT (see schema.sql), so its numbers' types are
+    checked first."""
+    odd = conn.execute(
+        "SELECT hour, type, events FROM event_hour"
+        " WHERE typeof(hour) != 'integer' OR typeof(events) != 'integer' LIMIT 1"
+    ).fetchone()
+    if odd is not None:
+        raise Mismatch(
+            "event_hour",
+            f"a row holds hour {chain.shown(odd[0])} and events {chain.shown(odd[2])},"
+            " where both are whole numbers",
+        )
     wrong = conn.execute(
         "SELECT hour, type, events, chained FROM ("
         " SELECT hour, type, events, (SELECT count(*) FROM event AS e"
@@ -247,5 +283,7 @@ def _check_hours(conn, events):
         " (SELECT 1 FROM event_hour WHERE hour = e.event_time / 3600000 AND type = e.type)"
         " GROUP BY 1, 2 LIMIT 1"
     ).fetchone()
+    if missing is None:
+        raise Mismatch("event_hour", f"its rows count {summed} events, the chained rows {events}")
     hour, type, chained = missing
     raise Mismatch("event_hour", f"hour {hour} type {type!r} has no row for its {chained} events")
