@@ -11,7 +11,7 @@ import pytest
 
 from conftest import event
 from dashboard import listed_ids
-from tim_audit import StartupError
+from tim_audit import StartupError, create_app
 
 HOUR = 1700000000000 // 3600000  # the hour of every event in ``filled``
 REPAIR = "; tim-audit rebuild-index makes it again from the chained rows"
@@ -200,6 +200,16 @@ def test_rebuild_index_is_refused_while_a_server_writes_the_log(live_server, run
 def test_a_second_ingest_server_on_the_same_log_does_not_start(app, make_app):
     with pytest.raises(StartupError, match=f"process {os.getpid()} writes the log at "):
         make_app()
+
+
+def test_health_of_a_second_ingest_app_names_the_process_that_writes(app, config):
+    response = create_app(config).test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "status": "unavailable",
+        "error": f"process {os.getpid()} writes the log at {app.config['DATABASE']}"
+        f" (it holds {app.config['DATABASE']}.lock)",
+    }
 
 
 def test_rebuild_index_runs_once_the_server_has_stopped(filled, runner, rows):

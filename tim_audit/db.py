@@ -5,6 +5,7 @@ process; every dashboard request reads through a fresh read-only one, so no
 page can change the log whatever its code does.
 """
 
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -44,17 +45,25 @@ def hold(path):
     for as long as it writes: an advisory flock on ``<path>.lock``, which
     the kernel releases however that process ends, so a crash never leaves
     it stale. Returns the lock file's descriptor, to close when done;
-    raises :class:`Held` while another holder (even in this process) has it."""
+    raises :class:`Held` while another holder (even in this process) has it.
+
+    The file names the holder's pid, in one fixed-width write, so that a
+    refused process never reads it half written. A file another user made
+    (root running rebuild-index first) is still locked, read-only, without
+    the pid."""
     path = os.path.realpath(path)  # one lock file, by whichever link the log is named
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         raise Held(f"process {holder} writes the log at {path} (it holds {path}.lock)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    with contextlib.suppress(OSError):  # read-only: the lock holds without the pid
+        os.pwrite(fd, f"{os.getpid():>10}\n".encode("ascii"), 0)
     return fd
 
 

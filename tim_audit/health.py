@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from . import queries
 from .auditlog import ChainMismatch, StorageUnavailable
 from .chain import ChainBroken
-from .db import get_db
+from .db import Held, get_db
 
 bp = Blueprint("health", __name__)
 
@@ -23,7 +23,7 @@ def healthz():
         if log is not None:
             log.open()
         events, _ = queries.head(get_db())
-    except (sqlite3.Error, OSError, ChainMismatch, ChainBroken, StorageUnavailable) as exc:
+    except (sqlite3.Error, OSError, ChainMismatch, ChainBroken, StorageUnavailable, Held) as exc:
         return jsonify(status="unavailable", error=str(exc)), 503
     configured = bool(current_app.config["SDKAPPID"])
     problem = log and (log.stalled() or log.failure and f"the last write failed: {log.failure}")
