@@ -392,6 +392,23 @@ def test_events_newer_than_the_checkpoint_are_left_out_and_the_readme_says_so(si
     )
 
 
+def test_an_evidence_archive_in_chunks_of_a_bounded_size_holds_the_same_files(
+    notary, log, get, monkeypatch
+):
+    for number, size in enumerate([10, 250, 40, 40, 30, 0, 60], start=1):
+        log.append(event(number, raw=bytes([64 + number]) * size, members=()))
+    sign(notary)
+    whole = zipfile.ZipFile(io.BytesIO(get("/history.evidence").data))
+    monkeypatch.setattr(exports, "CHUNK_BYTES", 100)  # chunks of events 7-5, 4-3, 2, 1
+    chunked = zipfile.ZipFile(io.BytesIO(get("/history.evidence").data))
+    assert [(name, chunked.read(name)) for name in chunked.namelist()] == [
+        (name, whole.read(name)) for name in whole.namelist()
+    ]
+    assert [name for name in whole.namelist() if name.endswith(".json")] == [
+        f"events/{number}.json" for number in range(7, 0, -1)
+    ]
+
+
 def test_a_stalled_evidence_archive_holds_no_read_snapshot(
     signed, client, filled, app, monkeypatch
 ):

@@ -395,7 +395,7 @@ def test_quarantined_deliveries_that_arrive_during_an_export_are_left_out(
 
 @pytest.mark.parametrize("kind", ["csv", "json"])
 def test_a_quarantine_export_sends_bodies_of_a_bounded_size_a_chunk(client, log, monkeypatch, kind):
-    monkeypatch.setattr(exports, "QUARANTINE_CHUNK_BYTES", 100)
+    monkeypatch.setattr(exports, "CHUNK_BYTES", 100)
     for number, size in enumerate([10, 250, 40, 40, 30, None, 60], start=1):
         body = None if size is None else bytes([64 + number]) * size  # each its own body
         log.append(dataclasses.replace(rejection(number), raw=body, content_length=size))
@@ -404,6 +404,36 @@ def test_a_quarantine_export_sends_bodies_of_a_bounded_size_a_chunk(client, log,
     ids = [re.findall(row, chunk, re.M) for chunk in [first, *rest]]
     # Newest first: 60 + 0 + 30 bytes; 40 + 40; 250 alone, as it is over; 10.
     assert [[int(i) for i in chunk] for chunk in ids if chunk] == [[7, 6, 5], [4, 3], [2], [1]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_an_event_export_sends_events_of_a_bounded_size_a_chunk(client, log, monkeypatch, kind):
+    monkeypatch.setattr(exports, "CHUNK_BYTES", 100)
+    for number, size in enumerate([10, 250, 40, 40, 30, 0, 60], start=1):
+        log.append(event(number, raw=bytes([64 + number]) * size, members=()))
+    first, rest = started(client, f"/history.{kind}")
+    # Newest first: 60 + 0 + 30 bytes; 40 + 40; 250 alone, as it is over; 10.
+    assert chunked_ids(kind, [first, *rest]) == [[7, 6, 5], [4, 3], [2], [1]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_an_events_members_and_user_data_count_towards_its_size(client, log, monkeypatch, kind):
+    monkeypatch.setattr(exports, "CHUNK_BYTES", 2 * exports.MEMBER_BYTES + 100)
+    user_data = json.dumps([{"Key": "k", "Value": "群" * 40}], ensure_ascii=False)
+    log.append(event(1, raw=b"1" * 10, members=()))
+    log.append(event(2, raw=b"2" * 10, members=("bob", "amy")))
+    log.append(event(3, raw=b"3" * 10, members=(), user_data=user_data))
+    first, rest = started(client, f"/history.{kind}")
+    # 10 + 147 bytes of user data (67 characters), then 10 + 2 members are
+    # over (counted in characters, they would not be); 10 + 2 members + 10 are not.
+    assert chunked_ids(kind, [first, *rest]) == [[3], [2, 1]]
+
+
+def chunked_ids(kind, chunks):
+    """The ids of the rows in each chunk of an export that has some."""
+    row = rb"^(\d+)," if kind == "csv" else rb'^\{"id": ?(\d+),'
+    ids = [re.findall(row, chunk, re.M) for chunk in chunks]
+    return [[int(i) for i in found] for found in ids if found]
 
 
 def truncate_wal(path):

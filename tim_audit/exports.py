@@ -22,9 +22,13 @@ import itertools
 import json
 import operator
 
-from . import chain, queries
+from . import chain, queries, schemas
 
 CHUNK_ROWS = 250
+# A chunk holds rows of at most this many bytes in all (as estimated); a
+# larger row goes alone. One event can take ~700 KB and a quarantined body
+# is written several times over, so a chunk of rows alone would not bound it.
+CHUNK_BYTES = 1024 * 1024
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -186,11 +190,24 @@ _JSON_TAIL = (
 )
 
 
+# An event's size as a chunk counts it, from what dominates its JSON
+# document: the raw body (SQLite reads a BLOB's length without the BLOB),
+# the user data in UTF-8 bytes, and the members, which are rows of their
+# own, each written as {"Member_Account":"<account>"} and a comma.
+MEMBER_BYTES = len('{"Member_Account":""},') + schemas.MAX_ACCOUNT
+_EVENT_SIZE = (
+    "ifnull(length(e.raw), 0) + ifnull(length(CAST(e.user_data AS BLOB)), 0)"
+    f" + ifnull(e.member_count * {MEMBER_BYTES}, 0)"
+)
+
+
 def _chunks(conn, columns, filters):
-    """The matching events, CHUNK_ROWS at a time, each row led by its id and
+    """The matching events, CHUNK_ROWS at a time, or fewer when their sizes
+    (_EVENT_SIZE) add up to more than CHUNK_BYTES, each row led by its id and
     ended by its sort time; plain tuples, which cost a third less time than
-    sqlite3.Row. The unary + keeps SQLite from reading the id range
-    instead of the index that gives the order."""
+    sqlite3.Row. The sizes are read first, in the same order. The unary +
+    keeps SQLite from reading the id range instead of the index that gives
+    the order."""
     head, _ = queries.head(conn)
     selection = filters.select()
     selection = dataclasses.replace(
@@ -198,16 +215,32 @@ def _chunks(conn, columns, filters):
         where=f"{selection.where} AND +{selection.id} <= ?",
         params=[*selection.params, head],
     )
+    order = f" ORDER BY {selection.time} DESC, {selection.id} DESC LIMIT ?"
     cursor = conn.cursor()
     cursor.row_factory = None
     chunk = selection
-    while rows := cursor.execute(
-        f"SELECT e.id, {columns}, {selection.time} FROM {selection.source} WHERE {chunk.where}"
-        f" ORDER BY {selection.time} DESC, {selection.id} DESC LIMIT {CHUNK_ROWS}",
-        chunk.params,
+    while sizes := cursor.execute(
+        f"SELECT {_EVENT_SIZE} FROM {selection.source} WHERE {chunk.where}{order}",
+        [*chunk.params, CHUNK_ROWS],
     ).fetchall():
+        rows = cursor.execute(
+            f"SELECT e.id, {columns}, {selection.time} FROM {selection.source}"
+            f" WHERE {chunk.where}{order}",
+            [*chunk.params, _fitting([size for (size,) in sizes])],
+        ).fetchall()
         yield rows
         chunk = selection.past(rows[-1][-1], rows[-1][0])
+
+
+def _fitting(sizes):
+    """How many of ``sizes``, from the first, add up to CHUNK_BYTES at most:
+    at least one, as a larger row goes alone."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > CHUNK_BYTES:
+            return max(count, 1)
+    return len(sizes)
 
 
 def _members(conn, rows, member, separator):
@@ -304,17 +337,11 @@ QUARANTINE_CSV_HEADER = (
 )
 
 
-# A chunk of quarantined deliveries holds bodies of at most this many bytes
-# in all; a larger body goes alone. Each body is written several times over
-# (as text, in base64, quoted), so a chunk of rows alone would not bound it.
-QUARANTINE_CHUNK_BYTES = 1024 * 1024
-
-
 def _quarantined(conn, filters):
     """The matching quarantined deliveries, newest first, of those there
     when the export began, like _chunks: CHUNK_ROWS at a time, or fewer when
-    their bodies add up to more than QUARANTINE_CHUNK_BYTES. The lengths are
-    read first, which SQLite reads without the bodies."""
+    their bodies add up to more than CHUNK_BYTES. The lengths are read
+    first, which SQLite reads without the bodies."""
     where, params = filters.where()
     cursor = conn.cursor()
     cursor.row_factory = None
@@ -324,12 +351,7 @@ def _quarantined(conn, filters):
         f" ORDER BY id DESC LIMIT {CHUNK_ROWS}",
         [*params, below],
     ).fetchall():
-        last, total = sizes[0]
-        for row_id, size in sizes[1:]:
-            total += size
-            if total > QUARANTINE_CHUNK_BYTES:
-                break
-            last = row_id
+        last = sizes[_fitting([size for _, size in sizes]) - 1][0]
         yield cursor.execute(
             f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
             f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ? AND id >= ?"
