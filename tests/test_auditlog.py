@@ -168,6 +168,47 @@ def test_a_retried_refused_body_is_looked_up_through_its_index_alone(log, rows):
     assert rows("SELECT count(*) FROM quarantine") == [(300,)]
 
 
+def job(number, members=0, body=b"{}"):
+    members = tuple(f"m{n}" for n in range(members))
+    return auditlog._Job(event(number, members=members, raw=body), deadline=0)
+
+
+def test_a_transaction_takes_every_light_entry_and_heavy_ones_up_to_its_budget():
+    light = [job(n) for n in range(1, 4)]
+    heavy = [job(n, members=300) for n in range(4, 7)]
+    jobs = [heavy[0], light[0], heavy[1], light[1], heavy[2], light[2]]
+    taken, held = auditlog._budgeted(jobs)
+    assert taken == [heavy[0], light[0], light[1], light[2]]
+    assert held == heavy[1:]
+
+
+def test_a_heavy_entry_over_the_budget_alone_still_goes():
+    huge = job(1, members=400, body=b"x" * (auditlog.WRITE_BUDGET * 4096))
+    light = job(2)
+    assert auditlog._budgeted([huge, light, job(3, members=300)])[0] == [huge, light]
+
+
+def test_a_large_body_is_heavy_by_its_bytes():
+    assert auditlog._cost(job(1, body=b"x" * (1024 * 1024))) == 1 + 256
+    assert auditlog._cost(job(1, members=500)) == 1 + 500
+
+
+def test_heavy_entries_sent_together_are_all_stored_before_close(log, rows):
+    threads = [
+        threading.Thread(
+            target=log.append,
+            args=(event(n, members=tuple(f"m{m}" for m in range(400))),),
+        )
+        for n in range(1, 7)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    assert rows("SELECT count(*), sum(member_count) FROM event") == [(6, 2400)]
+
+
 def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):
     conn = log._connection()
     receipts = log._write(conn, [event(1), event(1), event(1, raw=b"{}")])

@@ -182,9 +182,12 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path, kill_after):
 
 # --- the disk is full --------------------------------------------------------
 
-# A valid body of about 120 KB (the most members the schema takes), so that
+# A valid body of about 40 KB (the most members the schema takes, each at
+# the bound), so that
 # storing it needs new pages.
-MANY_MEMBERS = [{"Member_Account": f"{n:0>96}"} for n in range(schemas.MAX_MEMBERS)]
+MANY_MEMBERS = [
+    {"Member_Account": f"{n:0>{schemas.MAX_ACCOUNT}}"} for n in range(schemas.MAX_MEMBERS)
+]
 
 
 def test_full_database_answers_503_at_once_and_recovers(app, client, post, rows, runner):

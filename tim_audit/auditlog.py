@@ -293,14 +293,18 @@ class AuditLog:
         return None
 
     def _run(self):
+        held, closing = [], False
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH:
+            batch = held
+            if not batch and not closing:
+                batch = [self._queue.get()]
+            while not closing and len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            jobs = [job for job in batch if job is not None]
+            closing = closing or None in batch  # close() queued None
+            jobs, held = _budgeted([job for job in batch if job is not None])
             self._busy_since = time.monotonic()
             try:
                 if jobs:
@@ -313,8 +317,8 @@ class AuditLog:
                     if not job.done.is_set():
                         job.finish(error=exc)
             self._busy_since = None
-            if len(jobs) < len(batch):
-                return  # close() queued None
+            if closing and not held:
+                return
 
     def _seal(self, jobs):
         """The jobs this transaction will carry: each becomes uncancellable
@@ -549,6 +553,36 @@ class AuditLog:
 # A retried body is compared with at most this many bytes of earlier ones:
 # the newest rows of its length and first 64 bytes, up to 1,024 of them.
 QUARANTINE_COMPARED = 8 * 1024 * 1024
+
+
+# What one transaction writes of heavy entries, in rows (an event, each of
+# its members, each 4 KiB of a body): about one event with the most members
+# the schema takes. Light entries (LIGHT rows or fewer) all go in every
+# transaction, heavy ones as this allows (and always one), in the order
+# they came: a sender of the heaviest bodies the bounds allow holds another
+# callback up by one such transaction at most, and a heavy entry waits for
+# nothing but the heavy ones before it.
+WRITE_BUDGET = 512
+LIGHT = 16
+
+
+def _cost(job):
+    entry = job.entry
+    members = len(entry.members) if isinstance(entry, Event) else 0
+    return 1 + members + len(entry.raw or b"") // 4096
+
+
+def _budgeted(jobs):
+    """The jobs for the next transaction, and those held for a later one."""
+    taken, held, spent = [], [], 0
+    for job in jobs:
+        cost = _cost(job)
+        if cost <= LIGHT or not spent or spent + cost <= WRITE_BUDGET:
+            taken.append(job)
+            spent += cost if cost > LIGHT else 0
+        else:
+            held.append(job)
+    return taken, held
 
 
 def _quarantined_before(conn, rejection):
