@@ -665,6 +665,16 @@ def test_the_event_page_counts_conflicting_repeats_only_up_to_the_cap(post, get,
     assert '<a href="/quarantine?repeat_of=1">All of them</a>' in text
 
 
+def test_the_quarantine_page_counts_only_up_to_the_cap(post, get, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_CAP", 2)
+    for number in range(3):
+        post(b"{oops %d" % number)
+    text = get("/quarantine").get_data(as_text=True)
+    assert "<strong>more than 2</strong> deliveries match" in text
+    assert "Export all of them:" in text
+    assert len(quarantine_ids(text)) == 3
+
+
 def test_event_without_repeats_does_not_mention_them(post, get):
     post(group_body())
     assert "Conflicting repeats" not in get("/history/1").get_data(as_text=True)

@@ -519,19 +519,20 @@ def quarantined(conn, filters, limit, before=None):
 
 
 def quarantine_count(conn, filters):
+    """How many quarantined deliveries match, counted up to COUNT_CAP (a
+    :class:`Count`): an authenticated sender can grow the quarantine."""
     where, params = filters.where()
-    return conn.execute(f"SELECT count(*) FROM quarantine WHERE {where}", params).fetchone()[0]
-
-
-def repeat_count(conn, event_id):
-    """How many conflicting repeats of event ``event_id`` are quarantined,
-    counted up to COUNT_CAP in the index (a :class:`Count`)."""
-    where, params = QuarantineFilters(repeat_of=event_id).where()
     found = conn.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM quarantine WHERE {where} LIMIT ?)",
         params + [COUNT_CAP + 1],
     ).fetchone()[0]
     return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
+
+
+def repeat_count(conn, event_id):
+    """How many conflicting repeats of event ``event_id`` are quarantined,
+    counted up to COUNT_CAP in the index."""
+    return quarantine_count(conn, QuarantineFilters(repeat_of=event_id))
 
 
 def quarantined_row(conn, row_id):
