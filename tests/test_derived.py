@@ -161,10 +161,24 @@ def test_counts_found_unlike_the_chained_rows_are_not_used_once_verified(
     assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
 
 
+def test_a_later_failure_before_the_derived_check_keeps_them_unused(filled, attacker, app, get):
+    attacker.execute("UPDATE event_hour SET events = events - 5")
+    verifier = app.extensions["tim_audit.verifier"]
+    assert verifier.start()
+    verifier.wait(10)
+    attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")  # the chain fails first
+    assert verifier.start()
+    verifier.wait(10)
+    assert verifier.last.failure.startswith("event row 2: ")
+    assert verifier.derived_failed
+    assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
+
+
 def test_a_name_index_found_unlike_the_chained_rows_is_not_used_once_verified(
     filled, attacker, app, get
 ):
     attacker.execute("UPDATE event_name SET name_folded = 'group 9' WHERE rowid = 3")
+    assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == []
     verifier = app.extensions["tim_audit.verifier"]
     assert verifier.start()
     verifier.wait(10)

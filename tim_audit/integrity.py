@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, checkpoints, db, merkle, timestamps, tlog
+from . import chain, checkpoints, db, derived, merkle, timestamps, tlog
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,17 @@ class Verifier:
         self.timestamp_ca = timestamp_ca  # TIMESTAMP_CA's PEM bytes
         self.verifier_key = verifier_key  # CHECKPOINT_VERIFIER_KEY, without the private key
         self.last = None
+        self._derived_failed = False
         self._lock = threading.Lock()
         self._thread = None
 
     @property
     def derived_failed(self):
-        """Whether the last verification found the name index or the counts
-        unlike the chained rows: until one passes, pages do not use them."""
-        return self.last is not None and (self.last.failure or "").startswith("derived ")
+        """Whether a verification found the name index or the counts unlike
+        the chained rows, and none has passed since (a run that failed on
+        something checked before them says nothing of them): until one
+        passes, pages do not use them."""
+        return self._derived_failed
 
     @property
     def running(self):
@@ -121,6 +124,9 @@ class Verifier:
                 heads, _ = merkle.verify(conn, self.key, then=self._check_evidence(keys))
             finally:
                 conn.close()
+        except derived.Mismatch as exc:
+            failure = str(exc)
+            self._derived_failed = True
         except (chain.ChainBroken, checkpoints.KeyRefused) as exc:
             failure = str(exc)
         except sqlite3.Error as exc:
@@ -128,6 +134,8 @@ class Verifier:
         except Exception as exc:
             logger.exception("verification stopped")
             failure = f"verification stopped: {type(exc).__name__}: {exc}"
+        if failure is None:  # derived.check ran last, and passed
+            self._derived_failed = False
         self.last = Verification(
             int(time.time() * 1000),
             time.monotonic() - started,
