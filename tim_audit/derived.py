@@ -189,11 +189,13 @@ def check(conn):
 
 # The name index is compared through a sum over every trigram it holds of
 # a hash of (rowid, position, its three characters): a polynomial with
-# coefficients drawn afresh at each check, modulo a prime small enough that
-# no step overflows 64 bits, then squared, so that no change to the index
-# keeps the sum but by a chance of about one in PRIME. Whoever writes the
-# file cannot know the coefficients the next check draws.
-PRIME = 2_147_483_647
+# coefficients drawn afresh at each check, modulo a prime, then squared, so
+# that no change to the index keeps the sum but by a chance of a few in
+# PRIME. Whoever writes the file cannot know the coefficients the next check
+# draws. The prime is under 2^24, so that no step overflows SQLite's 64-bit
+# integers and neither does the sum, for up to 2^39 trigrams (500 million
+# events of the longest names indexed).
+PRIME = 16_777_213
 _INDEX_HASH = (
     "SELECT count(*), coalesce(sum(v * v % :p), 0) FROM (SELECT"
     " (((doc % :p) * :a + offset) % :p * :b + unicode(term) * :c1"
