@@ -177,15 +177,23 @@ def test_a_transaction_takes_every_light_entry_and_heavy_ones_up_to_its_budget()
     light = [job(n) for n in range(1, 4)]
     heavy = [job(n, members=300) for n in range(4, 7)]
     jobs = [heavy[0], light[0], heavy[1], light[1], heavy[2], light[2]]
-    taken, held = auditlog._budgeted(jobs)
-    assert taken == [heavy[0], light[0], light[1], light[2]]
-    assert held == heavy[1:]
+    assert auditlog._budgeted(jobs, False) == (
+        [heavy[0], light[0], light[1], light[2]],
+        heavy[1:],
+        True,
+    )
+
+
+def test_after_a_heavy_transaction_the_light_entries_go_alone():
+    light, heavy = job(1), job(2, members=300)
+    assert auditlog._budgeted([heavy, light], True) == ([light], [heavy], False)
+    assert auditlog._budgeted([heavy], True) == ([heavy], [], True)
 
 
 def test_a_heavy_entry_over_the_budget_alone_still_goes():
     huge = job(1, members=400, body=b"x" * (auditlog.WRITE_BUDGET * 4096))
-    light = job(2)
-    assert auditlog._budgeted([huge, light, job(3, members=300)])[0] == [huge, light]
+    light, other = job(2), job(3, members=300)
+    assert auditlog._budgeted([huge, light, other], False) == ([huge, light], [other], True)
 
 
 def test_a_large_body_is_heavy_by_its_bytes():
@@ -193,19 +201,19 @@ def test_a_large_body_is_heavy_by_its_bytes():
     assert auditlog._cost(job(1, members=500)) == 1 + 500
 
 
-def test_heavy_entries_sent_together_are_all_stored_before_close(log, rows):
-    threads = [
-        threading.Thread(
-            target=log.append,
-            args=(event(n, members=tuple(f"m{m}" for m in range(400))),),
-        )
+def test_close_writes_every_heavy_entry_it_held_back(log, rows):
+    """Heavy entries queued together go a budget at a time; close() writes
+    the ones still held before the writer stops."""
+    log.open()
+    jobs = [
+        auditlog._Job(event(n, members=tuple(f"m{m}" for m in range(400))), time.monotonic() + 30)
         for n in range(1, 7)
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with log._lock:  # queued at once, so that one batch holds them all
+        for queued in jobs:
+            log._queue.put(queued)
     log.close()
+    assert all(queued.receipt is not None and queued.receipt.outcome == "stored" for queued in jobs)
     assert rows("SELECT count(*), sum(member_count) FROM event") == [(6, 2400)]
 
 

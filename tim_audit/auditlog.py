@@ -293,7 +293,7 @@ class AuditLog:
         return None
 
     def _run(self):
-        held, closing = [], False
+        held, closing, heavy = [], False, False
         while True:
             batch = held
             if not batch and not closing:
@@ -304,7 +304,7 @@ class AuditLog:
                 except queue.Empty:
                     break
             closing = closing or None in batch  # close() queued None
-            jobs, held = _budgeted([job for job in batch if job is not None])
+            jobs, held, heavy = _budgeted([job for job in batch if job is not None], heavy)
             self._busy_since = time.monotonic()
             try:
                 if jobs:
@@ -550,18 +550,20 @@ class AuditLog:
         self._closing.clear()
 
 
-# A retried body is compared with at most this many bytes of earlier ones:
-# the newest rows of its length and first 64 bytes, up to 1,024 of them.
-QUARANTINE_COMPARED = 8 * 1024 * 1024
+# A retried body is compared with at most this many bytes of earlier ones
+# (about 1 ms of the writer's time): the newest rows of its ErrorCode,
+# length and first 64 bytes, up to 1,024 of them.
+QUARANTINE_COMPARED = 1024 * 1024
 
 
 # What one transaction writes of heavy entries, in rows (an event, each of
 # its members, each 4 KiB of a body): about one event with the most members
 # the schema takes. Light entries (LIGHT rows or fewer) all go in every
-# transaction, heavy ones as this allows (and always one), in the order
-# they came: a sender of the heaviest bodies the bounds allow holds another
-# callback up by one such transaction at most, and a heavy entry waits for
-# nothing but the heavy ones before it.
+# transaction; heavy ones as this allows (and always one), in the order they
+# came, but not in the transaction right after one that had some while
+# light ones wait. So a sender of the heaviest bodies the bounds allow holds
+# another callback up by one such transaction at most, and a heavy entry
+# waits for the heavy ones before it and a light transaction at most each.
 WRITE_BUDGET = 512
 LIGHT = 16
 
@@ -572,17 +574,24 @@ def _cost(job):
     return 1 + members + len(entry.raw or b"") // 4096
 
 
-def _budgeted(jobs):
-    """The jobs for the next transaction, and those held for a later one."""
+def _budgeted(jobs, after_heavy):
+    """The jobs for the next transaction, those held for a later one, and
+    whether it carries heavy ones. Right after a transaction that did, the
+    light ones go alone, so that a light entry waits for one heavy
+    transaction at most; jobs already given up on are dropped."""
+    jobs = [job for job in jobs if job.state == _PENDING]
+    light = any(_cost(job) <= LIGHT for job in jobs)
     taken, held, spent = [], [], 0
     for job in jobs:
         cost = _cost(job)
-        if cost <= LIGHT or not spent or spent + cost <= WRITE_BUDGET:
+        if cost <= LIGHT:
             taken.append(job)
-            spent += cost if cost > LIGHT else 0
+        elif not (after_heavy and light) and (not spent or spent + cost <= WRITE_BUDGET):
+            taken.append(job)
+            spent += cost
         else:
             held.append(job)
-    return taken, held
+    return taken, held, spent > 0
 
 
 def _quarantined_before(conn, rejection):
@@ -592,7 +601,7 @@ def _quarantined_before(conn, rejection):
     compares whole bodies only for the newest rows sharing a length and a
     prefix, QUARANTINE_COMPARED bytes of them at most, however many such
     rows a sender has made; past those, a copy is stored again, as before."""
-    candidates = max(8, min(1024, QUARANTINE_COMPARED // max(len(rejection.raw), 1)))
+    candidates = max(1, min(1024, QUARANTINE_COMPARED // max(len(rejection.raw), 1)))
     return conn.execute(
         "SELECT id, hash FROM quarantine WHERE id IN ("
         "  SELECT id FROM quarantine"
