@@ -13,7 +13,7 @@ from conftest import event, rejection
 from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
 from tencent import group_body, signed_query
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
-from tim_audit import exports
+from tim_audit import db, exports, queries
 
 CSV_HEADER = [
     "id",
@@ -414,6 +414,22 @@ def test_an_event_export_sends_events_of_a_bounded_size_a_chunk(client, log, mon
     first, rest = started(client, f"/history.{kind}")
     # Newest first: 60 + 0 + 30 bytes; 40 + 40; 250 alone, as it is over; 10.
     assert chunked_ids(kind, [first, *rest]) == [[7, 6, 5], [4, 3], [2], [1]]
+
+
+def test_the_sizes_are_read_once_for_every_chunk_rows_events(log, monkeypatch):
+    monkeypatch.setattr(exports, "CHUNK_BYTES", 100)
+    for number, size in enumerate([10, 250, 40, 40, 30, 0, 60], start=1):
+        log.append(event(number, raw=bytes([64 + number]) * size, members=()))
+    conn = db.connect(log.path, readonly=True)
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        chunks = list(exports._chunks(conn, "e.id", queries.Filters()))
+    finally:
+        conn.close()
+    assert [[row[0] for row in rows] for rows in chunks] == [[7, 6, 5], [4, 3], [2], [1]]
+    # One read of the seven sizes, one that finds no more: not one a chunk.
+    assert sum(exports._EVENT_SIZE in sql for sql in statements) == 2
 
 
 @pytest.mark.parametrize("kind", ["csv", "json"])

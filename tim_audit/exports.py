@@ -219,17 +219,24 @@ def _chunks(conn, columns, filters):
     cursor = conn.cursor()
     cursor.row_factory = None
     chunk = selection
-    while sizes := cursor.execute(
-        f"SELECT {_EVENT_SIZE} FROM {selection.source} WHERE {chunk.where}{order}",
-        [*chunk.params, CHUNK_ROWS],
-    ).fetchall():
-        rows = cursor.execute(
-            f"SELECT e.id, {columns}, {selection.time} FROM {selection.source}"
-            f" WHERE {chunk.where}{order}",
-            [*chunk.params, _fitting([size for (size,) in sizes])],
-        ).fetchall()
-        yield rows
-        chunk = selection.past(rows[-1][-1], rows[-1][0])
+    while sizes := [
+        size
+        for (size,) in cursor.execute(
+            f"SELECT {_EVENT_SIZE} FROM {selection.source} WHERE {chunk.where}{order}",
+            [*chunk.params, CHUNK_ROWS],
+        )
+    ]:
+        while sizes:  # the CHUNK_ROWS sizes read, cut into chunks without reading them again
+            rows = cursor.execute(
+                f"SELECT e.id, {columns}, {selection.time} FROM {selection.source}"
+                f" WHERE {chunk.where}{order}",
+                [*chunk.params, _fitting(sizes)],
+            ).fetchall()
+            if not rows:
+                return
+            yield rows
+            chunk = selection.past(rows[-1][-1], rows[-1][0])
+            sizes = sizes[len(rows) :]
 
 
 def _fitting(sizes):
