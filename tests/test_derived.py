@@ -51,6 +51,10 @@ DAMAGE = {
         "UPDATE event_name_data SET block = 4611686018427387904 WHERE id = 1",
         "derived event_name: its record of what it holds is not a BLOB",
     ),
+    "unreadable index": (
+        "UPDATE event_name_data SET block = x'ffffffffffffffffffff' WHERE id = 10",
+        "derived event_name: it cannot be read: database disk image is malformed",
+    ),
     "hour of another type": (
         f"INSERT INTO event_hour VALUES ('{HOUR}x', 'Public', 5)",
         f"derived event_hour: a row holds hour TEXT '{HOUR}x' and events INTEGER 5,"
@@ -135,6 +139,11 @@ def test_rebuild_index_repairs_what_verify_failed(filled, runner, damaged):
 
 
 # --- queries do not answer from them while they are behind -----------------------
+
+
+def test_a_name_search_walks_past_an_index_that_cannot_be_read(filled, attacker, get):
+    attacker.execute("UPDATE event_name_data SET block = x'ffffffffffffffffffff' WHERE id = 10")
+    assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == [3]
 
 
 def test_a_name_search_finds_an_event_the_index_lost(filled, attacker, get):

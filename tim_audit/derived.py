@@ -75,9 +75,12 @@ def rebuild(conn):
     the last batch, :func:`current` says the tables are behind, and queries
     do not use them.
     """
-    conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("DROP TABLE IF EXISTS event_name")
+    except sqlite3.DatabaseError:  # FTS5 cannot open an index whose own records are damaged
+        _forget_name_index(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
         conn.execute("DROP TABLE IF EXISTS event_hour")
         for statement in _schema_statements():
             conn.execute(statement)
@@ -106,6 +109,27 @@ def rebuild(conn):
             raise
         conn.execute("COMMIT")
     return last
+
+
+def _forget_name_index(conn):
+    """Take an index that FTS5 cannot open out of the schema by hand, as
+    SQLite allows for a virtual table that cannot be loaded, then drop its
+    shadow tables, which are ordinary ones. The index is derived data: the
+    rebuild makes it again whole."""
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("DELETE FROM sqlite_schema WHERE type = 'table' AND name = 'event_name'")
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")  # every connection reloads it
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+    conn.execute("COMMIT")
+    for shadow in ("data", "idx", "config", "docsize", "content"):
+        conn.execute(f"DROP TABLE IF EXISTS event_name_{shadow}")
 
 
 def catch_up(conn):
@@ -183,8 +207,11 @@ def check(conn):
         if table not in tables:
             raise Mismatch(table, "the table is missing")
     events = conn.execute("SELECT count(*) FROM event").fetchone()[0]
-    _check_names(conn, events)
-    _check_hours(conn, events)
+    for table, part in (("event_name", _check_names), ("event_hour", _check_hours)):
+        try:
+            part(conn, events)
+        except sqlite3.Error as exc:  # a damaged page: as wrong as a wrong count
+            raise Mismatch(table, f"it cannot be read: {exc}") from None
 
 
 # The name index is compared through a sum over every trigram it holds of
@@ -218,10 +245,7 @@ def _check_names(conn, events):
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.event_name_instance"
         " USING fts5vocab(main, event_name, instance)"
     )
-    try:
-        held = tuple(conn.execute(_INDEX_HASH, {"p": PRIME, **key}).fetchone())
-    except sqlite3.DatabaseError as exc:
-        raise Mismatch("event_name", f"the name index cannot be read: {exc}") from None
+    held = tuple(conn.execute(_INDEX_HASH, {"p": PRIME, **key}).fetchone())
     a, b, c1, c2, c3 = (key[name] for name in ("a", "b", "c1", "c2", "c3"))
     count = total = 0
     for event_id, text in conn.execute(

@@ -245,6 +245,15 @@ def route(conn, filters):
         return filters
     if not (filters.derived and derived.current(conn)):
         return filters
+    try:
+        return _found(conn, filters)
+    except sqlite3.DatabaseError as exc:  # a damaged index (verify names it): walk
+        if isinstance(exc, sqlite3.OperationalError):
+            raise
+        return filters
+
+
+def _found(conn, filters):
     if filters.off_time_index:
         ids = _lookup(conn, _cover(filters.q), [])
         if len(ids) > COUNT_CAP:  # more candidates than the cap; matches too?
