@@ -295,10 +295,10 @@ class AuditLog:
     def _run(self):
         held, closing, heavy = [], False, False
         while True:
-            batch = held
+            batch = list(held)  # held heavy jobs, at most one a request thread
             if not batch and not closing:
                 batch = [self._queue.get()]
-            while not closing and len(batch) < MAX_BATCH:
+            while not closing and len(batch) < len(held) + MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
