@@ -11,6 +11,7 @@ import pytest
 
 from conftest import event
 from dashboard import listed_ids
+from test_tampering import run_verification
 from tim_audit import StartupError, create_app
 
 HOUR = 1700000000000 // 3600000  # the hour of every event in ``filled``
@@ -113,18 +114,14 @@ def test_verify_fails_derived_data_that_does_not_match_the_chained_rows(damaged,
 
 
 def test_the_strip_shows_the_derived_failure(damaged, app, get):
-    verifier = app.extensions["tim_audit.verifier"]
-    assert verifier.start()
-    verifier.wait(10)
+    run_verification(app)
     text = get("/history").get_data(as_text=True)
     assert 'class="integrity broken"' in text
     assert str(markupsafe.escape(damaged)) in text
 
 
 def test_pages_answer_in_full_from_the_chained_rows_once_verified(damaged, app, get):
-    verifier = app.extensions["tim_audit.verifier"]
-    assert verifier.start()
-    verifier.wait(10)
+    run_verification(app)
     text = get("/history").get_data(as_text=True)
     assert "<strong>5</strong> events match" in text
     assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == [3]
@@ -163,23 +160,17 @@ def test_counts_found_unlike_the_chained_rows_are_not_used_once_verified(
 ):
     attacker.execute("UPDATE event_hour SET events = events - 5")  # covers every event still
     assert "<strong>0</strong> events match" in get("/history").get_data(as_text=True)
-    verifier = app.extensions["tim_audit.verifier"]
-    assert verifier.start()
-    verifier.wait(10)
-    assert verifier.derived_failed
+    run_verification(app)
+    assert app.extensions["tim_audit.verifier"].derived_failed
     assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
 
 
 def test_a_later_failure_before_the_derived_check_keeps_them_unused(filled, attacker, app, get):
     attacker.execute("UPDATE event_hour SET events = events - 5")
-    verifier = app.extensions["tim_audit.verifier"]
-    assert verifier.start()
-    verifier.wait(10)
+    run_verification(app)
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")  # the chain fails first
-    assert verifier.start()
-    verifier.wait(10)
-    assert verifier.last.failure.startswith("event row 2: ")
-    assert verifier.derived_failed
+    assert run_verification(app).failure.startswith("event row 2: ")
+    assert app.extensions["tim_audit.verifier"].derived_failed
     assert "<strong>5</strong> events match" in get("/history").get_data(as_text=True)
 
 
@@ -188,10 +179,8 @@ def test_a_name_index_found_unlike_the_chained_rows_is_not_used_once_verified(
 ):
     attacker.execute("UPDATE event_name SET name_folded = 'group 9' WHERE rowid = 3")
     assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == []
-    verifier = app.extensions["tim_audit.verifier"]
-    assert verifier.start()
-    verifier.wait(10)
-    assert verifier.derived_failed
+    run_verification(app)
+    assert app.extensions["tim_audit.verifier"].derived_failed
     assert listed_ids(get("/history", query_string={"q": "group 3"}).get_data(as_text=True)) == [3]
 
 
