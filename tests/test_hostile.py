@@ -192,7 +192,7 @@ def stored_once(app, raw):
         conn.close()
 
 
-@settings(hostile, max_examples=150)
+@settings(hostile, max_examples=100)
 @given(
     group_id=st.text(st.characters(exclude_categories=()), min_size=1, max_size=80)
     | st.sampled_from(

@@ -157,7 +157,7 @@ def original(template, table, column):
 
 
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(value=VALUES)
 @pytest.mark.parametrize("table, column", TARGETS, ids=[f"{t}.{c}" for t, c in TARGETS])
