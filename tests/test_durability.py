@@ -36,8 +36,12 @@ NOTE = re.compile(
 )
 UNFINISHED = " <unfinished ...>"
 RESUMED = re.compile(r"<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)")
+# After the result, strace may name the error (" EPIPE (Broken pipe)"), give
+# a number it has no name for (" (errno 18446744073709551615)", as for a
+# call cut off while the process exits), or say it has none.
 CALL = re.compile(
-    r"(?P<name>\w+)\((?P<args>.*)\) += (?P<ret>-?\d+|\?)( E\w+ \(.*\)| <unavailable>)?"
+    r"(?P<name>\w+)\((?P<args>.*)\) += (?P<ret>-?\d+|\?)"
+    r"( E\w+ \(.*\)| \(errno \d+\)| <unavailable>)?"
 )
 FD = re.compile(r"\d+<(?P<path>[^>]*)>")
 DATA = re.compile(r', "(?P<hex>(?:\\x[0-9a-f]{2})*)"(?P<cut>\.\.\.)?')
