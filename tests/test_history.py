@@ -824,18 +824,7 @@ def test_bad_quarantine_filter_answers_the_page_with_the_field_marked(
 def test_the_quarantine_page_reads_a_bounded_prefix_of_each_body(app, get, rows):
     log = app.extensions["tim_audit"]
     body = b'{"Name": "' + "群".encode() * 400_000 + b'"}'  # 1.2 MB of three-byte characters
-    log.append(
-        Rejection(
-            received_at=1700000000000,
-            error_code=60024,
-            reason="invalid fields",
-            command="Group.CallbackAfterCreateGroup",
-            query="SdkAppid=1400000001",
-            peer="127.0.0.1",
-            content_length=len(body),
-            raw=body,
-        )
-    )
+    log.append(dataclasses.replace(conftest.rejection(1), content_length=len(body), raw=body))
     text = get("/quarantine").get_data(as_text=True)
     assert f"<summary>{len(body):,} bytes</summary>" in text
     shown = html.unescape(text.split('<pre class="raw">')[1].split("</pre>")[0])
