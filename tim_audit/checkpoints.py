@@ -229,13 +229,18 @@ def _check_rows(conn):
             " checkpoint.tree FROM cosignature"
             " LEFT JOIN checkpoint ON checkpoint.id = cosignature.checkpoint_id"
         ):
-            chain.check_types("cosignature", row[0], tuple(row)[1:-1], COSIGNATURE_TYPES)
-            if row["tree"] != "event":
-                raise chain.ChainBroken(
-                    "cosignature",
-                    row[0],
-                    f"checkpoint_id {row['checkpoint_id']} is no stored checkpoint of the events",
-                )
+            check_attached("cosignature", row[0], tuple(row)[1:-1], COSIGNATURE_TYPES, row["tree"])
+
+
+def check_attached(table, row_id, values, types, tree):
+    """A row that belongs to an event checkpoint (a cosignature, a
+    timestamp): of its columns' types, checkpoint_id first, and of a stored
+    checkpoint whose tree is ``tree`` (None when there is none)."""
+    chain.check_types(table, row_id, values, types)
+    if tree != "event":
+        raise chain.ChainBroken(
+            table, row_id, f"checkpoint_id {values[0]} is no stored checkpoint of the events"
+        )
 
 
 def _check_cosignatures(conn, witnesses):

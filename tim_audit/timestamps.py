@@ -136,13 +136,9 @@ def check_stored(conn, certificates):
             " ORDER BY timestamp.id"
         ).fetchall()
     for row in rows:
-        chain.check_types("timestamp", row["id"], tuple(row)[1:4], TIMESTAMP_TYPES)
-        if row["tree"] != "event":
-            raise chain.ChainBroken(
-                "timestamp",
-                row["id"],
-                f"checkpoint_id {row['checkpoint_id']} is no stored checkpoint of the events",
-            )
+        checkpoints.check_attached(
+            "timestamp", row["id"], tuple(row)[1:4], TIMESTAMP_TYPES, row["tree"]
+        )
         if certificates is None:
             continue
         try:
