@@ -579,11 +579,10 @@ def _budgeted(jobs, after_heavy):
     whether it carries heavy ones. Right after a transaction that did, the
     light ones go alone, so that a light entry waits for one heavy
     transaction at most; jobs already given up on are dropped."""
-    jobs = [job for job in jobs if job.state == _PENDING]
-    light = any(_cost(job) <= LIGHT for job in jobs)
+    costed = [(job, _cost(job)) for job in jobs if job.state == _PENDING]
+    light = any(cost <= LIGHT for _, cost in costed)
     taken, held, spent = [], [], 0
-    for job in jobs:
-        cost = _cost(job)
+    for job, cost in costed:
         if cost <= LIGHT:
             taken.append(job)
         elif not (after_heavy and light) and (not spent or spent + cost <= WRITE_BUDGET):
