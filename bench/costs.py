@@ -30,8 +30,10 @@ sys.path.insert(0, str(BENCH))
 
 import dataset  # noqa: E402
 
-from tim_audit import callback, chain, create_ingest_app, derived, tlog  # noqa: E402
-from tim_audit.auditlog import AuditLog  # noqa: E402
+from tim_audit import create_ingest_app  # noqa: E402
+from tim_audit.ingest import callback  # noqa: E402
+from tim_audit.log import chain, derived, tlog  # noqa: E402
+from tim_audit.log.auditlog import AuditLog  # noqa: E402
 
 BATCH = 8
 

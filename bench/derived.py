@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from tim_audit import db, derived, merkle  # noqa: E402
+from tim_audit.log import db, derived, merkle  # noqa: E402
 
 
 def timed(path, run):

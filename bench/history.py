@@ -50,7 +50,7 @@ import dataset  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
 from tim_audit import create_app  # noqa: E402
-from tim_audit.signature import sign  # noqa: E402
+from tim_audit.ingest.signature import sign  # noqa: E402
 
 OUT = BENCH / "out"
 USER, PASSWORD = "bench", "bench-password-1"

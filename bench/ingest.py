@@ -47,7 +47,7 @@ NAIVE = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT))
 from loadgen import SDKAPPID, TOKEN  # noqa: E402
 
-from tim_audit.signature import sign  # noqa: E402
+from tim_audit.ingest.signature import sign  # noqa: E402
 
 THREADS = 8
 WAITRESS = [f"--threads={THREADS}", "--outbuf-high-watermark=1048576"]

@@ -55,7 +55,7 @@ import dataset  # noqa: E402
 import loadgen  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
-from tim_audit.signature import sign  # noqa: E402
+from tim_audit.ingest.signature import sign  # noqa: E402
 
 OUT = BENCH / "out"
 USER, PASSWORD = "bench", "bench-password-1"
@@ -121,7 +121,7 @@ class Unhelpful(http.server.ThreadingHTTPServer):
 def off_the_box(env, work):
     """The settings that sign and ship checkpoints to a stalled witness and
     a refusing TSA (started here), with a key made by keygen."""
-    from tim_audit import tlog
+    from tim_audit.log import tlog
 
     witness, tsa = Unhelpful(10, 503), Unhelpful(0, 500)
     ca = work / "tsa-ca.pem"

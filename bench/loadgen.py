@@ -10,7 +10,7 @@ import json
 import time
 from urllib.parse import urlencode
 
-from tim_audit.signature import sign
+from tim_audit.ingest.signature import sign
 
 SDKAPPID = "1400000001"
 TOKEN = "bench-token"

@@ -27,8 +27,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tim_audit import chain, checkpoints, db, merkle, tlog  # noqa: E402
-from tim_audit.auditlog import AuditLog  # noqa: E402
+from tim_audit.log import chain, checkpoints, db, merkle, tlog  # noqa: E402
+from tim_audit.log.auditlog import AuditLog  # noqa: E402
 
 ORIGIN = "bench.example/1400000001"
 

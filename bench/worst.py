@@ -40,8 +40,8 @@ sys.path.insert(0, str(BENCH.parent))
 import isolation  # noqa: E402
 import loadgen  # noqa: E402
 
-from tim_audit import schemas  # noqa: E402
-from tim_audit.signature import sign  # noqa: E402
+from tim_audit.ingest import schemas  # noqa: E402
+from tim_audit.ingest.signature import sign  # noqa: E402
 
 BIG = 1024 * 1024 - 4096  # a refused body just under MAX_CONTENT_LENGTH
 

@@ -12,8 +12,9 @@ from waitress import create_server
 
 from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, signed_query
-from tim_audit import chain, create_app, db, derived, merkle, open_log
-from tim_audit.auditlog import Event, Rejection
+from tim_audit import create_app, open_log
+from tim_audit.log import chain, db, derived, merkle
+from tim_audit.log.auditlog import Event, Rejection
 
 
 def require(program):

@@ -8,7 +8,7 @@ import json
 import pathlib
 import time
 
-from tim_audit.signature import sign
+from tim_audit.ingest.signature import sign
 
 SDKAPPID = "1400000001"
 TOKEN = "xxxxyyyy"

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import check, event, rejection, require
-from tim_audit import auditlog, derived
-from tim_audit.auditlog import AuditLog, StorageUnavailable
+from tim_audit.log import auditlog, derived
+from tim_audit.log.auditlog import AuditLog, StorageUnavailable
 
 TABLES = {
     "event": "name",

@@ -6,10 +6,10 @@ import pytest
 from freezegun import freeze_time
 from werkzeug.security import check_password_hash, generate_password_hash
 
-import tim_audit.auth
+import tim_audit.review.auth
 from dashboard import CREDENTIALS, PASSWORD, REVIEWER, REVIEWERS
 from tim_audit import create_app
-from tim_audit.auth import Busy, Reviewers, TooManyFailures
+from tim_audit.review.auth import Busy, Reviewers, TooManyFailures
 from tencent import group_body
 
 PAGES = [
@@ -64,9 +64,9 @@ def test_other_authorization_schemes_are_refused(client, stored):
 
 def test_password_is_checked_once_then_remembered(app, client, monkeypatch):
     checks = []
-    real = tim_audit.auth.check_password_hash
+    real = tim_audit.review.auth.check_password_hash
     monkeypatch.setattr(
-        tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
+        tim_audit.review.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
     )
     for _ in range(3):
         assert client.get("/history", headers=CREDENTIALS).status_code == 200
@@ -142,9 +142,9 @@ def sign_in(client, password, address="198.51.100.7"):
 
 def test_failed_sign_ins_past_the_limit_are_refused_without_a_check(app, client, monkeypatch):
     checks = []
-    real = tim_audit.auth.check_password_hash
+    real = tim_audit.review.auth.check_password_hash
     monkeypatch.setattr(
-        tim_audit.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
+        tim_audit.review.auth, "check_password_hash", lambda *a: checks.append(1) or real(*a)
     )
     assert [sign_in(client, f"guess {n}") for n in range(10)] == [401] * 10
     response = client.get(
@@ -189,7 +189,7 @@ def test_login_failures_is_configurable(make_app):
 
 
 def test_failures_are_kept_for_at_most_max_addresses(monkeypatch):
-    monkeypatch.setattr(tim_audit.auth, "MAX_ADDRESSES", 100)
+    monkeypatch.setattr(tim_audit.review.auth, "MAX_ADDRESSES", 100)
     reviewers = Reviewers(REVIEWERS, 10)
     for n in range(250):
         assert not reviewers.check(REVIEWER, "wrong", f"2001:db8::{n:x}")
@@ -216,7 +216,7 @@ SLOW = {REVIEWER: generate_password_hash(PASSWORD)}
 def counted(monkeypatch):
     """The password checks made, as (password, seconds taken)."""
     checks = []
-    real = tim_audit.auth.check_password_hash
+    real = tim_audit.review.auth.check_password_hash
 
     def check(stored, password):
         started = time.monotonic()
@@ -225,7 +225,7 @@ def counted(monkeypatch):
         finally:
             checks.append((password, time.monotonic() - started))
 
-    monkeypatch.setattr(tim_audit.auth, "check_password_hash", check)
+    monkeypatch.setattr(tim_audit.review.auth, "check_password_hash", check)
     return checks
 
 
@@ -252,7 +252,7 @@ def concurrently(reviewers, guesses):
 def test_a_spray_waits_its_turn_at_most_hashing_wait_and_a_signed_in_reviewer_not_at_all(
     counted, monkeypatch
 ):
-    monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.5)
+    monkeypatch.setattr(tim_audit.review.auth, "HASHING_WAIT", 0.5)
     reviewers = Reviewers(SLOW, 10)
     assert reviewers.check(REVIEWER, PASSWORD, "198.51.100.1")
     threads, outcomes = concurrently(
@@ -286,16 +286,16 @@ def test_concurrent_guesses_from_one_address_never_pass_the_limit(counted):
 def test_a_sign_in_that_waits_too_long_for_its_turn_is_answered_503_unchecked(
     app, client, monkeypatch
 ):
-    monkeypatch.setattr(tim_audit.auth, "HASHING_WAIT", 0.05)
+    monkeypatch.setattr(tim_audit.review.auth, "HASHING_WAIT", 0.05)
     checking, finish = threading.Event(), threading.Event()
-    real = tim_audit.auth.check_password_hash
+    real = tim_audit.review.auth.check_password_hash
 
     def held(stored, password):
         checking.set()
         finish.wait(5)
         return real(stored, password)
 
-    monkeypatch.setattr(tim_audit.auth, "check_password_hash", held)
+    monkeypatch.setattr(tim_audit.review.auth, "check_password_hash", held)
     other = threading.Thread(target=sign_in, args=(app.test_client(), "guess", "203.0.113.9"))
     other.start()
     assert checking.wait(5)

@@ -16,8 +16,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from conftest import require
 from dashboard import DAY, PASSWORD, REVIEWER, START, sample_events
-from tim_audit import create_app, db
-from tim_audit.auditlog import Rejection
+from tim_audit import create_app
+from tim_audit.log import db
+from tim_audit.log.auditlog import Rejection
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tim_audit import schemas
+from tim_audit.ingest import schemas
 from tencent import CREATE, TOKEN, group_body, sample, signed_query
 
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}

@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 from conftest import check, event, rebuild_trees, rejection, rewrite
-from tim_audit import chain, db, derived, tlog
-from tim_audit.chain import GENESIS, ChainBroken, Heads, canonical, link
+from tim_audit.log import chain, db, derived, tlog
+from tim_audit.log.chain import GENESIS, ChainBroken, Heads, canonical, link
 
 
 def strict_tables(path):

@@ -19,7 +19,9 @@ from conftest import event, rewrite
 from test_exports import started, truncate_wal
 from test_tampering import run_verification
 from test_zipstream import Unseekable, info_zip_tests
-from tim_audit import StartupError, create_app, db, exports, merkle, tlog
+from tim_audit import StartupError, create_app
+from tim_audit.log import db, merkle, tlog
+from tim_audit.review import exports
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -147,7 +149,7 @@ def test_an_inconsistent_tree_is_never_signed(signed, notary, filled, attacker, 
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
     rewrite(attacker)
     filled.append(event(6))
-    with caplog.at_level(logging.ERROR, logger="tim_audit.checkpoints"):
+    with caplog.at_level(logging.ERROR, logger="tim_audit.log.checkpoints"):
         assert sign(notary) == []
     assert (
         "refusing to sign the event tree of 6 leaves: it does not extend checkpoint 1"
@@ -208,7 +210,7 @@ def test_rotate_key_lets_the_next_start_sign_with_the_new_key(
     new = result.output.splitlines()[-1]
     old_id = keyed.split("+")[1]
     assert (instance_path / f"checkpoint.key.retired-{old_id}").exists()
-    with caplog.at_level(logging.WARNING, logger="tim_audit.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="tim_audit.log.checkpoints"):
         log = make_app().extensions["tim_audit"]
     assert f"checkpoint key rotated on purpose: from {keyed} to {new}" in caplog.text
     notes = sign(log.notary)

@@ -13,7 +13,8 @@ from conftest import event, rejection
 from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
 from tencent import group_body, signed_query
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
-from tim_audit import db, exports, queries
+from tim_audit.log import db
+from tim_audit.review import exports, queries
 
 CSV_HEADER = [
     "id",

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from dashboard import CREDENTIALS, listed_ids, sample_events
 from tencent import group_body
 from tim_audit import create_app
-from tim_audit.auditlog import Rejection
-from tim_audit.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
+from tim_audit.log.auditlog import Rejection
+from tim_audit.ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 ZONES = ["Pacific/Kiritimati", "America/St_Johns", "Asia/Shanghai", "UTC", "Pacific/Pago_Pago"]
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import serving
 from tencent import SDKAPPID, TOKEN, group_body, signed_query
-from tim_audit import schemas
+from tim_audit.ingest import schemas
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OK = {"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0}

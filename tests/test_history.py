@@ -9,8 +9,10 @@ import pytest
 from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, sample_events
 from tencent import CREATE, group_body, signed_query
 import conftest
-from tim_audit import create_app, db, queries
-from tim_audit.auditlog import Rejection
+from tim_audit import create_app
+from tim_audit.log import db
+from tim_audit.review import queries
+from tim_audit.log.auditlog import Rejection
 
 
 def page_ids(get, **query):

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from dashboard import CREDENTIALS
 from tencent import CREATE, group_body, signed_query
-from tim_audit import schemas
-from tim_audit.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
+from tim_audit.ingest import schemas
+from tim_audit.ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 # One app (and database) per test, shared by its examples: each example
 # compares the rows before and after itself.

@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from conftest import check, event, rejection
-from tim_audit import StartupError, chain, merkle, tlog
+from tim_audit import StartupError
+from tim_audit.log import chain, merkle, tlog
 
 
 def leaves(path, table):
@@ -128,7 +129,7 @@ def wiped(filled, attacker):
 
 
 def test_the_first_start_builds_the_trees_and_says_so(treeless, make_app, rows, caplog):
-    with caplog.at_level(logging.INFO, logger="tim_audit.merkle"):
+    with caplog.at_level(logging.INFO, logger="tim_audit.log.merkle"):
         make_app()
     assert caplog.messages == [
         "built the Merkle trees of this log, once: event tree of 5 leaves, quarantine tree of 2 leaves"
@@ -141,7 +142,7 @@ def test_the_first_start_builds_the_trees_and_says_so(treeless, make_app, rows, 
 
 def test_a_later_start_builds_nothing(filled, make_app, caplog):
     filled.close()
-    with caplog.at_level(logging.INFO, logger="tim_audit.merkle"):
+    with caplog.at_level(logging.INFO, logger="tim_audit.log.merkle"):
         make_app()
     assert caplog.messages == []
 

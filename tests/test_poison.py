@@ -18,7 +18,8 @@ from conftest import event, rejection
 from dashboard import CREDENTIALS, REVIEWERS
 from test_checkpoints import ORIGIN, sign
 from tencent import SDKAPPID, TOKEN
-from tim_audit import checkpoints, create_app, db, open_log, timestamps, tlog
+from tim_audit import create_app, open_log
+from tim_audit.log import checkpoints, db, timestamps, tlog
 from tsa import TSA
 
 COLUMNS = {

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import event
 from dashboard import listed_ids
-from tim_audit import create_app, db, queries
+from tim_audit import create_app
+from tim_audit.log import db
+from tim_audit.review import queries
 
 # Characters names are drawn from: CJK, Hangul, kana, emoji (with a ZWJ
 # sequence and a skin tone), and letters whose case folding is not 1:1.

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 import pytest
 from freezegun import freeze_time
 
-from tim_audit import signature
+from tim_audit.ingest import signature
 
 REQUEST_TIME = 1669872112
 VECTOR = "17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061"

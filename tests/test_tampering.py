@@ -18,7 +18,8 @@ import pytest
 from conftest import event, rejection
 from dashboard import CREDENTIALS
 from tencent import SDKAPPID, TOKEN
-from tim_audit import chain, exports
+from tim_audit.log import chain
+from tim_audit.review import exports
 
 
 @dataclasses.dataclass
@@ -169,7 +170,7 @@ def test_any_error_in_a_verification_is_recorded_as_a_failure(
     with caplog.at_level(logging.ERROR):
         last = run_verification(app)
     assert last.failure == "verification stopped: RuntimeError: disk controller on fire"
-    assert [r.exc_info[0] for r in caplog.records if r.name == "tim_audit.integrity"] == [
+    assert [r.exc_info[0] for r in caplog.records if r.name == "tim_audit.review.integrity"] == [
         RuntimeError
     ]
     text = get("/history").get_data(as_text=True)

@@ -12,7 +12,8 @@ import pytest
 from conftest import event
 from dashboard import CREDENTIALS
 from test_checkpoints import ORIGIN, sign
-from tim_audit import StartupError, create_app, db, publisher, timestamps
+from tim_audit import StartupError, create_app
+from tim_audit.log import db, publisher, timestamps
 from tsa import TSA, openssl_verify
 
 

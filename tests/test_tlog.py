@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tim_audit import tlog
+from tim_audit.log import tlog
 
 # The RFC 6962 test vectors of Certificate Transparency, as published in
 # github.com/transparency-dev/merkle (testonly/constants.go, and the proofs

@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from conftest import go_program
-from tim_audit import tlog
+from tim_audit.log import tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 LEAVES = [f"event {n} canonical bytes".encode() for n in range(13)]
@@ -200,7 +200,7 @@ def served(go, make_app, instance_path, tmp_path):
     .tlog-proof, the first checkpoint and /checkpoint/consistency from it."""
     from conftest import event
     from dashboard import CREDENTIALS
-    from tim_audit import db
+    from tim_audit.log import db
 
     app = make_app(LOG_ORIGIN=ORIGIN)
     verifier_key = app.test_cli_runner().invoke(args=["keygen"]).output.splitlines()[-1]

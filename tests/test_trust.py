@@ -16,7 +16,7 @@ from conftest import rewrite
 from tencent import group_body, signed_query
 from test_faults import server_env
 from test_serve import serve  # noqa: F401 (the fixture)
-from tim_audit import merkle, tlog
+from tim_audit.log import merkle, tlog
 
 ORIGIN = "im-audit.example.com/1400000001"
 

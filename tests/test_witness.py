@@ -20,7 +20,8 @@ from conftest import event, go_program, rewrite
 from dashboard import CREDENTIALS
 from test_checkpoints import ORIGIN, sign
 from test_faults import free_port
-from tim_audit import checkpoints, create_app, db, tlog, witnesses
+from tim_audit import create_app
+from tim_audit.log import checkpoints, db, tlog, witnesses
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from conftest import require
-from tim_audit import zipstream
+from tim_audit.review import zipstream
 
 MADE = (2026, 3, 1, 8, 30, 15)
 

@@ -8,24 +8,11 @@ import threading
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import (
-    auditlog,
-    auth,
-    callback,
-    checkpoints,
-    cli,
-    config,
-    db,
-    evidence,
-    health,
-    history,
-    integrity,
-    logs,
-    metrics,
-    timestamps,
-    witnesses,
-)
-from .auditlog import open_log
+from . import cli, config, health, logs, metrics
+from .ingest import callback
+from .log import auditlog, checkpoints, db, timestamps, witnesses
+from .review import auth, evidence, history, integrity
+from .log.auditlog import open_log
 from .config import StartupError
 
 __all__ = ["StartupError", "create_app", "create_ingest_app", "create_review_app", "open_log"]
@@ -68,6 +55,8 @@ def _create(test_config, *, ingest, review):
     instance_path = os.environ.get("TIM_AUDIT_INSTANCE_PATH")
     app = Flask(
         __name__,
+        template_folder="review/templates",
+        static_folder="review/static",
         instance_relative_config=True,
         instance_path=os.path.abspath(instance_path) if instance_path else None,
     )

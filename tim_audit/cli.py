@@ -16,8 +16,9 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from . import auditlog, chain, checkpoints, db, derived, merkle, signature, timestamps, tlog
-from .callback import RECEIPT_HEADER
+from .ingest import signature
+from .log import auditlog, chain, checkpoints, db, derived, merkle, timestamps, tlog
+from .ingest.callback import RECEIPT_HEADER
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"

@@ -12,7 +12,7 @@ import flask
 from cryptography import x509
 from marshmallow import Schema, ValidationError, fields, validate
 
-from . import tlog
+from .log import tlog
 
 DEFAULTS = {
     "SDKAPPID": None,

@@ -4,10 +4,10 @@ import sqlite3
 
 from flask import Blueprint, current_app, jsonify
 
-from . import queries
-from .auditlog import ChainMismatch, StorageUnavailable
-from .chain import ChainBroken
-from .db import Held, get_db
+from .review import queries
+from .log.auditlog import ChainMismatch, StorageUnavailable
+from .log.chain import ChainBroken
+from .log.db import Held, get_db
 
 bp = Blueprint("health", __name__)
 

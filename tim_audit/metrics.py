@@ -19,8 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from . import db, witnesses
-from .callback import ErrorCode
+from .log import db, witnesses
+from .ingest.callback import ErrorCode
 
 OUTCOMES = ["stored", "repeat", "conflict", "ignored"] + [
     code.name.lower() for code in ErrorCode if code is not ErrorCode.OK

@@ -16,7 +16,7 @@ from importlib import resources
 import click
 from flask import Flask, Response, current_app, request
 
-from . import checkpoints, db, tlog
+from .log import checkpoints, db, tlog
 from .serve import listen, run
 
 MAX_BODY = 64 * 1024  # bytes of a request: 63 proof lines and a note with its signatures

@@ -37,10 +37,11 @@ from marshmallow import (
 )
 from werkzeug.exceptions import ServiceUnavailable
 
-from . import chain, exports, queries
-from .schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
+from ..log import chain
+from . import exports, queries
+from ..ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 from .auth import require_reviewer
-from .db import NoLog, get_db, require_log
+from ..log.db import NoLog, get_db, require_log
 
 bp = Blueprint("history", __name__)
 bp.before_request(require_reviewer)

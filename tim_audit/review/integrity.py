@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from . import chain, checkpoints, db, derived, merkle, timestamps, tlog
+from ..log import chain, checkpoints, db, derived, merkle, timestamps, tlog
 
 logger = logging.getLogger(__name__)
 

@@ -11,20 +11,10 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from . import (
-    chain,
-    checkpoints,
-    exports,
-    history,
-    merkle,
-    queries,
-    timestamps,
-    tlog,
-    witnesses,
-    zipstream,
-)
+from ..log import chain, checkpoints, merkle, timestamps, tlog, witnesses
+from . import exports, history, queries, zipstream
 from .auth import require_reviewer
-from .db import get_db, require_log
+from ..log.db import get_db, require_log
 
 bp = Blueprint("evidence", __name__)
 bp.before_request(require_reviewer)

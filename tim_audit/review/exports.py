@@ -22,7 +22,9 @@ import itertools
 import json
 import operator
 
-from . import chain, queries, schemas
+from ..ingest import schemas
+from ..log import chain
+from . import queries
 
 CHUNK_ROWS = 250
 # A chunk holds rows of at most this many bytes in all (as estimated); a

@@ -20,7 +20,7 @@ import json
 import sqlite3
 import time as clock
 
-from . import derived
+from ..log import derived
 
 # Columns a list page shows.
 LIST_COLUMNS = (

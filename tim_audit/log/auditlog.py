@@ -17,7 +17,7 @@ import sqlite3
 from flask import current_app
 
 from . import db, derived, merkle
-from .config import StartupError
+from ..config import StartupError
 from .chain import (
     EVENT_COLUMNS,
     GENESIS,

@@ -1,0 +1,7 @@
+"""The review server's part: the reviewers' dashboard.
+
+Sign-in, the history, event and quarantine pages, their queries, the exports
+and the evidence archive, and the integrity strip, with their templates and
+static files. It reads the log through read-only connections and never
+imports the writer (``log.auditlog``).
+"""
