@@ -192,7 +192,7 @@ def test_metrics_count_the_failed_timestamp_requests(stamped_app, tsa, make_app,
 def test_checkpoint_tsr_checks_with_the_first_five_lines_of_get_checkpoint(
     stamped_app, tsa, tmp_path
 ):
-    """As docs/trust.md tells an auditor with curl: the token is over the
+    """As docs/auditing.md tells an auditor with curl: the token is over the
     note as the log signed it, before any cosignature line."""
     stamp(stamped_app)
     client = stamped_app.test_client()

@@ -470,12 +470,12 @@ def test_a_witness_ahead_of_a_log_restored_from_a_backup_is_refused(
         submit(restored)
 
 
-def test_the_by_hand_cosignature_check_in_docs_trust_md_works(go_witness, make_app, tmp_path):
-    """The commands docs/trust.md gives an auditor, run as written."""
+def test_the_by_hand_cosignature_check_in_docs_auditing_md_works(go_witness, make_app, tmp_path):
+    """The commands docs/auditing.md gives an auditor, run as written."""
     app = signed_log(make_app, [go_witness])
     submit(app)
     served(app, tmp_path / "checkpoint.cosigned")
-    text = (Path(__file__).parent.parent / "docs" / "trust.md").read_text()
+    text = (Path(__file__).parent.parent / "docs" / "auditing.md").read_text()
     block = text[text.index('python3 - "$WITNESS" checkpoint.cosigned') :]
     block = block[: block.index("```")]
     result = subprocess.run(
