@@ -161,7 +161,7 @@ def test_reused_group_id_with_new_event_time_is_a_new_event(post, rows):
 
 
 def auditor_encoding(values):
-    """The canonical bytes as the README spells them out, written here
+    """The canonical bytes as docs/design.md spells them out, written here
     again as an auditor would, without tim-audit's code."""
     out = b""
     for value in values:

@@ -252,7 +252,7 @@ def test_verify_names_an_event_whose_folded_name_was_edited(filled, attacker):
 
 
 def test_chain_of_a_known_event_is_unchanged():
-    """The encoding the README documents: logs already written must verify."""
+    """The encoding docs/design.md documents: logs already written must verify."""
     entry = event(
         1, members=("bob", "peter", "bob"), owner=None, user_data='[{"Key":"k","Value":"v"}]'
     )

@@ -50,7 +50,7 @@ def named(log):
 
 
 def scanned(names, q):
-    """The ids whose name contains ``q`` as the README defines it, newest first."""
+    """The ids whose name contains ``q`` as docs/dashboard.md defines it, newest first."""
     folded = q.casefold()
     return [
         number for number, name in reversed(list(enumerate(names, 1))) if folded in name.casefold()
