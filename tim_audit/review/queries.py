@@ -110,20 +110,27 @@ class Filters:
     def select(self, need_event=True, by_id=None):
         """The rows these filters match, as ``event AS e``.
 
-        A member filter reads event_member first: its (account, event_time)
-        index yields that member's events newest first, where starting from
-        event would visit every event. ``event`` is joined in only when a
+        A member filter reads event_member first: its (account, duplicate,
+        event_time) index yields that member's events newest first, where
+        starting from event would visit every event. ``event`` is joined in only when a
         column of it is needed (``need_event``) or filtered on. ``by_id``
         overrides :attr:`by_id`.
         """
         by_id = self.by_id if by_id is None else by_id
         clauses, params = [], []
-        # A unary + keeps SQLite from reading a column's index. Matches
-        # found through the name index are few, read by id and sorted, so
-        # nothing else may drive. Otherwise type is the least selective
-        # column: with any other filter, that filter's index (or, for a
-        # name search, the time index, which carries name_folded and type)
-        # goes first, not the type index, which would read a third of the log.
+        # A unary + keeps a term off its index (SQLite documents it for
+        # this). Without statistics (the service never runs ANALYZE) the
+        # planner takes whichever index yields the list order outright, and
+        # no new index helps: one cannot know which ids the name index
+        # found, and a log on disk keeps its indexes as first created.
+        # Matches found by id are few, read by rowid and sorted, so nothing
+        # else may drive. type is the least selective column, yet
+        # event_by_type (type, event_time) is the one index whose ties come
+        # in id order (the others carry type before the rowid): with any
+        # other filter, that filter's index goes first (for a name search,
+        # the time index, which checks name_folded and type before reading
+        # a row), not the type index, which would read a third of the log
+        # and every row of it. tests/test_search.py asserts these plans.
         unindexed = "+" if by_id else ""
         type_first = not (unindexed or self.group_id or self.owner or self.operator or self.q)
         for column, value in (
