@@ -508,3 +508,46 @@ def test_a_count_by_type_and_time_reads_the_summary(planner, filters, index):
         assert edge[0].startswith(
             "SEARCH event USING COVERING INDEX event_by_time (event_time>? AND event_time<?)"
         ), edge
+
+
+def test_the_hours_a_bound_cuts_are_counted_in_a_covering_index(planner):
+    filters = queries.Filters(type="Public", since=queries.HOUR * 10 + 1, until=queries.HOUR * 20)
+    plans = planned(planner, lambda conn: queries.count(conn, filters))
+    assert plans[:2] == CURRENT
+    assert (
+        plans[3:]
+        == [
+            [
+                "SEARCH event USING COVERING INDEX event_by_type (type=? AND event_time>? AND event_time<?)"
+            ]
+        ]
+        * 2
+    )
+
+
+@pytest.mark.parametrize(
+    "filters, index",
+    [
+        (
+            {"owner": "leckie", "type": "Public"},
+            "SEARCH e USING COVERING INDEX event_by_owner (owner=?)",
+        ),
+        (
+            {"operator": "administrator", "type": "Public", "since": 1},
+            "SEARCH e USING COVERING INDEX event_by_operator (operator=? AND event_time>?)",
+        ),
+        ({"q": "te", "type": "Public"}, "SCAN e USING COVERING INDEX event_by_time"),
+        (
+            {"member": "bob", "since": 1},
+            "SEARCH m USING COVERING INDEX event_member_by_account (account=? AND duplicate=? AND event_time>?)",
+        ),
+        (
+            {"type": "Public", "derived": False},
+            "SEARCH e USING COVERING INDEX event_by_type (type=?)",
+        ),
+    ],
+    ids=str,
+)
+def test_a_count_of_filters_an_index_carries_reads_that_index_alone(planner, filters, index):
+    plans = planned(planner, lambda conn: queries.count(conn, queries.Filters(**filters)))
+    assert plans == [[index]]
