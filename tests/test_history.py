@@ -11,7 +11,7 @@ from tencent import CREATE, group_body, signed_query
 import conftest
 from tim_audit import create_app
 from tim_audit.log import db
-from tim_audit.review import queries
+from tim_audit.review import counting
 from tim_audit.log.auditlog import Rejection
 
 
@@ -658,7 +658,7 @@ def test_conflicting_repeat_and_its_event_link_to_each_other(post, get):
 
 
 def test_the_event_page_counts_conflicting_repeats_only_up_to_the_cap(post, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 2)
+    monkeypatch.setattr(counting, "COUNT_CAP", 2)
     for name in ("first", "second", "third", "fourth"):
         post(group_body(Name=name))
     text = get("/history/1").get_data(as_text=True)
@@ -668,7 +668,7 @@ def test_the_event_page_counts_conflicting_repeats_only_up_to_the_cap(post, get,
 
 
 def test_the_quarantine_page_counts_only_up_to_the_cap(post, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 2)
+    monkeypatch.setattr(counting, "COUNT_CAP", 2)
     for number in range(3):
         post(b"{oops %d" % number)
     text = get("/quarantine").get_data(as_text=True)

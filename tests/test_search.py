@@ -11,7 +11,7 @@ from conftest import event
 from dashboard import listed_ids
 from tim_audit import create_app
 from tim_audit.log import db
-from tim_audit.review import queries
+from tim_audit.review import counting, queries, search
 
 # Characters names are drawn from: CJK, Hangul, kana, emoji (with a ZWJ
 # sequence and a skin tone), and letters whose case folding is not 1:1.
@@ -76,7 +76,7 @@ def test_the_name_index_agrees_with_a_plain_scan(named, rows):
         for q in queries_for(named, rng, length, 400):
             indexed = rows(
                 "SELECT rowid FROM event_name WHERE event_name MATCH ? ORDER BY rowid DESC",
-                (queries._phrase(q),),
+                (search._phrase(q),),
             )
             assert [rowid for (rowid,) in indexed] == scanned(named, q), q
 
@@ -112,7 +112,7 @@ def test_name_search_folds_case_as_documented(log, get, q, name):
 
 
 def test_a_common_name_is_found_by_walking_the_time_index(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "SPARSE_NAMES", 10)
+    monkeypatch.setattr(search, "SPARSE_NAMES", 10)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 41)])
     text = get("/history", query_string={"q": "team 1", "limit": 5}).get_data(as_text=True)
     assert listed_ids(text) == [39, 37, 35, 33, 31]
@@ -134,9 +134,9 @@ def test_a_common_name_is_found_by_walking_the_time_index(log, get, monkeypatch)
 def test_a_common_name_with_a_filter_off_the_time_index_is_read_by_id(
     planner, monkeypatch, filters, by_id
 ):
-    monkeypatch.setattr(queries, "SPARSE_NAMES", 1)
-    routed = queries.route(planner, queries.Filters(q="team 1", **filters))
-    assert 1 < len(routed.name_found) <= queries.COUNT_CAP
+    monkeypatch.setattr(search, "SPARSE_NAMES", 1)
+    routed = search.route(planner, queries.Filters(q="team 1", **filters))
+    assert 1 < len(routed.name_found) <= counting.COUNT_CAP
     assert routed.by_id is by_id
     [plan] = planned(planner, lambda conn: queries.page(conn, routed, 50))
     assert (plan[0] == "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)") is by_id
@@ -146,7 +146,7 @@ def test_a_common_name_with_a_filter_off_the_time_index_is_read_by_id(
 
 
 def test_a_count_past_the_cap_says_more_than(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 5)
+    monkeypatch.setattr(counting, "COUNT_CAP", 5)
     append_all(log, [event(number, owner="busy") for number in range(1, 9)])
     text = get("/history", query_string={"owner": "busy"}).get_data(as_text=True)
     assert "More than <strong>5</strong> events match" in text
@@ -155,7 +155,7 @@ def test_a_count_past_the_cap_says_more_than(log, get, monkeypatch):
 
 
 def test_a_count_that_runs_out_of_time_says_at_least(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    monkeypatch.setattr(counting, "COUNT_TIME", 0)
     append_all(log, [event(number, owner="busy") for number in range(1, 301)])
     text = get("/history", query_string={"owner": "busy"}).get_data(as_text=True)
     found = re.search(
@@ -168,8 +168,8 @@ def test_a_count_that_runs_out_of_time_says_at_least(log, get, monkeypatch):
 def test_a_name_lookup_that_runs_out_of_time_says_at_least_and_still_lists_the_newest(
     log, get, monkeypatch
 ):
-    monkeypatch.setattr(queries, "COUNT_TIME", 0)
-    monkeypatch.setattr(queries, "SPARSE_NAMES", 10)
+    monkeypatch.setattr(counting, "COUNT_TIME", 0)
+    monkeypatch.setattr(search, "SPARSE_NAMES", 10)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])
     text = get("/history", query_string={"q": "team 1", "limit": 3}).get_data(as_text=True)
     found = re.search(
@@ -192,8 +192,8 @@ def test_a_name_with_the_trigrams_of_q_apart_is_not_found(log, get, filters):
 
 
 def test_a_name_whose_candidates_pass_the_cap_is_still_read_by_id(log, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 4)
-    monkeypatch.setattr(queries, "SPARSE_NAMES", 2)
+    monkeypatch.setattr(counting, "COUNT_CAP", 4)
+    monkeypatch.setattr(search, "SPARSE_NAMES", 2)
     append_all(
         log,
         [event(1, name="Project Atlas 77")]
@@ -201,7 +201,7 @@ def test_a_name_whose_candidates_pass_the_cap_is_still_read_by_id(log, monkeypat
     )
     conn = db.connect(log.path, readonly=True)
     try:
-        routed = queries.route(conn, queries.Filters(q="atlas 77", operator="administrator"))
+        routed = search.route(conn, queries.Filters(q="atlas 77", operator="administrator"))
     finally:
         conn.close()
     assert (routed.name_found, routed.by_id) == ((1,), True)
@@ -216,15 +216,15 @@ def test_a_name_search_with_a_nul_is_answered(log, get, filters):
 
 
 def test_a_name_lookup_of_a_few_matches_is_never_cut_short(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    monkeypatch.setattr(counting, "COUNT_TIME", 0)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])
     text = get("/history", query_string={"q": "team 1", "limit": 3}).get_data(as_text=True)
     assert "<strong>300</strong> events match" in text
 
 
 def test_a_count_cut_short_before_its_first_match_still_lists_it(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_TIME", 0)
-    monkeypatch.setattr(queries, "SPARSE_NAMES", 1)
+    monkeypatch.setattr(counting, "COUNT_TIME", 0)
+    monkeypatch.setattr(search, "SPARSE_NAMES", 1)
     # Enough matches to read by id that the count is checked before the last.
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 4001)])
     text = get("/history", query_string={"q": "team 1", "group_id": "@TGS#3999"}).get_data(
@@ -236,19 +236,19 @@ def test_a_count_cut_short_before_its_first_match_still_lists_it(log, get, monke
 
 
 def test_a_name_lookup_with_a_filter_off_the_time_index_is_never_cut_short(log, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_TIME", 0)
+    monkeypatch.setattr(counting, "COUNT_TIME", 0)
     append_all(log, [event(number, name=f"team {number % 2}") for number in range(1, 601)])
     conn = db.connect(log.path, readonly=True)
     try:
-        routed = queries.route(conn, queries.Filters(q="team 1", operator="administrator"))
+        routed = search.route(conn, queries.Filters(q="team 1", operator="administrator"))
     finally:
         conn.close()
     assert (routed.name_at_least, len(routed.name_found)) == (None, 300)
 
 
 def test_counts_by_type_and_time_come_exact_from_the_summary(log, get, monkeypatch):
-    monkeypatch.setattr(queries, "COUNT_CAP", 1)
-    hour = queries.HOUR
+    monkeypatch.setattr(counting, "COUNT_CAP", 1)
+    hour = counting.HOUR
     start = 1_772_323_200_000  # 2026-03-01T00:00:00Z
     # Every 20 minutes for two days: bounds cut hours in the middle.
     append_all(
@@ -473,7 +473,7 @@ def test_an_events_page_reads_its_group_and_repeats_from_indexes(planner):
     ids=str,
 )
 def test_a_rare_name_is_read_through_the_name_index(planner, filters):
-    routed = queries.route(planner, queries.Filters(**filters))
+    routed = search.route(planner, queries.Filters(**filters))
     assert routed.by_id
     [plan] = planned(planner, lambda conn: queries.page(conn, routed, 50))
     assert plan[0] == "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"
@@ -494,14 +494,14 @@ CURRENT = [["SEARCH event_name_data USING INTEGER PRIMARY KEY (rowid=?)"], ["SEA
         ({}, "SCAN event_hour USING COVERING INDEX event_hour_by_type"),
         ({"type": "Public"}, "SEARCH event_hour USING COVERING INDEX event_hour_by_type (type=?)"),
         (
-            {"since": queries.HOUR * 10 + 1, "until": queries.HOUR * 20},
+            {"since": counting.HOUR * 10 + 1, "until": counting.HOUR * 20},
             "SEARCH event_hour USING PRIMARY KEY (hour>? AND hour<?)",
         ),
     ],
     ids=str,
 )
 def test_a_count_by_type_and_time_reads_the_summary(planner, filters, index):
-    plans = planned(planner, lambda conn: queries.count(conn, queries.Filters(**filters)))
+    plans = planned(planner, lambda conn: counting.count(conn, queries.Filters(**filters)))
     assert plans[:2] == CURRENT  # first, whether the summary covers every event
     assert plans[2] == [index]
     for edge in plans[3:]:  # the hours cut by since or until
@@ -511,8 +511,8 @@ def test_a_count_by_type_and_time_reads_the_summary(planner, filters, index):
 
 
 def test_the_hours_a_bound_cuts_are_counted_in_a_covering_index(planner):
-    filters = queries.Filters(type="Public", since=queries.HOUR * 10 + 1, until=queries.HOUR * 20)
-    plans = planned(planner, lambda conn: queries.count(conn, filters))
+    filters = queries.Filters(type="Public", since=counting.HOUR * 10 + 1, until=counting.HOUR * 20)
+    plans = planned(planner, lambda conn: counting.count(conn, filters))
     assert plans[:2] == CURRENT
     assert (
         plans[3:]
@@ -549,5 +549,5 @@ def test_the_hours_a_bound_cuts_are_counted_in_a_covering_index(planner):
     ids=str,
 )
 def test_a_count_of_filters_an_index_carries_reads_that_index_alone(planner, filters, index):
-    plans = planned(planner, lambda conn: queries.count(conn, queries.Filters(**filters)))
+    plans = planned(planner, lambda conn: counting.count(conn, queries.Filters(**filters)))
     assert plans == [[index]]

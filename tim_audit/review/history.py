@@ -38,7 +38,7 @@ from marshmallow import (
 from werkzeug.exceptions import ServiceUnavailable
 
 from ..log import chain
-from . import exports, queries
+from . import counting, exports, queries, search
 from ..ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 from .auth import require_reviewer
 from ..log.db import NoLog, get_db, require_log
@@ -239,19 +239,19 @@ def events():
         "total": None,
         "chart": None,
         "page": queries.Page([], None, None),
-        "count_time_ms": round(queries.COUNT_TIME * 1000),
+        "count_time_ms": round(counting.COUNT_TIME * 1000),
     }
     try:
         args = _load(HistoryArgs)
-        filters = queries.route(conn, _history_filters(args))
-        context["total"] = total = queries.count(conn, filters)
+        filters = search.route(conn, _history_filters(args))
+        context["total"] = total = counting.count(conn, filters)
         # A count cut short may have stopped before its first match.
         if total.value or total.kind != "exact":
             context["page"] = page = queries.page(
                 conn, filters, args["limit"], args["before"], args["after"]
             )
             if total.kind == "at least" and not (args["before"] or args["after"]):
-                context["total"] = queries.Count(max(total.value, len(page.rows)), total.kind)
+                context["total"] = counting.Count(max(total.value, len(page.rows)), total.kind)
             # Per-day counts cost no more than the count when that was exact.
             if total.kind == "exact":
                 context["chart"] = _chart(conn, filters)
@@ -331,15 +331,15 @@ def _chart(conn, filters):
     if since > until:
         return None
     charted = dataclasses.replace(filters, since=since, until=until)
-    last = queries.newest(conn, charted)
+    last = counting.newest(conn, charted)
     if last is None:
         return None
-    first = queries.oldest(conn, charted)
+    first = counting.oldest(conn, charted)
     everything = queries.Filters(since=MIN_EVENT_TIME, until=MAX_EVENT_TIME)
     if filters.since is not None:  # a since before the log began would chart empty days
-        first = max(since, queries.oldest(conn, everything))
+        first = max(since, counting.oldest(conn, everything))
     if filters.until is not None:  # and an until in the future, empty days to come
-        last = min(until, queries.newest(conn, everything))
+        last = min(until, counting.newest(conn, everything))
     unit = next(unit for span, unit in CHART_UNITS if span is None or last - first < span)
     if unit == "hour":
         first = max(since, min(first, last - 23 * HOUR))
@@ -350,7 +350,7 @@ def _chart(conn, filters):
         for start, stop in itertools.pairwise(starts)
     ]
     unbounded = dataclasses.replace(filters, since=None, until=None)
-    counts = queries.per_day(conn, unbounded, spans)
+    counts = counting.per_day(conn, unbounded, spans)
     step = next(
         (n for n in CHART_STEPS[unit] if len(spans) <= MAX_TICKS * n), CHART_STEPS[unit][-1]
     )

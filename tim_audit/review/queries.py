@@ -1,45 +1,24 @@
-"""Read-only queries behind the dashboard.
+"""Read-only queries behind the dashboard's lists and event pages.
 
 Events are listed newest EventTime first, ties newest id first, and paged
 with keyset cursors (never OFFSET): each filter column has an index that
-continues with event_time, so a page is a short index range. No answer may
-grow with the log, so a count is read from the hourly summary where that
-can answer it, and is otherwise counted up to COUNT_CAP matches and for at
-most COUNT_TIME (:class:`Count` says which). A name of 3 or more characters
-with few matches is found through the trigram index; a short or common one
-by walking the EventTime index, which carries the casefolded name, until a
-page is full. Neither derived table answers while it is behind the log (a
-rebuild under way, or rows taken out): then names are walked and counts
-counted. Values from the request reach SQL only as ``?`` parameters;
-the statement text is joined from the fixed fragments below.
+continues with event_time, so a page is a short index range. How many
+match is counted in counting.py; a name search is routed through the
+trigram index, or not, by search.py. Values from the request reach SQL
+only as ``?`` parameters; the statement text is joined from the fixed
+fragments below.
 """
 
-import bisect
 import dataclasses
 import json
-import sqlite3
-import time as clock
 
-from ..log import derived
+from . import counting, search
 
 # Columns a list page shows.
 LIST_COLUMNS = (
     "e.id, e.event_time, e.group_id, e.name, e.type, e.owner, e.operator,"
     " e.member_count, e.received_at"
 )
-
-
-# An exact count stops here, and the page says "more than" this.
-COUNT_CAP = 10_000
-# A count that has not reached COUNT_CAP stops after this long (seconds),
-# and the page says "at least" what it had counted.
-COUNT_TIME = 0.01
-# The trigram index answers a name search of this many characters or more.
-NAME_INDEX_MIN = 3
-# A search the index matches this often or less reads its matches by id;
-# a commoner one walks the EventTime index, where a page of them is near.
-SPARSE_NAMES = 2_000
-HOUR = 3_600_000  # ms, the summary's unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +57,7 @@ class Filters:
     q: str | None = None
     since: int | None = None
     until: int | None = None
-    # Set by route(): the ids of the events whose name has q, as many as
+    # Set by search.route(): the ids of the events whose name has q, as many as
     # COUNT_CAP + 1 (None: not looked up in the trigram index, or the lookup
     # ran out of time, having found name_at_least).
     name_found: tuple | None = None
@@ -96,9 +75,9 @@ class Filters:
         filter fills a page, which has no bound."""
         if self.name_found is None:
             return False
-        if len(self.name_found) <= SPARSE_NAMES:
+        if len(self.name_found) <= search.SPARSE_NAMES:
             return True
-        return len(self.name_found) <= COUNT_CAP and self.off_time_index
+        return len(self.name_found) <= counting.COUNT_CAP and self.off_time_index
 
     @property
     def off_time_index(self):
@@ -214,223 +193,6 @@ def page(conn, filters, limit, before=None, after=None):
     )
 
 
-def _phrase(q):
-    """``q`` as an FTS5 phrase: the casefolded text, quoted, which the
-    trigram tokenizer matches as a substring."""
-    return '"' + q.casefold().replace('"', '""') + '"'
-
-
-def _cover(q):
-    """``q`` as an FTS5 query for the events whose name has every one of a
-    few of its trigrams, side by side from the start and one at the end:
-    all those whose name has q, and perhaps a few more. Fewer trigrams
-    than the phrase, and no positions to match: a third of its time on a
-    rare name made of common parts."""
-    folded = q.casefold()
-    starts = sorted({*range(0, len(folded) - 2, 3), len(folded) - 3})
-    return " AND ".join('"' + folded[at : at + 3].replace('"', '""') + '"' for at in starts)
-
-
-def route(conn, filters):
-    """``filters`` with their name search looked up in the trigram index
-    once, up to COUNT_CAP + 1 matches: when there are at most SPARSE_NAMES
-    (or, with other filters, COUNT_CAP; see Filters.by_id), they are read by
-    id; more are found by walking the EventTime index, which meets a page
-    of such common names soon.
-
-    The lookup reads every candidate of the query's trigrams, which grows
-    with the log for a rare name made of common parts ("atlas 77"). With a
-    filter off the EventTime index, whose pages read the ids and check each
-    name, it asks for a few of the trigrams only (_cover). Otherwise, once
-    it has found more than SPARSE_NAMES, so that the walk is the plan
-    anyway, it stops after COUNT_TIME, and the count says "at least" what
-    it found; the deadline is checked between rows, so a lookup that finds
-    nothing for long is not cut short."""
-    # FTS5 reads a NUL as the end of the query: such a search walks, and
-    # so does any while the index is behind the log (derived.current).
-    if not filters.q or len(filters.q.casefold()) < NAME_INDEX_MIN or "\0" in filters.q:
-        return filters
-    if not (filters.derived and derived.current(conn)):
-        return filters
-    try:
-        return _found(conn, filters)
-    except sqlite3.DatabaseError as exc:  # a damaged index (verify names it): walk
-        if isinstance(exc, sqlite3.OperationalError):
-            raise
-        return filters
-
-
-def _found(conn, filters):
-    if filters.off_time_index:
-        ids = _lookup(conn, _cover(filters.q), [])
-        if len(ids) > COUNT_CAP:  # more candidates than the cap; matches too?
-            ids = _lookup(conn, _phrase(filters.q), [])
-        return dataclasses.replace(filters, name_found=tuple(ids))
-    ids = []
-    deadline = clock.monotonic() + COUNT_TIME
-    conn.set_progress_handler(lambda: len(ids) > SPARSE_NAMES and clock.monotonic() > deadline, 100)
-    try:
-        _lookup(conn, _phrase(filters.q), ids)
-    except sqlite3.OperationalError as exc:
-        if not _interrupted(exc):
-            raise
-        return dataclasses.replace(filters, name_at_least=len(ids))
-    finally:
-        conn.set_progress_handler(None, 0)
-    return dataclasses.replace(filters, name_found=tuple(ids))
-
-
-def _lookup(conn, query, ids):
-    """``ids`` with the rowids ``query`` matches in the trigram index
-    appended, up to COUNT_CAP + 1, as they are read."""
-    for row in conn.execute(
-        "SELECT rowid FROM event_name WHERE event_name MATCH ? LIMIT ?", (query, COUNT_CAP + 1)
-    ):
-        ids.append(row[0])
-    return ids
-
-
-def _interrupted(exc):
-    """Whether SQLite stopped because a progress handler asked it to."""
-    return getattr(exc, "sqlite_errorname", None) == "SQLITE_INTERRUPT"
-
-
-@dataclasses.dataclass(frozen=True)
-class Count:
-    """How many events match: ``exact``, ``more`` than value (the count
-    stopped at COUNT_CAP) or ``at least`` value (it stopped at COUNT_TIME)."""
-
-    value: int
-    kind: str = "exact"
-
-
-def count(conn, filters):
-    """The number of matching events, from the summary when only type and
-    time are asked for and it covers every event; otherwise counted,
-    within COUNT_CAP and COUNT_TIME."""
-    if _summarised(filters) and filters.derived and derived.current(conn):
-        return Count(summed(conn, filters.type, filters.since, filters.until))
-    if filters.name_at_least is not None and _name_only(filters):
-        return Count(filters.name_at_least, "at least")
-    if filters.name_found is not None and _name_only(filters):
-        found = len(filters.name_found)
-        return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
-    selection = filters.select(need_event=False)
-    found = 0
-    deadline = clock.monotonic() + COUNT_TIME
-    conn.set_progress_handler(lambda: clock.monotonic() > deadline, 1000)
-    try:
-        for _ in conn.execute(
-            f"SELECT 1 FROM {selection.source} WHERE {selection.where} LIMIT ?",
-            selection.params + [COUNT_CAP + 1],
-        ):
-            found += 1
-    except sqlite3.OperationalError as exc:
-        if not _interrupted(exc):
-            raise
-        return Count(found, "at least")
-    finally:
-        conn.set_progress_handler(None, 0)
-    return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
-
-
-def _summarised(filters):
-    """Whether event_hour can answer for ``filters``: type and time only."""
-    return all(
-        getattr(filters, name) is None for name in ("group_id", "owner", "operator", "member", "q")
-    )
-
-
-def _name_only(filters):
-    return all(
-        getattr(filters, name) is None
-        for name in ("group_id", "owner", "operator", "member", "type", "since", "until")
-    )
-
-
-def summed(conn, type, since, until):
-    """Events of ``type`` (None: any) with EventTime in [since, until]
-    (None: unbounded): the whole hours from event_hour, the part of an
-    hour cut by either bound from the index."""
-    first = None if since is None else -(-since // HOUR)  # the first whole hour
-    stop = None if until is None else (until + 1) // HOUR  # the hour after the last whole one
-    if first is not None and stop is not None and first > stop:
-        return _indexed(conn, type, since, until)
-    clauses, params = ["1"], []
-    for clause, value in (("type = ?", type), ("hour >= ?", first), ("hour < ?", stop)):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    total = conn.execute(
-        f"SELECT coalesce(sum(events), 0) FROM event_hour WHERE {' AND '.join(clauses)}", params
-    ).fetchone()[0]
-    if since is not None and since < first * HOUR:
-        total += _indexed(conn, type, since, first * HOUR - 1)
-    if until is not None and stop * HOUR <= until:
-        total += _indexed(conn, type, stop * HOUR, until)
-    return total
-
-
-def _indexed(conn, type, since, until):
-    if type is None:
-        return conn.execute(
-            "SELECT count(*) FROM event WHERE event_time BETWEEN ? AND ?", (since, until)
-        ).fetchone()[0]
-    return conn.execute(
-        "SELECT count(*) FROM event WHERE type = ? AND event_time BETWEEN ? AND ?",
-        (type, since, until),
-    ).fetchone()[0]
-
-
-def newest(conn, filters):
-    """The newest matching EventTime: the first entry of the index range
-    that is an integer (a tampered row may hold anything, and text sorts
-    above every number)."""
-    return _edge(conn, filters, "DESC")
-
-
-def oldest(conn, filters):
-    """The oldest matching EventTime, found as newest() finds the newest."""
-    return _edge(conn, filters, "ASC")
-
-
-def _edge(conn, filters, order):
-    selection = filters.select(need_event=False)
-    row = conn.execute(
-        f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-        f" AND typeof({selection.time}) = 'integer' ORDER BY {selection.time} {order} LIMIT 1",
-        selection.params,
-    ).fetchone()
-    return None if row is None else row[0]
-
-
-def per_day(conn, filters, days):
-    """How many events match in each ``(start_ms, stop_ms)`` of ``days``
-    (in order, back to back): from the summary where it answers; else the
-    matching EventTimes in their span, counted per day here, which is only
-    asked for when the count was exact and so within COUNT_CAP rows.
-    ``days`` carry the time bounds, so ``filters`` should have no
-    since/until of their own."""
-    if _summarised(filters) and filters.derived and derived.current(conn):
-        return [summed(conn, filters.type, start, stop - 1) for start, stop in days]
-    # A name search whose count was exact has all its matches' ids.
-    found = filters.name_found
-    selection = filters.select(
-        need_event=False, by_id=found is not None and len(found) <= COUNT_CAP or None
-    )
-    times = sorted(
-        row[0]
-        for row in conn.execute(
-            f"SELECT {selection.time} FROM {selection.source} WHERE {selection.where}"
-            f" AND {selection.bound} >= ? AND {selection.bound} < ?",
-            selection.params + [days[0][0], days[-1][1]],
-        )
-    )
-    return [
-        bisect.bisect_left(times, stop) - bisect.bisect_left(times, start) for start, stop in days
-    ]
-
-
 def event(conn, event_id):
     return conn.execute("SELECT * FROM event WHERE id = ?", (event_id,)).fetchone()
 
@@ -536,13 +298,13 @@ def quarantined(conn, filters, limit, before=None):
 
 def quarantine_count(conn, filters):
     """How many quarantined deliveries match, counted up to COUNT_CAP (a
-    :class:`Count`): an authenticated sender can grow the quarantine."""
+    :class:`counting.Count`): an authenticated sender can grow the quarantine."""
     where, params = filters.where()
     found = conn.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM quarantine WHERE {where} LIMIT ?)",
-        params + [COUNT_CAP + 1],
+        params + [counting.COUNT_CAP + 1],
     ).fetchone()[0]
-    return Count(COUNT_CAP, "more") if found > COUNT_CAP else Count(found)
+    return counting.Count.capped(found)
 
 
 def repeat_count(conn, event_id):
