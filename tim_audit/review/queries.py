@@ -122,7 +122,7 @@ class Filters:
                 clauses.append(f"{unindexed}{column} = ?")
                 params.append(value)
         if self.q and by_id:
-            # The ids may be candidates only (see _cover): each is checked.
+            # The ids may be candidates only (see search._cover): each is checked.
             clauses.append(
                 "e.id IN (SELECT value FROM json_each(?)) AND instr(e.name_folded, ?) > 0"
             )
