@@ -136,11 +136,13 @@ def split(n):
 
 
 def store(leaves):
-    """The stored hashes of ``leaves``, each appended with stored_hashes_for."""
-    hashes = []
-    read = reader(hashes)
-    for n, data in enumerate(leaves):
-        hashes += tlog.stored_hashes_for(n, data, read)
+    """The stored hashes of ``leaves``, from RFC 6962's MTH alone: the hash
+    of each complete subtree, at the index Go's layout gives it."""
+    mth, _, _ = reference(leaves)
+    hashes = [None] * tlog.stored_hash_count(len(leaves))
+    for level in range(len(leaves).bit_length()):
+        for n in range(len(leaves) >> level):
+            hashes[tlog.stored_hash_index(level, n)] = mth(n << level, (n + 1) << level)
     return hashes
 
 
@@ -320,23 +322,22 @@ def test_stored_hashes_follow_gos_layout():
     assert store(LEAVES)[:10] == [mth(lo, hi) for lo, hi in spans]
 
 
-def test_stored_hashes_for_reads_each_completed_left_half_once():
-    reads = []
+def test_appending_a_leaf_reads_only_the_frontier_it_completes():
     hashes = store(LEAVES[:7])
-    assert (
-        tlog.stored_hashes_for(7, LEAVES[7], reader(hashes, reads)) == store(LEAVES)[len(hashes) :]
-    )
-    assert reads == [
-        [tlog.stored_hash_index(2, 0), tlog.stored_hash_index(1, 2), tlog.stored_hash_index(0, 6)]
+    frontier = tlog.frontier_indexes(7)
+    assert frontier == [
+        tlog.stored_hash_index(2, 0),
+        tlog.stored_hash_index(1, 2),
+        tlog.stored_hash_index(0, 6),
     ]
+    tree = tlog.Appender(7, [hashes[index] for index in frontier])
+    assert tree.append(LEAVES[7]) == store(LEAVES)[len(hashes) :]
 
 
-def test_leaf_that_completes_no_subtree_reads_nothing():
-    reads = []
-    assert tlog.stored_hashes_for(6, LEAVES[6], reader(store(LEAVES[:6]), reads)) == [
-        tlog.leaf_hash(LEAVES[6])
-    ]
-    assert reads == []
+def test_leaf_that_completes_no_subtree_stores_its_leaf_hash_alone():
+    hashes = store(LEAVES[:6])
+    tree = tlog.Appender(6, [hashes[index] for index in tlog.frontier_indexes(6)])
+    assert tree.append(LEAVES[6]) == [tlog.leaf_hash(LEAVES[6])]
 
 
 def test_all_stored_hashes_equals_appending_one_leaf_at_a_time():
@@ -445,12 +446,13 @@ def test_reads_are_one_call_in_increasing_order(sweep):
             functools.partial(tlog.tree_hash, size),
             functools.partial(tlog.inclusion_proof, size, size // 3),
             functools.partial(tlog.consistency_proof, size // 2 or 1, size),
-            functools.partial(tlog.stored_hashes_for, size - 1, leaves[size - 1]),
         ):
             reads = []
             prove(reader(hashes, reads))
             assert len(reads) <= 1
             assert all(a < b for indexes in reads for a, b in itertools.pairwise(indexes))
+        # What an Appender starts from, read in one call by its caller.
+        assert all(a < b for a, b in itertools.pairwise(tlog.frontier_indexes(size)))
 
 
 class Lazy:
@@ -476,7 +478,6 @@ def test_a_million_leaves_take_o_log_n_stored_hashes(size):
     for _ in range(20):
         tlog.inclusion_proof(size, rng.randrange(size), lazy)
         tlog.consistency_proof(rng.randint(1, size), size, lazy)
-        tlog.stored_hashes_for(rng.randrange(size), b"leaf", lazy)
     assert lazy.reads[0] <= bits
     assert max(lazy.reads) <= 2 * bits
 

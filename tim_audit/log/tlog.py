@@ -116,24 +116,6 @@ def stored_hash_count(size):
     return 2 * size - size.bit_count()
 
 
-def stored_hashes_for(n, data, read_hashes):
-    """The hashes to store when appending leaf ``n`` (counted from 0) with
-    ``data``, at ``stored_hash_index(0, n)`` and on.
-
-    The hash of each subtree that leaf n completes joins the stored hash of
-    its left half to the hash just made; those left halves (at most
-    log2 n) are read with one call to ``read_hashes``.
-    """
-    lefts = _read(
-        read_hashes,
-        [stored_hash_index(level, (n >> level) - 1) for level in reversed(range(_completed(n)))],
-    )
-    hashes = [leaf_hash(data)]
-    for left in reversed(lefts):
-        hashes.append(node_hash(left, hashes[-1]))
-    return hashes
-
-
 def all_stored_hashes(leaves):
     """Every stored hash of the tree over the ``leaves`` data, in stored
     order, keeping only O(log n) hashes in memory: to build the stored
