@@ -121,7 +121,7 @@ class Unhelpful(http.server.ThreadingHTTPServer):
 def off_the_box(env, work):
     """The settings that sign and ship checkpoints to a stalled witness and
     a refusing TSA (started here), with a key made by keygen."""
-    from tim_audit.log import tlog
+    from tim_audit.log import signednote
 
     witness, tsa = Unhelpful(10, 503), Unhelpful(0, 500)
     ca = work / "tsa-ca.pem"
@@ -137,7 +137,7 @@ def off_the_box(env, work):
         "TIM_AUDIT_CHECKPOINT_INTERVAL": "1",
         "TIM_AUDIT_CHECKPOINT_ADOPT": "true",  # the bench's log was built before signing
         "TIM_AUDIT_WITNESSES": json.dumps(
-            [{"url": witness.url, "key": tlog.generate_key("stalled.example/w", True)[1]}]
+            [{"url": witness.url, "key": signednote.generate_key("stalled.example/w", True)[1]}]
         ),
         "TIM_AUDIT_TIMESTAMP_URL": tsa.url,
         "TIM_AUDIT_TIMESTAMP_CA": str(ca),

@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tim_audit.log import chain, checkpoints, db, merkle, tlog  # noqa: E402
+from tim_audit.log import chain, checkpoints, db, merkle, signednote, tlog  # noqa: E402
 from tim_audit.log.auditlog import AuditLog  # noqa: E402
 
 ORIGIN = "bench.example/1400000001"
@@ -58,7 +58,7 @@ def sign_checkpoint(path):
     started = time.monotonic()
     key = f"{path}.checkpoint.key"
     if not os.path.exists(key):
-        checkpoints.write_key(key, tlog.generate_key(ORIGIN)[0])
+        checkpoints.write_key(key, signednote.generate_key(ORIGIN)[0])
     notary = checkpoints.Notary(path, key, ORIGIN, 3600, adopt=True)  # the bench made this log
     log = AuditLog(path, notary=notary)
     try:

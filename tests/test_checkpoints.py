@@ -20,7 +20,7 @@ from test_exports import started, truncate_wal
 from test_tampering import run_verification
 from test_zipstream import Unseekable, info_zip_tests
 from tim_audit import StartupError, create_app
-from tim_audit.log import db, merkle, tlog
+from tim_audit.log import db, merkle, signednote, tlog, tlogproof
 from tim_audit.review import exports
 
 ORIGIN = "im-audit.example.com/1400000001"
@@ -69,7 +69,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_prints_the_verifie
 ):
     path = instance_path / "checkpoint.key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    signer = tlog.Signer(path.read_text().strip())
+    signer = signednote.Signer(path.read_text().strip())
     assert keyed == str(signer.verifier)
     assert keyed.startswith(f"{ORIGIN}+{signer.key_id}+")
 
@@ -116,10 +116,10 @@ def test_a_key_named_for_another_origin_refuses_to_start(keyed, make_app):
 
 def test_a_checkpoint_of_each_tree_is_signed_when_it_grew(signed, keyed, filled, rows):
     event_note, quarantine_note = signed
-    verifier = tlog.Verifier(keyed)
-    checkpoint, _ = tlog.open_checkpoint(event_note, [verifier])
+    verifier = signednote.Verifier(keyed)
+    checkpoint, _ = signednote.open_checkpoint(event_note, [verifier])
     assert (checkpoint.origin, checkpoint.size) == (ORIGIN, 5)
-    checkpoint, _ = tlog.open_checkpoint(quarantine_note, [verifier], f"{ORIGIN}/quarantine")
+    checkpoint, _ = signednote.open_checkpoint(quarantine_note, [verifier], f"{ORIGIN}/quarantine")
     assert checkpoint.size == 2
     assert rows("SELECT tree, size, key, note FROM checkpoint ORDER BY id") == [
         ("event", 5, keyed, event_note),
@@ -214,10 +214,10 @@ def test_rotate_key_lets_the_next_start_sign_with_the_new_key(
         log = make_app().extensions["tim_audit"]
     assert f"checkpoint key rotated on purpose: from {keyed} to {new}" in caplog.text
     notes = sign(log.notary)
-    assert [tlog.open_checkpoint(notes[0], [tlog.Verifier(new)])[0].size] == [5]
+    assert [signednote.open_checkpoint(notes[0], [signednote.Verifier(new)])[0].size] == [5]
     # The old checkpoints stay valid, under the old key.
     [(old_note,)] = rows("SELECT note FROM checkpoint WHERE id = 1")
-    assert tlog.open_checkpoint(old_note, [tlog.Verifier(keyed)])[0].size == 5
+    assert signednote.open_checkpoint(old_note, [signednote.Verifier(keyed)])[0].size == 5
 
 
 def test_two_rotations_keep_every_checkpoint_verifiable(signed, filled, make_app, runner):
@@ -264,11 +264,11 @@ def test_consistency_endpoint_gives_the_proof_between_two_sizes(
     for number in range(6, 12):
         filled.append(event(number))
     [later] = sign(notary)
-    old, _ = tlog.open_checkpoint(signed[0], [tlog.Verifier(keyed)])
-    new, _ = tlog.open_checkpoint(later, [tlog.Verifier(keyed)])
+    old, _ = signednote.open_checkpoint(signed[0], [signednote.Verifier(keyed)])
+    new, _ = signednote.open_checkpoint(later, [signednote.Verifier(keyed)])
     response = client.get("/checkpoint/consistency?from=5")
     assert response.status_code == 200
-    proof = tlog.parse_hashes(response.data)
+    proof = tlogproof.parse_hashes(response.data)
     tlog.verify_consistency(5, old.root, 11, new.root, proof)
     assert client.get("/checkpoint/consistency?from=5&to=11").data == response.data
 
@@ -303,7 +303,7 @@ def test_consistency_proof_command_prints_what_the_endpoint_serves(signed, clien
 def test_an_events_proof_checks_with_check_proof(signed, get, runner, keyed, tmp_path):
     response = get("/history/3.tlog-proof")
     assert response.status_code == 200
-    proved = tlog.check_proof(response.data, keyed)
+    proved = tlogproof.check_proof(response.data, keyed)
     assert (proved.index, proved.size, proved.origin) == (2, 5, ORIGIN)
     (tmp_path / "3.tlog-proof").write_bytes(response.data)
     result = runner.invoke(args=["check-proof", str(tmp_path / "3.tlog-proof"), "--key", keyed])
@@ -361,7 +361,7 @@ def test_the_evidence_archive_holds_each_events_json_and_proof(signed, get, keye
     assert archive.read("checkpoint") == signed[0]
     assert archive.read("verifier.key").decode().strip() == keyed
     for number in range(1, 6):
-        proved = tlog.check_proof(archive.read(f"events/{number}.tlog-proof"), keyed)
+        proved = tlogproof.check_proof(archive.read(f"events/{number}.tlog-proof"), keyed)
         assert proved.index == number - 1
         assert json.loads(archive.read(f"events/{number}.json"))["id"] == number
     assert "check-proof" in archive.read("README.txt").decode()
@@ -440,9 +440,9 @@ def test_no_evidence_before_any_checkpoint(filled, get):
 
 
 def test_check_proof_fails_an_edited_event(signed, get, runner, keyed, tmp_path):
-    proof = tlog.parse_proof(get("/history/3.tlog-proof").data)
+    proof = tlogproof.parse_proof(get("/history/3.tlog-proof").data)
     edited = proof._replace(extra=proof.extra.replace(b"group 3", b"group X"))
-    (tmp_path / "p").write_bytes(tlog.format_proof(edited))
+    (tmp_path / "p").write_bytes(tlogproof.format_proof(edited))
     result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed])
     assert result.exit_code == 1
     assert result.output.startswith(
@@ -451,8 +451,8 @@ def test_check_proof_fails_an_edited_event(signed, get, runner, keyed, tmp_path)
 
 
 def test_check_proof_fails_a_proof_moved_to_another_event(signed, get, runner, keyed, tmp_path):
-    proof = tlog.parse_proof(get("/history/3.tlog-proof").data)
-    (tmp_path / "p").write_bytes(tlog.format_proof(proof._replace(index=3)))
+    proof = tlogproof.parse_proof(get("/history/3.tlog-proof").data)
+    (tmp_path / "p").write_bytes(tlogproof.format_proof(proof._replace(index=3)))
     result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed])
     assert result.exit_code == 1
     assert result.output.startswith("FAIL the inclusion proof does not lead")
@@ -461,13 +461,15 @@ def test_check_proof_fails_a_proof_moved_to_another_event(signed, get, runner, k
 def test_check_proof_fails_a_checkpoint_signed_with_another_key(
     signed, get, runner, keyed, tmp_path
 ):
-    proof = tlog.parse_proof(get("/history/3.tlog-proof").data)
-    other = tlog.Signer(tlog.generate_key(ORIGIN)[0])
-    checkpoint = tlog.parse_checkpoint(
-        tlog.open_note(proof.checkpoint, [tlog.Verifier(keyed)]).text
+    proof = tlogproof.parse_proof(get("/history/3.tlog-proof").data)
+    other = signednote.Signer(signednote.generate_key(ORIGIN)[0])
+    checkpoint = signednote.parse_checkpoint(
+        signednote.open_note(proof.checkpoint, [signednote.Verifier(keyed)]).text
     )
     (tmp_path / "p").write_bytes(
-        tlog.format_proof(proof._replace(checkpoint=tlog.sign_checkpoint(checkpoint, other)))
+        tlogproof.format_proof(
+            proof._replace(checkpoint=signednote.sign_checkpoint(checkpoint, other))
+        )
     )
     result = runner.invoke(args=["check-proof", str(tmp_path / "p"), "--key", keyed])
     assert result.exit_code == 1
@@ -587,7 +589,7 @@ def test_verify_checkpoint_fails_a_log_rewritten_and_rechained(kept, filled, att
 
 
 def test_verify_with_another_key_fails_the_stored_checkpoints(signed, runner):
-    other = tlog.generate_key(ORIGIN)[1]
+    other = signednote.generate_key(ORIGIN)[1]
     result = runner.invoke(args=["verify", "--key", other])
     assert result.exit_code == 1
     assert result.output.startswith(
@@ -598,7 +600,7 @@ def test_verify_with_another_key_fails_the_stored_checkpoints(signed, runner):
 
 def test_verify_checkpoint_fails_a_checkpoint_signed_with_another_key(kept, runner, attacker):
     forget_checkpoints(attacker)
-    other = tlog.generate_key(ORIGIN)[1]
+    other = signednote.generate_key(ORIGIN)[1]
     result = runner.invoke(args=["verify", "--checkpoint", kept, "--key", other])
     assert result.exit_code == 1
     assert result.output.startswith(
@@ -607,11 +609,11 @@ def test_verify_checkpoint_fails_a_checkpoint_signed_with_another_key(kept, runn
 
 
 def test_verify_fails_a_checkpoint_inserted_with_a_foreign_key(signed, filled, attacker, runner):
-    signer, _ = tlog.generate_key(ORIGIN)
-    signer = tlog.Signer(signer)
+    signer, _ = signednote.generate_key(ORIGIN)
+    signer = signednote.Signer(signer)
     filled.append(event(6))
     root = merkle.root(attacker, "event", 6)
-    note = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 6, root), signer)
+    note = signednote.sign_checkpoint(signednote.Checkpoint(ORIGIN, 6, root), signer)
     attacker.execute(
         "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
         ("event", 6, root, 0, str(signer.verifier), note),
@@ -645,10 +647,12 @@ def test_verify_without_a_key_checks_the_stored_roots_and_says_the_signatures_ar
 def test_verify_checkpoint_fails_a_checkpoint_of_another_origin(
     signed, keyed, runner, tmp_path, instance_path
 ):
-    signer = tlog.Signer((instance_path / "checkpoint.key").read_text().strip())
-    checkpoint = tlog.parse_checkpoint(tlog.open_note(signed[0], [tlog.Verifier(keyed)]).text)
+    signer = signednote.Signer((instance_path / "checkpoint.key").read_text().strip())
+    checkpoint = signednote.parse_checkpoint(
+        signednote.open_note(signed[0], [signednote.Verifier(keyed)]).text
+    )
     (tmp_path / "c").write_bytes(
-        tlog.sign_checkpoint(checkpoint._replace(origin="elsewhere.example/1"), signer)
+        signednote.sign_checkpoint(checkpoint._replace(origin="elsewhere.example/1"), signer)
     )
     result = runner.invoke(args=["verify", "--checkpoint", str(tmp_path / "c")])
     assert (result.exit_code, result.output) == (

@@ -19,7 +19,7 @@ from dashboard import CREDENTIALS, REVIEWERS
 from test_checkpoints import ORIGIN, sign
 from tencent import SDKAPPID, TOKEN
 from tim_audit import create_app, open_log
-from tim_audit.log import checkpoints, db, timestamps, tlog
+from tim_audit.log import checkpoints, db, signednote, timestamps
 from tsa import TSA
 
 COLUMNS = {
@@ -67,10 +67,10 @@ def template(tmp_path_factory):
     and a real timestamp of it (openssl ts as the TSA); verify passes on it.
     Its config, with every path absolute."""
     instance = tmp_path_factory.mktemp("poison")
-    signer, _ = tlog.generate_key(ORIGIN)
+    signer, _ = signednote.generate_key(ORIGIN)
     (instance / "checkpoint.key").write_text(signer + "\n")
     (instance / "checkpoint.key").chmod(0o600)
-    witness_signer, witness_key = tlog.generate_key("witness.example", witness=True)
+    witness_signer, witness_key = signednote.generate_key("witness.example", witness=True)
     with TSA(instance / "tsa") as tsa:
         config = {
             "TESTING": True,
@@ -101,12 +101,12 @@ def template(tmp_path_factory):
             ]
             assert timestamper.publish(conn) is not None
             latest = checkpoints.latest(conn, "event")
-            text, _ = tlog.split_note(bytes(latest["note"]))
-            line = tlog.signature_line(text, tlog.Signer(witness_signer))
+            text, _ = signednote.split_note(bytes(latest["note"]))
+            line = signednote.signature_line(text, signednote.Signer(witness_signer))
             conn.execute(
                 "INSERT INTO cosignature (checkpoint_id, witness, cosigned_at, line)"
                 " VALUES (?, ?, ?, ?)",
-                (latest["id"], witness_key, tlog.signature_time(line), line),
+                (latest["id"], witness_key, signednote.signature_time(line), line),
             )
         finally:
             conn.close()

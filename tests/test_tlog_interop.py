@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from conftest import go_program
-from tim_audit.log import tlog
+from tim_audit.log import signednote, tlog, tlogproof
 
 ORIGIN = "im-audit.example.com/1400000001"
 LEAVES = [f"event {n} canonical bytes".encode() for n in range(13)]
@@ -20,7 +20,7 @@ def go(tmp_path_factory):
 
 @pytest.fixture
 def signer():
-    return tlog.Signer(tlog.generate_key(ORIGIN)[0])
+    return signednote.Signer(signednote.generate_key(ORIGIN)[0])
 
 
 class Evidence:
@@ -35,11 +35,11 @@ class Evidence:
         self.index, self.size, self.old = index, size, old
         self.leaf = LEAVES[index]
         self.proof = tlog.inclusion_proof(size, index, self.read)
-        self.checkpoint = tlog.Checkpoint(ORIGIN, size, tlog.tree_hash(size, self.read))
-        self.old_checkpoint = tlog.Checkpoint(ORIGIN, old, tlog.tree_hash(old, self.read))
+        self.checkpoint = signednote.Checkpoint(ORIGIN, size, tlog.tree_hash(size, self.read))
+        self.old_checkpoint = signednote.Checkpoint(ORIGIN, old, tlog.tree_hash(old, self.read))
         self.consistency = tlog.consistency_proof(old, size, self.read)
-        self.note = tlog.sign_checkpoint(self.checkpoint, signer)
-        self.old_note = tlog.sign_checkpoint(self.old_checkpoint, signer)
+        self.note = signednote.sign_checkpoint(self.checkpoint, signer)
+        self.old_note = signednote.sign_checkpoint(self.old_checkpoint, signer)
 
     def read(self, indexes):
         return [self.hashes[index] for index in indexes]
@@ -48,11 +48,11 @@ class Evidence:
         """Write the files; their paths, as the interop program takes them."""
         files = {
             "key.vkey": f"{self.signer.verifier}\n".encode(),
-            "event.tlog-proof": tlog.format_proof(
-                tlog.Proof(self.index, self.proof, self.note, self.leaf)
+            "event.tlog-proof": tlogproof.format_proof(
+                tlogproof.Proof(self.index, self.proof, self.note, self.leaf)
             ),
             "old.checkpoint": self.old_note,
-            "consistency.txt": tlog.format_hashes(self.consistency),
+            "consistency.txt": tlogproof.format_hashes(self.consistency),
         }
         for name, data in files.items():
             (self.directory / name).write_bytes(data)
@@ -106,7 +106,7 @@ def test_go_refuses_altered_bytes_of_the_signed_root(go, tmp_path, signer):
 def test_go_refuses_a_checkpoint_signed_over_another_root(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
     for root in flips(evidence.checkpoint.root):
-        evidence.note = tlog.sign_checkpoint(evidence.checkpoint._replace(root=root), signer)
+        evidence.note = signednote.sign_checkpoint(evidence.checkpoint._replace(root=root), signer)
         refused(go, evidence, "inclusion proof of record 9 in tree 13: invalid transparency proof")
 
 
@@ -144,7 +144,7 @@ def test_go_refuses_altered_bytes_of_the_consistency_proof(go, tmp_path, signer)
 def test_go_refuses_an_earlier_checkpoint_of_a_rewritten_log(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
     for root in flips(evidence.old_checkpoint.root):
-        evidence.old_note = tlog.sign_checkpoint(
+        evidence.old_note = signednote.sign_checkpoint(
             evidence.old_checkpoint._replace(root=root), signer
         )
         refused(go, evidence, "consistency proof from 7 to 13: invalid transparency proof")
@@ -152,33 +152,33 @@ def test_go_refuses_an_earlier_checkpoint_of_a_rewritten_log(go, tmp_path, signe
 
 def test_go_refuses_a_checkpoint_signed_with_another_key(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
-    evidence.note = tlog.sign_checkpoint(
-        evidence.checkpoint, tlog.Signer(tlog.generate_key(ORIGIN)[0])
+    evidence.note = signednote.sign_checkpoint(
+        evidence.checkpoint, signednote.Signer(signednote.generate_key(ORIGIN)[0])
     )
     refused(go, evidence, "checkpoint: note has no verifiable signatures")
 
 
 def test_go_refuses_a_checkpoint_of_another_origin(go, tmp_path, signer):
     evidence = Evidence(tmp_path, signer)
-    evidence.note = tlog.sign_checkpoint(
+    evidence.note = signednote.sign_checkpoint(
         evidence.checkpoint._replace(origin="elsewhere.example/1"), signer
     )
     refused(go, evidence, 'origin "elsewhere.example/1" is not the key\'s name')
 
 
 def test_key_and_note_made_by_go_verify_here(go, tmp_path):
-    text = tlog.format_checkpoint(tlog.Checkpoint(ORIGIN, 13, bytes(range(32))))
+    text = signednote.format_checkpoint(signednote.Checkpoint(ORIGIN, 13, bytes(range(32))))
     (tmp_path / "text").write_text(text)
     result = go("sign", ORIGIN, tmp_path / "text")
     assert result.returncode == 0, result.stderr
     signer_key, verifier_key, note = result.stdout.split("\n", 2)
-    verifier = tlog.Verifier(verifier_key)
-    assert tlog.open_checkpoint(note.encode(), [verifier]) == (
-        tlog.parse_checkpoint(text),
+    verifier = signednote.Verifier(verifier_key)
+    assert signednote.open_checkpoint(note.encode(), [verifier]) == (
+        signednote.parse_checkpoint(text),
         verifier,
     )
-    assert str(tlog.Signer(signer_key).verifier) == verifier_key
-    assert tlog.sign_note(text, tlog.Signer(signer_key)) == note.encode()
+    assert str(signednote.Signer(signer_key).verifier) == verifier_key
+    assert signednote.sign_note(text, signednote.Signer(signer_key)) == note.encode()
 
 
 def test_stored_hashes_are_laid_out_as_gos(go):
@@ -246,9 +246,9 @@ def test_go_refuses_what_the_service_serves_with_any_byte_flipped(go, served, tm
     data = served[name]
     key = served["key.vkey"].decode().strip()
     check = {
-        "event.tlog-proof": lambda data: tlog.check_proof(data, key),
-        "old.checkpoint": lambda data: tlog.open_checkpoint(data, [tlog.Verifier(key)]),
-        "consistency.txt": tlog.parse_hashes,
+        "event.tlog-proof": lambda data: tlogproof.check_proof(data, key),
+        "old.checkpoint": lambda data: signednote.open_checkpoint(data, [signednote.Verifier(key)]),
+        "consistency.txt": tlogproof.parse_hashes,
     }[name]
     for position in range(len(data)):
         flipped = data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
@@ -256,7 +256,7 @@ def test_go_refuses_what_the_service_serves_with_any_byte_flipped(go, served, tm
         result = go("verify", *(tmp_path / n for n in served))
         if result.returncode == 0:
             assert flipped[position + 1 : position + 2] == b"=", (name, position)
-            with pytest.raises(tlog.Malformed, match="not base64 in its canonical form"):
+            with pytest.raises(signednote.Malformed, match="not base64 in its canonical form"):
                 check(flipped)
         else:
             assert result.returncode == 1, (name, position, result.stderr)

@@ -16,7 +16,7 @@ from conftest import rewrite
 from tencent import group_body, signed_query
 from test_faults import server_env
 from test_serve import serve  # noqa: F401 (the fixture)
-from tim_audit.log import merkle, tlog
+from tim_audit.log import merkle, signednote
 
 ORIGIN = "im-audit.example.com/1400000001"
 
@@ -152,7 +152,7 @@ def test_checkpoints_kept_and_rows_rewritten_fails_verify(signed_log, tmp_path, 
 
 def test_an_inserted_foreign_key_checkpoint_fails_verify(signed_log, tmp_path, environment):
     copy = copy_of(tmp_path / "audit.sqlite3")
-    signer = tlog.Signer(tlog.generate_key(ORIGIN)[0])
+    signer = signednote.Signer(signednote.generate_key(ORIGIN)[0])
     attack(copy, "DELETE FROM checkpoint", "DELETE FROM meta WHERE key LIKE 'signed:%'")
     conn = sqlite3.connect(copy, isolation_level=None)
     root = merkle.root(conn, "event", 5)
@@ -164,7 +164,7 @@ def test_an_inserted_foreign_key_checkpoint_fails_verify(signed_log, tmp_path, e
             root,
             0,
             str(signer.verifier),
-            tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 5, root), signer),
+            signednote.sign_checkpoint(signednote.Checkpoint(ORIGIN, 5, root), signer),
         ),
     )
     conn.close()

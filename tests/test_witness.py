@@ -21,7 +21,7 @@ from dashboard import CREDENTIALS
 from test_checkpoints import ORIGIN, sign
 from test_faults import free_port
 from tim_audit import create_app
-from tim_audit.log import checkpoints, db, tlog, witnesses
+from tim_audit.log import checkpoints, db, signednote, witnesses
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def latest_note(app):
 def test_keygen_witness_writes_a_private_key_only_its_owner_reads(our_witness, tmp_path):
     _, key = our_witness
     assert oct((tmp_path / "our-witness.key").stat().st_mode & 0o777) == "0o600"
-    assert tlog.Verifier(key).cosigner and key.startswith("our.witness.example/w2+")
+    assert signednote.Verifier(key).cosigner and key.startswith("our.witness.example/w2+")
 
 
 def test_the_go_witness_cosigns_our_checkpoint_and_go_checks_what_we_serve(
@@ -182,7 +182,7 @@ def test_a_cosignature_made_by_the_go_witness_checks_with_our_verifier(go_witnes
     app = signed_log(make_app, [go_witness])
     submit(app)
     note = app.test_client().get("/checkpoint").get_data()
-    [cosigner] = tlog.check_cosignatures(note, [tlog.Verifier(go_witness[1])], 1)
+    [cosigner] = signednote.check_cosignatures(note, [signednote.Verifier(go_witness[1])], 1)
     assert cosigner.name == "go.witness.example/w1"
 
 
@@ -244,8 +244,8 @@ def test_a_witness_answers_409_with_its_size_to_a_stale_old_size(our_witness, ma
 def test_the_same_size_with_another_root_is_a_409(our_witness, make_app, log_key, instance_path):
     app = signed_log(make_app, [our_witness])
     submit(app)
-    signer = tlog.Signer((instance_path / "checkpoint.key").read_text().strip())
-    other = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 5, b"\x07" * 32), signer)
+    signer = signednote.Signer((instance_path / "checkpoint.key").read_text().strip())
+    other = signednote.sign_checkpoint(signednote.Checkpoint(ORIGIN, 5, b"\x07" * 32), signer)
     status, kind, body = post(our_witness[0], b"old 5\n\n" + other)
     assert (status, kind) == (409, "text/plain")
     assert body == b"another root than the checkpoint of 5 leaves cosigned before\n"
@@ -267,11 +267,13 @@ def test_a_malformed_request_is_a_400(our_witness, body, status, message):
 
 
 def test_an_unknown_origin_is_a_404_and_a_foreign_signature_a_403(our_witness):
-    signer = tlog.Signer(tlog.generate_key("elsewhere.example/1")[0])
-    note = tlog.sign_checkpoint(tlog.Checkpoint("elsewhere.example/1", 1, b"\0" * 32), signer)
+    signer = signednote.Signer(signednote.generate_key("elsewhere.example/1")[0])
+    note = signednote.sign_checkpoint(
+        signednote.Checkpoint("elsewhere.example/1", 1, b"\0" * 32), signer
+    )
     assert post(our_witness[0], b"old 0\n\n" + note)[0] == 404
-    forger = tlog.Signer(tlog.generate_key(ORIGIN)[0])
-    note = tlog.sign_checkpoint(tlog.Checkpoint(ORIGIN, 1, b"\0" * 32), forger)
+    forger = signednote.Signer(signednote.generate_key(ORIGIN)[0])
+    note = signednote.sign_checkpoint(signednote.Checkpoint(ORIGIN, 1, b"\0" * 32), forger)
     assert post(our_witness[0], b"old 0\n\n" + note)[0] == 403
 
 
@@ -315,7 +317,7 @@ def test_check_proof_with_the_witness_key_passes_and_fails_below_quorum(
         "FAIL the checkpoint is cosigned by 1 of the 2 witnesses given (go.witness.example/w1),"
         " fewer than the quorum of 2\n",
     )
-    wrong = tlog.generate_key("go.witness.example/w1", witness=True)[1]
+    wrong = signednote.generate_key("go.witness.example/w1", witness=True)[1]
     result = runner.invoke(args=["check-proof", str(proof), "--key", log_key, "--witness", wrong])
     assert result.exit_code == 1
     assert "cosigned by 0 of the 1 witnesses given (none)" in result.output
@@ -348,13 +350,13 @@ def test_verify_fails_a_stored_cosignature_that_was_altered(go_witness, make_app
     assert result.output.startswith("FAIL cosignature row 1: the line (")
     assert result.output.endswith(
         " does not verify: the signature by go.witness.example/w1+"
-        f"{tlog.Verifier(go_witness[1]).key_id} does not verify: the note's text was altered\n"
+        f"{signednote.Verifier(go_witness[1]).key_id} does not verify: the note's text was altered\n"
     )
 
 
 def test_a_witness_that_is_down_is_retried_with_its_failure_kept(log_key, make_app, rows):
     down = f"http://127.0.0.1:{free_port()}"
-    key = tlog.generate_key("down.example/w", witness=True)[1]
+    key = signednote.generate_key("down.example/w", witness=True)[1]
     app = signed_log(make_app, [(down, key)], CHECKPOINT_INTERVAL=1)
     with pytest.raises(OSError):
         submit(app)
@@ -381,7 +383,10 @@ def test_the_strip_shows_who_cosigned_the_latest_checkpoint(go_witness, our_witn
 
 
 def test_metrics_show_each_witness(log_key, go_witness, make_app):
-    down = (f"http://127.0.0.1:{free_port()}", tlog.generate_key("down.example/w", witness=True)[1])
+    down = (
+        f"http://127.0.0.1:{free_port()}",
+        signednote.generate_key("down.example/w", witness=True)[1],
+    )
     app = signed_log(make_app, [go_witness, down], METRICS=True)
     submit(app, 0)
     publisher = app.extensions["tim_audit"].notary.publishers[1]
@@ -436,7 +441,7 @@ def garbage():
 def test_a_witness_that_answers_garbage_is_counted_and_retried_not_fatal(
     log_key, garbage, make_app, caplog
 ):
-    key = tlog.generate_key("garbage.example/w", witness=True)[1]
+    key = signednote.generate_key("garbage.example/w", witness=True)[1]
     app = signed_log(make_app, [(garbage, key)])
     publisher = app.extensions["tim_audit"].notary.publishers[0]
     publisher.start()

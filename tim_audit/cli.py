@@ -17,7 +17,18 @@ from flask.cli import with_appcontext
 from werkzeug.security import generate_password_hash
 
 from .ingest import signature
-from .log import auditlog, chain, checkpoints, db, derived, merkle, timestamps, tlog
+from .log import (
+    auditlog,
+    chain,
+    checkpoints,
+    db,
+    derived,
+    merkle,
+    signednote,
+    timestamps,
+    tlog,
+    tlogproof,
+)
 from .ingest.callback import RECEIPT_HEADER
 
 MIN_PASSWORD = 12
@@ -52,8 +63,8 @@ def _witness_options(command):
 def _witnesses(keys, quorum):
     """The --witness Verifiers and the quorum they must meet."""
     try:
-        witnesses = [tlog.Verifier(key) for key in keys]
-    except tlog.Malformed as exc:
+        witnesses = [signednote.Verifier(key) for key in keys]
+    except signednote.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--witness") from None
     if any(not witness.cosigner for witness in witnesses):
         raise click.BadParameter("a witness's key is a cosignature/v1 key", param_hint="--witness")
@@ -133,7 +144,7 @@ def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum)
         if checkpoint_file is not None:
             note = checkpoint_file.read()
             said.append(_check_kept(conn, trees, note, keys, log_origin))
-            for witness in tlog.check_cosignatures(note, witnesses, quorum):
+            for witness in signednote.check_cosignatures(note, witnesses, quorum):
                 said.append(f"cosigned by witness {witness.name}+{witness.key_id}")
 
     try:
@@ -154,7 +165,7 @@ def verify_command(anchor, database, checkpoint_file, key, witness_keys, quorum)
 
 
 def _configured_witnesses():
-    return [tlog.Verifier(witness["key"]) for witness in current_app.config["WITNESSES"]]
+    return [signednote.Verifier(witness["key"]) for witness in current_app.config["WITNESSES"]]
 
 
 def _log_keys(key):
@@ -168,12 +179,12 @@ def _log_keys(key):
             keys = checkpoints.verifiers(
                 config["CHECKPOINT_KEY"], config["LOG_ORIGIN"], config["CHECKPOINT_VERIFIER_KEY"]
             )
-        except (checkpoints.KeyRefused, tlog.Malformed) as exc:
+        except (checkpoints.KeyRefused, signednote.Malformed) as exc:
             raise click.ClickException(str(exc)) from None
         return keys, config["LOG_ORIGIN"]
     try:
         keys = [checkpoints.log_verifier(text) for text in key]
-    except tlog.Malformed as exc:
+    except signednote.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
     return keys, config["LOG_ORIGIN"] or keys[0].name
 
@@ -206,11 +217,11 @@ def _open_any(note, verifiers, log_origin):
     """The checkpoint, for either tree's origin, signed by one of ``verifiers``."""
     for origin in (log_origin, checkpoints.origin(log_origin, "quarantine")):
         try:
-            return tlog.open_checkpoint(note, verifiers, origin)
-        except tlog.WrongOrigin:
+            return signednote.open_checkpoint(note, verifiers, origin)
+        except signednote.WrongOrigin:
             continue
-    checkpoint = tlog.parse_checkpoint(tlog.open_note(note, verifiers).text)
-    raise tlog.WrongOrigin(
+    checkpoint = signednote.parse_checkpoint(signednote.open_note(note, verifiers).text)
+    raise signednote.WrongOrigin(
         f"the checkpoint is of the log {checkpoint.origin!r}, not {log_origin!r} or its quarantine"
     )
 
@@ -281,7 +292,7 @@ def rotate_key_command():
 
 def _new_key(path, name, witness=False):
     try:
-        signer, verifier = tlog.generate_key(name, witness)
+        signer, verifier = signednote.generate_key(name, witness)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
@@ -311,7 +322,9 @@ def consistency_proof_command(first, last):
             last = size if latest is None else latest["size"]
         if not first <= last <= size:
             raise click.UsageError(f"M and N must be M <= N <= {size}, the event tree's size")
-        click.echo(tlog.format_hashes(checkpoints.consistency_proof(conn, first, last)), nl=False)
+        click.echo(
+            tlogproof.format_hashes(checkpoints.consistency_proof(conn, first, last)), nl=False
+        )
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot read the log: {exc}") from None
     finally:
@@ -335,7 +348,7 @@ def check_proof_command(proof_file, verifier_key, origin, witness_keys, quorum):
     tree. Needs no database and no configuration."""
     witnesses, quorum = _witnesses(witness_keys, quorum)
     try:
-        proved = tlog.check_proof(proof_file.read(), verifier_key, origin, witnesses, quorum)
+        proved = tlogproof.check_proof(proof_file.read(), verifier_key, origin, witnesses, quorum)
     except tlog.TlogError as exc:
         click.echo(f"FAIL {exc}")
         sys.exit(1)

@@ -12,7 +12,7 @@ import flask
 from cryptography import x509
 from marshmallow import Schema, ValidationError, fields, validate
 
-from .log import tlog
+from .log import signednote
 
 DEFAULTS = {
     "SDKAPPID": None,
@@ -162,7 +162,7 @@ class _Key(fields.Field):
 
 class _Witnesses(fields.Field):
     """A list of {"url": the witness's submission prefix, "key": its
-    cosignature verifier key}; the keys as tlog.Verifier would take them."""
+    cosignature verifier key}; the keys as signednote.Verifier would take them."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         must = (
@@ -182,8 +182,8 @@ class _Witnesses(fields.Field):
             ):
                 raise ValidationError(f"{must}, not {witness!r}")
             try:
-                verifier = tlog.Verifier(witness["key"])
-            except tlog.Malformed as exc:
+                verifier = signednote.Verifier(witness["key"])
+            except signednote.Malformed as exc:
                 raise ValidationError(f"has a key that is not a verifier key: {exc}") from None
             if not verifier.cosigner:
                 raise ValidationError(
@@ -249,8 +249,8 @@ class _LogKeys(fields.Field):
             raise ValidationError("")
         for key in keys:
             try:
-                verifier = tlog.Verifier(key) if isinstance(key, str) else None
-            except tlog.Malformed:
+                verifier = signednote.Verifier(key) if isinstance(key, str) else None
+            except signednote.Malformed:
                 verifier = None
             if verifier is None or verifier.cosigner:
                 raise ValidationError("")

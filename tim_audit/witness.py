@@ -16,7 +16,7 @@ from importlib import resources
 import click
 from flask import Flask, Response, current_app, request
 
-from .log import checkpoints, db, tlog
+from .log import checkpoints, db, signednote, tlog, tlogproof
 from .serve import listen, run
 
 MAX_BODY = 64 * 1024  # bytes of a request: 63 proof lines and a note with its signatures
@@ -78,12 +78,12 @@ def parse_request(body):
     try:
         lines = head.decode("ascii").split("\n")
         if not lines[0].startswith("old "):
-            raise tlog.Malformed("the body does not begin with an old size line")
-        old = tlog.parse_count(lines[0].removeprefix("old "), "the old size")
+            raise signednote.Malformed("the body does not begin with an old size line")
+        old = signednote.parse_count(lines[0].removeprefix("old "), "the old size")
         if len(lines) - 1 > MAX_PROOF:
-            raise tlog.Malformed(f"the proof has more than {MAX_PROOF} lines")
-        proof = tlog.parse_hashes("".join(f"{line}\n" for line in lines[1:]).encode("ascii"))
-    except (UnicodeDecodeError, tlog.Malformed) as exc:
+            raise signednote.Malformed(f"the proof has more than {MAX_PROOF} lines")
+        proof = tlogproof.parse_hashes("".join(f"{line}\n" for line in lines[1:]).encode("ascii"))
+    except (UnicodeDecodeError, signednote.Malformed) as exc:
         raise Refused(400, str(exc)) from None
     return old, proof, note
 
@@ -91,15 +91,15 @@ def parse_request(body):
 def _checked(note, logs):
     """The checkpoint in ``note``, signed by the key of the log it names."""
     try:
-        text, _ = tlog.split_note(note)
-        origin = tlog.parse_checkpoint(text).origin
-    except tlog.Malformed as exc:
+        text, _ = signednote.split_note(note)
+        origin = signednote.parse_checkpoint(text).origin
+    except signednote.Malformed as exc:
         raise Refused(400, str(exc)) from None
     if origin not in logs:
         raise Refused(404, f"this witness does not witness the log {origin!r}")
     try:
-        checkpoint, _ = tlog.open_checkpoint(note, logs[origin], origin)
-    except tlog.Malformed as exc:
+        checkpoint, _ = signednote.open_checkpoint(note, logs[origin], origin)
+    except signednote.Malformed as exc:
         raise Refused(400, str(exc)) from None
     except tlog.TlogError as exc:
         raise Refused(403, str(exc)) from None
@@ -128,7 +128,7 @@ def add_checkpoint(conn, signer, old, proof, note, checkpoint):
                 tlog.verify_consistency(old, root, checkpoint.size, checkpoint.root, proof)
             except tlog.TlogError as exc:
                 raise Refused(422, str(exc)) from None
-        line = tlog.signature_line(tlog.format_checkpoint(checkpoint), signer)
+        line = signednote.signature_line(signednote.format_checkpoint(checkpoint), signer)
         conn.execute(
             "INSERT INTO witnessed (origin, size, root, note) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (origin) DO UPDATE SET size = excluded.size, root = excluded.root,"
@@ -169,8 +169,8 @@ def witness_command(address, key_file, database, log_keys):
     """Serve POST /add-checkpoint: cosign each log's checkpoints, each only
     if it extends the last one this witness cosigned for that log."""
     try:
-        signer = tlog.Signer(key_file.read().strip())
-    except tlog.Malformed as exc:
+        signer = signednote.Signer(key_file.read().strip())
+    except signednote.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
     if not signer.verifier.cosigner:
         raise click.BadParameter("not a witness's key: make one with keygen --witness", "--key")
@@ -178,7 +178,7 @@ def witness_command(address, key_file, database, log_keys):
     for text in log_keys:
         try:
             verifier = checkpoints.log_verifier(text)
-        except tlog.Malformed as exc:
+        except signednote.Malformed as exc:
             raise click.BadParameter(str(exc), param_hint="--log") from None
         logs.setdefault(verifier.name, []).append(verifier)
     sock = listen({"--listen": address}, "--listen")

@@ -19,7 +19,7 @@ import time
 
 from flask import Blueprint, Response, request
 
-from . import chain, db, merkle, tlog
+from . import chain, db, merkle, signednote, tlog, tlogproof
 from .auditlog import ChainMismatch
 from .db import get_db
 
@@ -79,8 +79,8 @@ def read_signer(path, log_origin):
     """The signer key in the file at ``path``, which must be named ``log_origin``."""
     try:
         with open(path, encoding="ascii") as file:
-            signer = tlog.Signer(file.read().strip())
-    except (OSError, UnicodeDecodeError, tlog.Malformed) as exc:
+            signer = signednote.Signer(file.read().strip())
+    except (OSError, UnicodeDecodeError, signednote.Malformed) as exc:
         raise KeyRefused(f"cannot read the checkpoint key {path}: {exc}") from None
     if signer.name != log_origin:
         raise KeyRefused(
@@ -117,7 +117,7 @@ def verifiers(key_path, log_origin, verifier_key=None):
     try:
         with open(rotation_path(key_path), encoding="ascii") as file:
             keys += [log_verifier(text) for text in file.read().split()]
-    except (OSError, UnicodeDecodeError, tlog.Malformed):
+    except (OSError, UnicodeDecodeError, signednote.Malformed):
         pass
     return keys
 
@@ -125,9 +125,9 @@ def verifiers(key_path, log_origin, verifier_key=None):
 def log_verifier(text):
     """A log's verifier key (Ed25519, type 0x01); a witness's cosignature
     key signs no checkpoint."""
-    verifier = tlog.Verifier(text)
+    verifier = signednote.Verifier(text)
     if verifier.cosigner:
-        raise tlog.Malformed(
+        raise signednote.Malformed(
             f"{verifier.name}+{verifier.key_id} is a witness's cosignature key, not a log's key"
         )
     return verifier
@@ -157,7 +157,7 @@ def kept(directory, keys, log_origin, newest_only=False):
             try:
                 with open(path, "rb") as file:
                     note = file.read(MAX_NOTE)
-                signed, _ = tlog.open_checkpoint(note, keys, origin(log_origin, table))
+                signed, _ = signednote.open_checkpoint(note, keys, origin(log_origin, table))
             except (OSError, tlog.TlogError):
                 continue
             found.append((path, table, signed))
@@ -185,7 +185,7 @@ def check(conn, keys, log_origin, kept=(), witnesses=(), newest_only=False):
         table, size = row["tree"], row["size"]
         if keys is not None:
             try:
-                signed, signer = tlog.open_checkpoint(
+                signed, signer = signednote.open_checkpoint(
                     chain.as_bytes(row["note"]), keys, origin(log_origin, table)
                 )
             except tlog.TlogError as exc:
@@ -256,20 +256,22 @@ def _check_cosignatures(conn, witnesses):
     ):
         line = row["line"]
         try:
-            text, _ = tlog.split_note(row["note"])
+            text, _ = signednote.split_note(row["note"])
             name, signature = _signer_of(line)
             key_id = signature[:4].hex()
             if len(signature) != COSIGNATURE_SIZE:
-                raise tlog.Malformed("it is not a cosignature/v1 signature")
-            named = tlog.Verifier(row["witness"])
+                raise signednote.Malformed("it is not a cosignature/v1 signature")
+            named = signednote.Verifier(row["witness"])
             if (named.name, named.key_id) != (name, key_id):
-                raise tlog.Malformed(f"it is not by {named.name}+{named.key_id}, as its row says")
+                raise signednote.Malformed(
+                    f"it is not by {named.name}+{named.key_id}, as its row says"
+                )
             made = int.from_bytes(signature[4:12], "big")
             if made != row["cosigned_at"]:
-                raise tlog.Malformed(f"it was made at {made}, not at its cosigned_at")
+                raise signednote.Malformed(f"it was made at {made}, not at its cosigned_at")
             witness = configured.get((name, key_id))
             if witness is not None:
-                tlog.open_note(text.encode("utf-8") + b"\n" + line, [witness])
+                signednote.open_note(text.encode("utf-8") + b"\n" + line, [witness])
         except tlog.TlogError as exc:
             raise chain.ChainBroken(
                 "cosignature", row["id"], f"the line ({line[:60]!r}) does not verify: {exc}"
@@ -282,14 +284,14 @@ def _signer_of(line):
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        raise tlog.Malformed("the line is not UTF-8") from None
+        raise signednote.Malformed("the line is not UTF-8") from None
     dash, _, rest = text.removesuffix("\n").partition(" ")
     name, _, signature = rest.partition(" ")
     if dash != "\u2014" or not text.endswith("\n") or "\n" in text[:-1]:
-        raise tlog.Malformed("it is not one signature line")
-    signature = tlog.decode(signature, "the signature")
+        raise signednote.Malformed("it is not one signature line")
+    signature = signednote.decode(signature, "the signature")
     if len(signature) < 4:
-        raise tlog.Malformed("the signature has no key ID")
+        raise signednote.Malformed("the signature has no key ID")
     return name, signature
 
 
@@ -327,7 +329,7 @@ def cosigned(conn, checkpoint):
 def _is_signature_line(line):
     try:
         _signer_of(line)
-    except tlog.Malformed:
+    except signednote.Malformed:
         return False
     return True
 
@@ -577,8 +579,8 @@ class Notary:
                     exc,
                 )
                 return None
-        note = tlog.sign_checkpoint(
-            tlog.Checkpoint(origin(self.origin, table), size, root), self.signer
+        note = signednote.sign_checkpoint(
+            signednote.Checkpoint(origin(self.origin, table), size, root), self.signer
         )
         conn.execute(
             "INSERT INTO checkpoint (tree, size, root, signed_at, key, note) VALUES (?, ?, ?, ?, ?, ?)",
@@ -606,7 +608,7 @@ class Notary:
                 )
             return None
         try:
-            signed, _ = tlog.open_checkpoint(
+            signed, _ = signednote.open_checkpoint(
                 chain.as_bytes(previous["note"]),
                 verifiers(self.key_path, self.origin),
                 origin(self.origin, table),
@@ -668,7 +670,7 @@ def consistency():
             raise ValueError(f"from and to must be 0 < from <= to <= {size}, the tree's size")
     except ValueError as exc:
         return _text(f"{exc}\n", 400)
-    return _text(tlog.format_hashes(consistency_proof(conn, first, last)))
+    return _text(tlogproof.format_hashes(consistency_proof(conn, first, last)))
 
 
 def consistency_proof(conn, first, last):

@@ -9,7 +9,7 @@ tree than this log has signed has seen another history of it, and is
 refused and logged, never overwritten.
 """
 
-from . import chain, checkpoints, merkle, publisher, tlog
+from . import chain, checkpoints, merkle, publisher, signednote, tlog, tlogproof
 from .publisher import Refused
 
 SIZE_TYPE = "text/x.tlog.size"  # a 409's body: the size the witness last cosigned
@@ -19,7 +19,7 @@ class Witness(publisher.Publisher):
     def __init__(self, path, url, key, directory=None):
         super().__init__(path)
         self.url = url.rstrip("/") + "/add-checkpoint"
-        self.verifier = tlog.Verifier(key)
+        self.verifier = signednote.Verifier(key)
         self.key = key
         self.directory = directory
         self.cosigned = None  # the size it last cosigned, as stored or as it said
@@ -46,7 +46,7 @@ class Witness(publisher.Publisher):
                 return self._store(conn, latest, answer)
             if status == 409 and (kind or "").partition(";")[0].strip() == SIZE_TYPE:
                 text = answer.decode("ascii", "replace").strip()
-                self.cosigned = tlog.parse_count(text, f"the size witness {self.name} gave")
+                self.cosigned = signednote.parse_count(text, f"the size witness {self.name} gave")
                 continue
             raise Refused(f"{status} {answer[:200].decode('utf-8', 'replace').strip()}")
         raise Refused(f"409 again, at the size it said it was at ({self.cosigned})")
@@ -63,18 +63,18 @@ class Witness(publisher.Publisher):
             proof = tlog.consistency_proof(old, size, merkle.reader(conn, "event"))
         return (
             f"old {old}\n".encode()
-            + tlog.format_hashes(proof)
+            + tlogproof.format_hashes(proof)
             + b"\n"
             + chain.as_bytes(latest["note"])
         )
 
     def _store(self, conn, latest, answer):
         """Keep the line of the answer that verifies with this witness's key."""
-        text, _ = tlog.split_note(chain.as_bytes(latest["note"]))
+        text, _ = signednote.split_note(chain.as_bytes(latest["note"]))
         message = text.encode("utf-8") + b"\n"
         for line in answer.splitlines(keepends=True):
             try:
-                tlog.open_note(message + line, [self.verifier])
+                signednote.open_note(message + line, [self.verifier])
             except tlog.TlogError:
                 continue
             break
@@ -83,7 +83,7 @@ class Witness(publisher.Publisher):
         conn.execute(
             "INSERT OR IGNORE INTO cosignature (checkpoint_id, witness, cosigned_at, line)"
             " VALUES (?, ?, ?, ?)",
-            (latest["id"], self.key, tlog.signature_time(line), line),
+            (latest["id"], self.key, signednote.signature_time(line), line),
         )
         self.cosigned = latest["size"]
         if self.directory is not None:

@@ -11,7 +11,7 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from ..log import chain, checkpoints, merkle, timestamps, tlog, witnesses
+from ..log import chain, checkpoints, merkle, signednote, timestamps, tlog, tlogproof, witnesses
 from . import exports, history, queries, zipstream
 from .auth import require_reviewer
 from ..log.db import get_db, require_log
@@ -266,8 +266,8 @@ def proof_file(conn, note, event_id):
     bytes as its extra data. ChainBroken when the row as stored is not the
     leaf the checkpoint signed: a proof that cannot check is never made."""
     try:
-        signed = tlog.parse_checkpoint(tlog.split_note(note)[0])
-    except tlog.Malformed as exc:
+        signed = signednote.parse_checkpoint(signednote.split_note(note)[0])
+    except signednote.Malformed as exc:
         raise chain.ChainBroken("checkpoint", signed_size(note), f"its note: {exc}") from None
     hashes = tlog.inclusion_proof(signed.size, event_id - 1, merkle.reader(conn, "event"))
     leaf = merkle.leaf(conn, event_id)
@@ -280,7 +280,7 @@ def proof_file(conn, note, event_id):
             f"no proof leads from it to the root that checkpoint of {signed.size} events"
             " signed: the row, or the tree's hashes above it, changed after it was signed",
         ) from None
-    return tlog.format_proof(tlog.Proof(event_id - 1, tuple(hashes), note, leaf))
+    return tlogproof.format_proof(tlogproof.Proof(event_id - 1, tuple(hashes), note, leaf))
 
 
 def signed_size(note):
@@ -348,7 +348,9 @@ def archive_chunks(conn, filters, counter):
 
 def _readme(latest, count, newer, note, stamped, failed):
     try:
-        origin = tlog.parse_checkpoint(tlog.split_note(chain.as_bytes(latest["note"]))[0]).origin
+        origin = signednote.parse_checkpoint(
+            signednote.split_note(chain.as_bytes(latest["note"]))[0]
+        ).origin
     except tlog.TlogError as exc:
         origin = f"(its checkpoint's note does not parse: {exc})"
     asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from ..log import chain, checkpoints, db, derived, merkle, timestamps, tlog
+from ..log import chain, checkpoints, db, derived, merkle, signednote, timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Verifier:
         self.checkpoint_key = checkpoint_key
         self.log_origin = log_origin
         self.directory = directory
-        self.witnesses = [tlog.Verifier(witness["key"]) for witness in witnesses]
+        self.witnesses = [signednote.Verifier(witness["key"]) for witness in witnesses]
         self.timestamp_ca = timestamp_ca  # TIMESTAMP_CA's PEM bytes
         self.verifier_key = verifier_key  # CHECKPOINT_VERIFIER_KEY, without the private key
         self.last = None
