@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tim_audit.log import chain, checkpoints, db, merkle, signednote, tlog  # noqa: E402
+from tim_audit.log import chain, checkpoints, db, merkle, notary, signednote, tlog  # noqa: E402
 from tim_audit.log.auditlog import AuditLog  # noqa: E402
 
 ORIGIN = "bench.example/1400000001"
@@ -58,22 +58,22 @@ def sign_checkpoint(path):
     started = time.monotonic()
     key = f"{path}.checkpoint.key"
     if not os.path.exists(key):
-        checkpoints.write_key(key, signednote.generate_key(ORIGIN)[0])
-    notary = checkpoints.Notary(path, key, ORIGIN, 3600, adopt=True)  # the bench made this log
-    log = AuditLog(path, notary=notary)
+        notary.write_key(key, signednote.generate_key(ORIGIN)[0])
+    signing = notary.Notary(path, key, ORIGIN, 3600, adopt=True)  # the bench made this log
+    log = AuditLog(path, notary=signing)
     try:
         log.open()
-    except checkpoints.KeyRefused:
+    except notary.KeyRefused:
         conn = db.connect(path, readonly=True)
         [latest] = conn.execute("SELECT key FROM checkpoint ORDER BY id DESC LIMIT 1").fetchone()
         conn.close()
-        with open(checkpoints.rotation_path(key), "w", encoding="ascii") as file:
-            file.write(f"{latest}\n{checkpoints.read_signer(key, ORIGIN).verifier}\n")
+        with open(notary.rotation_path(key), "w", encoding="ascii") as file:
+            file.write(f"{latest}\n{notary.read_signer(key, ORIGIN).verifier}\n")
         log.open()
     opened = time.monotonic() - started
     conn = db.connect(path)
     try:
-        notary.sign(conn)
+        signing.sign(conn)
     finally:
         conn.close()
         log.close()

@@ -10,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, config, health, logs, metrics
 from .ingest import callback
-from .log import auditlog, checkpoints, db, timestamps, witnesses
+from .log import auditlog, checkpoints, db, notary, timestamps, witnesses
 from .review import auth, evidence, history, integrity
 from .log.auditlog import open_log
 from .config import StartupError
@@ -84,7 +84,7 @@ def _create(test_config, *, ingest, review):
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"],
             timeout=app.config["STORAGE_TIMEOUT"],
-            notary=checkpoints.notary(app.config, witnessing + stamping),
+            notary=notary.from_config(app.config, witnessing + stamping),
         )
         app.register_blueprint(callback.bp)
         app.register_blueprint(checkpoints.bp)

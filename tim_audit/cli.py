@@ -24,6 +24,7 @@ from .log import (
     db,
     derived,
     merkle,
+    notary,
     signednote,
     timestamps,
     tlog,
@@ -176,14 +177,14 @@ def _log_keys(key):
     config = current_app.config
     if not key:
         try:
-            keys = checkpoints.verifiers(
+            keys = notary.verifiers(
                 config["CHECKPOINT_KEY"], config["LOG_ORIGIN"], config["CHECKPOINT_VERIFIER_KEY"]
             )
-        except (checkpoints.KeyRefused, signednote.Malformed) as exc:
+        except (notary.KeyRefused, signednote.Malformed) as exc:
             raise click.ClickException(str(exc)) from None
         return keys, config["LOG_ORIGIN"]
     try:
-        keys = [checkpoints.log_verifier(text) for text in key]
+        keys = [notary.log_verifier(text) for text in key]
     except signednote.Malformed as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from None
     return keys, config["LOG_ORIGIN"] or keys[0].name
@@ -273,13 +274,13 @@ def rotate_key_command():
     if not os.path.exists(path):
         raise click.UsageError(f"there is no key at {path} to rotate: make one with keygen")
     try:
-        old = checkpoints.read_signer(path, config["LOG_ORIGIN"])
-    except checkpoints.KeyRefused as exc:
+        old = notary.read_signer(path, config["LOG_ORIGIN"])
+    except notary.KeyRefused as exc:
         raise click.ClickException(str(exc)) from None
     retired = f"{path}.retired-{old.key_id}"
     os.replace(path, retired)
     verifier = _new_key(path, config["LOG_ORIGIN"])
-    with open(checkpoints.rotation_path(path), "a", encoding="ascii") as file:
+    with open(notary.rotation_path(path), "a", encoding="ascii") as file:
         if file.tell() == 0:
             file.write(f"{old.verifier}\n")
         file.write(f"{verifier}\n")
@@ -296,7 +297,7 @@ def _new_key(path, name, witness=False):
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     try:
-        checkpoints.write_key(path, signer)
+        notary.write_key(path, signer)
     except FileExistsError:
         raise click.ClickException(
             f"{path} exists; a key is never overwritten (see rotate-key)"

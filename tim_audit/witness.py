@@ -16,7 +16,7 @@ from importlib import resources
 import click
 from flask import Flask, Response, current_app, request
 
-from .log import checkpoints, db, signednote, tlog, tlogproof
+from .log import db, notary, signednote, tlog, tlogproof
 from .serve import listen, run
 
 MAX_BODY = 64 * 1024  # bytes of a request: 63 proof lines and a note with its signatures
@@ -177,7 +177,7 @@ def witness_command(address, key_file, database, log_keys):
     logs = {}
     for text in log_keys:
         try:
-            verifier = checkpoints.log_verifier(text)
+            verifier = notary.log_verifier(text)
         except signednote.Malformed as exc:
             raise click.BadParameter(str(exc), param_hint="--log") from None
         logs.setdefault(verifier.name, []).append(verifier)

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 
-from ..log import chain, checkpoints, db, derived, merkle, signednote, timestamps
+from ..log import chain, checkpoints, db, derived, merkle, notary, signednote, timestamps
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Verifier:
         started = time.monotonic()
         heads, failure, unchecked = chain.Heads(None, None), None, None
         try:
-            keys = checkpoints.verifiers(self.checkpoint_key, self.log_origin, self.verifier_key)
+            keys = notary.verifiers(self.checkpoint_key, self.log_origin, self.verifier_key)
             if keys is None:
                 unchecked = (
                     "checkpoint signatures not checked: no key here (CHECKPOINT_KEY or"
@@ -127,7 +127,7 @@ class Verifier:
         except derived.Mismatch as exc:
             failure = str(exc)
             self._derived_failed = True
-        except (chain.ChainBroken, checkpoints.KeyRefused) as exc:
+        except (chain.ChainBroken, notary.KeyRefused) as exc:
             failure = str(exc)
         except sqlite3.Error as exc:
             failure = f"the log could not be read: {exc}"
