@@ -16,8 +16,8 @@ from flask.cli import with_appcontext
 
 from werkzeug.security import generate_password_hash
 
-from .ingest import signature
-from .log import (
+from ..ingest import signature
+from ..log import (
     auditlog,
     chain,
     checkpoints,
@@ -30,7 +30,7 @@ from .log import (
     tlog,
     tlogproof,
 )
-from .ingest.callback import RECEIPT_HEADER
+from ..ingest.callback import RECEIPT_HEADER
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -589,19 +589,3 @@ def _sample_body(now):
         "MemberList": [{"Member_Account": "leckie"}, {"Member_Account": "bob"}],
         "EventTime": now * 1000,
     }
-
-
-def init_app(app):
-    for command in (
-        init_db_command,
-        verify_command,
-        backup_command,
-        rebuild_index_command,
-        send_sample_command,
-        hash_password_command,
-        keygen_command,
-        rotate_key_command,
-        consistency_proof_command,
-        check_proof_command,
-    ):
-        app.cli.add_command(command)
