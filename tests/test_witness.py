@@ -186,6 +186,16 @@ def test_a_cosignature_made_by_the_go_witness_checks_with_our_verifier(go_witnes
     assert cosigner.name == "go.witness.example/w1"
 
 
+def test_a_cosignature_is_shipped_to_checkpoint_dir_with_its_checkpoint(
+    our_witness, make_app, tmp_path
+):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    app = signed_log(make_app, [our_witness], CHECKPOINT_DIR=str(shipped))
+    line = submit(app)
+    assert (shipped / "event-5.checkpoint").read_bytes() == latest_note(app) + line
+
+
 def test_the_client_resyncs_from_the_size_a_409_gives(go_witness, make_app, rows):
     app = signed_log(make_app, [go_witness])
     assert post(go_witness[0], b"old 0\n\n" + latest_note(app))[0] == 200  # an answer we lost
