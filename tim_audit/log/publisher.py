@@ -1,6 +1,6 @@
 """What carries each new checkpoint off the box (a witness, a timestamp
 authority): one thread each, started and stopped with the notary
-(checkpoints.py), woken after a checkpoint commits, on a connection of its
+(notary.py), woken after a checkpoint commits, on a connection of its
 own, never on a callback's path. A round that fails for any reason is
 counted, logged and retried with backoff; the thread never dies of it.
 
