@@ -33,7 +33,7 @@ import dataset  # noqa: E402
 from tim_audit import create_ingest_app  # noqa: E402
 from tim_audit.ingest import callback  # noqa: E402
 from tim_audit.log import chain, derived, tlog  # noqa: E402
-from tim_audit.log.auditlog import AuditLog  # noqa: E402
+from tim_audit.log.writer import AuditLog  # noqa: E402
 
 BATCH = 8
 

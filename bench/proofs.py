@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tim_audit.log import chain, checkpoints, db, merkle, notary, signednote, tlog  # noqa: E402
-from tim_audit.log.auditlog import AuditLog  # noqa: E402
+from tim_audit.log.writer import AuditLog  # noqa: E402
 
 ORIGIN = "bench.example/1400000001"
 

@@ -35,7 +35,7 @@ BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from tim_audit.log.auditlog import AuditLog, Rejection  # noqa: E402
+from tim_audit.log.writer import AuditLog, Rejection  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password-1"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}

@@ -10,9 +10,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import cli, config, health, logs, metrics
 from .ingest import callback
-from .log import auditlog, checkpoints, db, notary, timestamps, witnesses
+from .log import checkpoints, db, notary, timestamps, witnesses, writer
 from .review import auth, evidence, history, integrity
-from .log.auditlog import open_log
+from .log.writer import open_log
 from .config import StartupError
 
 __all__ = ["StartupError", "create_app", "create_ingest_app", "create_review_app", "open_log"]
@@ -80,7 +80,7 @@ def _create(test_config, *, ingest, review):
         # What carries each checkpoint off the box, started with the notary.
         witnessing = witnesses.from_config(app.config)
         stamping = timestamps.from_config(app.config, tsa_ca)
-        app.extensions["tim_audit"] = auditlog.AuditLog(
+        app.extensions["tim_audit"] = writer.AuditLog(
             os.path.abspath(app.config["DATABASE"]),
             key=app.config["AUDIT_HMAC_KEY"],
             timeout=app.config["STORAGE_TIMEOUT"],

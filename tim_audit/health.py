@@ -5,7 +5,7 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 
 from .review import queries
-from .log.auditlog import ChainMismatch, StorageUnavailable
+from .log.writer import ChainMismatch, StorageUnavailable
 from .log.chain import ChainBroken
 from .log.db import Held, get_db
 

@@ -1,6 +1,6 @@
 """SQLite connections.
 
-The writer (see auditlog.py) keeps one connection for the life of the
+The writer (see writer.py) keeps one connection for the life of the
 process; every dashboard request reads through a fresh read-only one, so no
 page can change the log whatever its code does.
 """

@@ -3,5 +3,5 @@
 Sign-in, the history, event and quarantine pages, their queries, the exports
 and the evidence archive, and the integrity strip, with their templates and
 static files. It reads the log through read-only connections and never
-imports the writer (``log.auditlog``).
+imports the writer (``log.writer``).
 """

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from conftest import check, event, rejection, require
-from tim_audit.log import auditlog, derived
-from tim_audit.log.auditlog import AuditLog, StorageUnavailable
+from tim_audit.log import derived
+from tim_audit.log import writer as auditlog
+from tim_audit.log.writer import AuditLog, StorageUnavailable
 
 TABLES = {
     "event": "name",
