@@ -6,8 +6,9 @@ import sqlite3
 import pytest
 
 from conftest import check, event, rebuild_trees, rejection, rewrite
-from tim_audit.log import chain, db, derived, tlog
+from tim_audit.log import chain, db, derived, merkle, signednote, tlog, tlogproof
 from tim_audit.log.chain import GENESIS, ChainBroken, Heads, canonical, link
+from tim_audit.review import evidence
 
 
 def strict_tables(path):
@@ -475,3 +476,42 @@ def test_an_anchor_from_before_quarantine_was_anchored_checks_events_alone(fille
     assert check(filled, anchor=Heads(5, head)) == Heads(
         5, head, 1, rows("SELECT hash FROM quarantine")[0][0]
     )
+
+
+# --- one encoder of a row's canonical bytes ---------------------------------
+
+
+def test_every_path_takes_a_rows_bytes_from_the_one_encoder(log, monkeypatch):
+    """Given another encoding, the writer, verify, verify_event, the trees
+    and the proofs still agree, which they could not if one of them built
+    the bytes itself; and the rows so written fail once the real one is back."""
+    real = chain.row_bytes
+    monkeypatch.setattr(chain, "row_bytes", lambda *row: b"other encoding " + real(*row)[::-1])
+    for number in range(1, 4):
+        log.append(event(number))
+    log.append(rejection(1))
+    signer, verifier = signednote.generate_key("example.com/log")
+    conn = db.connect(log.path, readonly=True)
+    try:
+        heads, checks = merkle.verify(conn, log.key)
+        assert (heads.events, heads.quarantined) == (3, 1)
+        assert [checks[table].size for table in merkle.TABLES] == [3, 1]
+        for number in range(1, 4):
+            chain.verify_event(conn, number, log.key)
+        leaf = merkle.leaf(conn, 2)
+        assert leaf.startswith(b"other encoding ")
+        root = merkle.root(conn, "event", 3)
+        note = signednote.sign_checkpoint(
+            signednote.Checkpoint("example.com/log", 3, root), signednote.Signer(signer)
+        )
+        assert tlogproof.check_proof(evidence.proof_file(conn, note, 2), verifier).leaf == leaf
+
+        monkeypatch.undo()
+        with pytest.raises(ChainBroken, match="event row 1: hash does not match"):
+            merkle.verify(conn, log.key)
+        with pytest.raises(ChainBroken, match="event row 2: hash does not match"):
+            chain.verify_event(conn, 2, log.key)
+        with pytest.raises(ChainBroken, match="event row 2: no proof leads"):
+            evidence.proof_file(conn, note, 2)
+    finally:
+        conn.close()

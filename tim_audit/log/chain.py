@@ -183,6 +183,17 @@ def quarantine_values(row):
     return values
 
 
+def row_bytes(table, row, members=()):
+    """The canonical bytes of a row of ``table`` ("event", with its
+    ``members``' accounts, or "quarantine"): what its link hashes and its
+    Merkle leaf holds. The writer, verify, verify_event, the trees and the
+    proofs all take them from here, so what is written and what is checked
+    cannot drift apart. ChainBroken if a value is not of its column's type."""
+    if table == "event":
+        return canonical(event_values(row, members))
+    return canonical(quarantine_values(row))
+
+
 def link(key, previous, data):
     message = bytes.fromhex(previous) + data
     if key:
@@ -339,7 +350,7 @@ def _check_event(row, stored, previous, key, tree=None):
     event and its ``stored`` member rows, which must be what its member
     list implies."""
     accounts = [m[2] for m in stored]
-    digest = _next_link("event", row, previous, event_values(row, accounts), key, tree)
+    digest = _next_link("event", row, previous, row_bytes("event", row, accounts), key, tree)
     if stored != list(member_rows(row["id"], accounts, row["event_time"])):
         raise ChainBroken(
             "event_member",
@@ -391,7 +402,7 @@ def _verify_quarantine(conn, key, anchor_count, tree):
     count = 0
     for row in conn.execute("SELECT * FROM quarantine ORDER BY id"):
         _expect_next("quarantine", row, count)
-        previous = _next_link("quarantine", row, previous, quarantine_values(row), key, tree)
+        previous = _next_link("quarantine", row, previous, row_bytes("quarantine", row), key, tree)
         count += 1
         if count == anchor_count:
             at_anchor = previous
@@ -424,9 +435,8 @@ def _expect_next(table, row, count):
         raise ChainBroken(table, row["id"], f"expected row {count + 1} here: rows are missing")
 
 
-def _next_link(table, row, previous, values, key, tree=None):
-    """The row's hash, checked to cover ``values`` after ``previous``."""
-    data = canonical(values)
+def _next_link(table, row, previous, data, key, tree=None):
+    """The row's hash, checked to cover ``data`` after ``previous``."""
     digest = link(key, previous, data)
     if digest != row["hash"]:
         raise ChainBroken(

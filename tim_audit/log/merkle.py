@@ -90,7 +90,7 @@ def leaf(conn, event_id):
                 "SELECT account FROM event_member WHERE event_id = ? ORDER BY position", (event_id,)
             )
         ]
-    return chain.canonical(chain.event_values(row, members))
+    return chain.row_bytes("event", row, members)
 
 
 def build(conn, key):

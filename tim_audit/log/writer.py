@@ -16,7 +16,7 @@ import sqlite3
 
 from flask import current_app
 
-from . import db, derived, merkle
+from . import chain, db, derived, merkle
 from ..config import StartupError
 from .chain import (
     EVENT_COLUMNS,
@@ -24,9 +24,7 @@ from .chain import (
     MEMBER_COLUMNS,
     QUARANTINE_COLUMNS,
     ChainBroken,
-    canonical,
     chain_kind,
-    event_values,
     link,
     member_rows,
 )
@@ -477,7 +475,7 @@ class AuditLog:
                     continue
                 quarantine_id += 1
                 row = vars(entry) | {"id": quarantine_id}
-                data = canonical(row[c] for c in QUARANTINE_COLUMNS)
+                data = chain.row_bytes("quarantine", row)
                 quarantine_hash = link(self.key, quarantine_hash, data)
                 trees["quarantine"][1].append(data)
                 rejections.append([row[c] for c in QUARANTINE_COLUMNS] + [quarantine_hash])
@@ -497,7 +495,7 @@ class AuditLog:
                 "name_folded": entry.name.casefold(),
                 "member_count": len(entry.members),
             }
-            data = canonical(event_values(row, entry.members))
+            data = chain.row_bytes("event", row, entry.members)
             event_hash = link(self.key, event_hash, data)
             trees["event"][1].append(data)
             events.append([row[c] for c in EVENT_COLUMNS] + [event_hash])
