@@ -32,7 +32,7 @@ import dataset  # noqa: E402
 
 from tim_audit import create_ingest_app  # noqa: E402
 from tim_audit.ingest import callback  # noqa: E402
-from tim_audit.log import chain, derived, tlog  # noqa: E402
+from tim_audit.log import chain, derived, records, tlog  # noqa: E402
 from tim_audit.log.writer import AuditLog  # noqa: E402
 
 BATCH = 8
@@ -126,11 +126,10 @@ def main():
     no_indexes = write_all(
         work / "no-indexes.sqlite3", events, drop("index", r"event_by_.*|event_member_by_.*")
     )
-    log = AuditLog(str(work / "full.sqlite3"))
     conn = sqlite3.connect(work / "full.sqlite3", isolation_level=None)
     costs["dedupe query"] = per_event(
         lambda: [
-            log._stored_with_keys(conn, events[s : s + BATCH]) for s in range(0, count, BATCH)
+            records._stored_with_keys(conn, events[s : s + BATCH]) for s in range(0, count, BATCH)
         ],
         count,
     )

@@ -23,7 +23,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from tim_audit.log import db  # noqa: E402
-from tim_audit.log.writer import AuditLog, Event  # noqa: E402
+from tim_audit.log.records import Event  # noqa: E402
+from tim_audit.log.writer import AuditLog  # noqa: E402
 
 DAY_MS = 86_400_000
 # The WAL a batch may leave before the next batch is made smaller.

@@ -35,7 +35,8 @@ BENCH = pathlib.Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from tim_audit.log.writer import AuditLog, Rejection  # noqa: E402
+from tim_audit.log.records import Rejection  # noqa: E402
+from tim_audit.log.writer import AuditLog  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password-1"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}

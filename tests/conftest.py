@@ -14,7 +14,7 @@ from dashboard import CREDENTIALS, REVIEWERS, sample_events
 from tencent import CREATE, SDKAPPID, TOKEN, group_body, signed_query
 from tim_audit import create_app, open_log
 from tim_audit.log import chain, db, derived, merkle
-from tim_audit.log.writer import Event, Rejection
+from tim_audit.log.records import Event, Rejection
 
 
 def require(program):

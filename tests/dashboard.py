@@ -8,7 +8,7 @@ import re
 
 from werkzeug.security import generate_password_hash
 
-from tim_audit.log.writer import Event
+from tim_audit.log.records import Event
 
 # The reviewer the tests sign in as; a cheap hash keeps the suite fast.
 REVIEWER, PASSWORD = "alice", "correct horse battery staple"

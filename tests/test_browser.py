@@ -18,7 +18,7 @@ from conftest import require
 from dashboard import DAY, PASSWORD, REVIEWER, START, sample_events
 from tim_audit import create_app
 from tim_audit.log import db
-from tim_audit.log.writer import Rejection
+from tim_audit.log.records import Rejection
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dashboard import CREDENTIALS, listed_ids, sample_events
 from tencent import group_body
 from tim_audit import create_app
-from tim_audit.log.writer import Rejection
+from tim_audit.log.records import Rejection
 from tim_audit.ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 
 ZONES = ["Pacific/Kiritimati", "America/St_Johns", "Asia/Shanghai", "UTC", "Pacific/Pago_Pago"]

@@ -12,7 +12,7 @@ import conftest
 from tim_audit import create_app
 from tim_audit.log import db
 from tim_audit.review import counting
-from tim_audit.log.writer import Rejection
+from tim_audit.log.records import Rejection
 
 
 def page_ids(get, **query):

@@ -18,7 +18,8 @@ from dashboard import CREDENTIALS, REVIEWERS
 from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env
 from tim_audit.log import db
-from tim_audit.log.writer import AuditLog, Event
+from tim_audit.log.records import Event
+from tim_audit.log.writer import AuditLog
 
 
 def get(port, path, headers=None, method="GET"):

@@ -10,8 +10,7 @@ import time
 import pytest
 
 from conftest import check, event, rejection, require
-from tim_audit.log import derived
-from tim_audit.log import writer as auditlog
+from tim_audit.log import derived, records, writer
 from tim_audit.log.writer import AuditLog, StorageUnavailable
 
 TABLES = {
@@ -108,7 +107,7 @@ def test_appended_event_is_visible_to_other_connections_when_append_returns(log,
 def test_repeat_returns_the_stored_event(log):
     first = log.append(event(1))
     again = log.append(event(1, received_at=1800000000000))
-    assert again == auditlog.Receipt("repeat", first.id, first.hash)
+    assert again == records.Receipt("repeat", first.id, first.hash)
 
 
 def test_same_key_with_other_bytes_is_a_conflict_and_writes_nothing(log, rows):
@@ -171,14 +170,14 @@ def test_a_retried_refused_body_is_looked_up_through_its_index_alone(log, rows):
 
 def job(number, members=0, body=b"{}"):
     members = tuple(f"m{n}" for n in range(members))
-    return auditlog._Job(event(number, members=members, raw=body), deadline=0)
+    return writer._Job(event(number, members=members, raw=body), deadline=0)
 
 
 def test_a_transaction_takes_every_light_entry_and_heavy_ones_up_to_its_budget():
     light = [job(n) for n in range(1, 4)]
     heavy = [job(n, members=300) for n in range(4, 7)]
     jobs = [heavy[0], light[0], heavy[1], light[1], heavy[2], light[2]]
-    assert auditlog._budgeted(jobs, False) == (
+    assert writer._budgeted(jobs, False) == (
         [heavy[0], light[0], light[1], light[2]],
         heavy[1:],
         True,
@@ -187,19 +186,19 @@ def test_a_transaction_takes_every_light_entry_and_heavy_ones_up_to_its_budget()
 
 def test_after_a_heavy_transaction_the_light_entries_go_alone():
     light, heavy = job(1), job(2, members=300)
-    assert auditlog._budgeted([heavy, light], True) == ([light], [heavy], False)
-    assert auditlog._budgeted([heavy], True) == ([heavy], [], True)
+    assert writer._budgeted([heavy, light], True) == ([light], [heavy], False)
+    assert writer._budgeted([heavy], True) == ([heavy], [], True)
 
 
 def test_a_heavy_entry_over_the_budget_alone_still_goes():
-    huge = job(1, members=400, body=b"x" * (auditlog.WRITE_BUDGET * 4096))
+    huge = job(1, members=400, body=b"x" * (writer.WRITE_BUDGET * 4096))
     light, other = job(2), job(3, members=300)
-    assert auditlog._budgeted([huge, light, other], False) == ([huge, light], [other], True)
+    assert writer._budgeted([huge, light, other], False) == ([huge, light], [other], True)
 
 
 def test_a_large_body_is_heavy_by_its_bytes():
-    assert auditlog._cost(job(1, body=b"x" * (1024 * 1024))) == 1 + 256
-    assert auditlog._cost(job(1, members=500)) == 1 + 500
+    assert records.cost(job(1, body=b"x" * (1024 * 1024)).entry) == 1 + 256
+    assert records.cost(job(1, members=500).entry) == 1 + 500
 
 
 def test_close_writes_every_heavy_entry_it_held_back(log, rows):
@@ -207,7 +206,7 @@ def test_close_writes_every_heavy_entry_it_held_back(log, rows):
     the ones still held before the writer stops."""
     log.open()
     jobs = [
-        auditlog._Job(event(n, members=tuple(f"m{m}" for m in range(400))), time.monotonic() + 30)
+        writer._Job(event(n, members=tuple(f"m{m}" for m in range(400))), time.monotonic() + 30)
         for n in range(1, 7)
     ]
     with log._lock:  # queued at once, so that one batch holds them all
@@ -244,7 +243,7 @@ def test_an_entry_that_cannot_be_written_fails_alone(log, rows):
     """One bad entry in a batch: the others are still written, each in a
     transaction of its own, and the bad one gets its own error."""
     jobs = [
-        auditlog._Job(entry, deadline=time.monotonic() + 5)
+        writer._Job(entry, deadline=time.monotonic() + 5)
         for entry in (
             event(1),
             event(2, event_time=2**64),
@@ -307,8 +306,8 @@ def test_a_failed_commit_is_uncertain_and_the_writer_goes_on(log):
     the WAL is due for a checkpoint right after."""
     log.append(event(1))
     log._conn = FailingCommit(log._conn)
-    log._wal_frames = auditlog.WAL_CHECKPOINT_FRAMES + 1
-    with pytest.raises(auditlog.StorageUncertain, match="disk I/O error"):
+    log._wal_frames = writer.WAL_CHECKPOINT_FRAMES + 1
+    with pytest.raises(writer.StorageUncertain, match="disk I/O error"):
         log.append(event(2))
     assert log.append(event(3)).outcome == "stored"
 
@@ -325,7 +324,7 @@ def test_a_closed_log_opens_again_at_the_next_append(log):
 )
 def test_a_repeat_is_found_whatever_text_its_group_id_holds(log, rows, group_id):
     stored = log.append(event(1, group_id=group_id))
-    assert log.append(event(1, group_id=group_id)) == auditlog.Receipt(
+    assert log.append(event(1, group_id=group_id)) == records.Receipt(
         "repeat", stored.id, stored.hash
     )
     assert log.append(event(1, group_id=group_id, raw=b"{}")).outcome == "conflict"

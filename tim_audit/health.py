@@ -5,7 +5,8 @@ import sqlite3
 from flask import Blueprint, current_app, jsonify
 
 from .review import queries
-from .log.writer import ChainMismatch, StorageUnavailable
+from .log.records import ChainMismatch
+from .log.writer import StorageUnavailable
 from .log.chain import ChainBroken
 from .log.db import Held, get_db
 

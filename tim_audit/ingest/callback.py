@@ -21,7 +21,8 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, default_exceptions
 
 from . import signature
-from ..log.writer import Event, Rejection, StorageUncertain, StorageUnavailable, current_log
+from ..log.records import Event, Rejection
+from ..log.writer import StorageUncertain, StorageUnavailable, current_log
 from .schemas import RECORDED
 
 bp = Blueprint("callback", __name__)

@@ -16,7 +16,7 @@ import threading
 import time
 
 from . import chain, checkpoints, db, merkle, signednote, tlog
-from .writer import ChainMismatch
+from .records import ChainMismatch
 
 logger = logging.getLogger(__name__)
 

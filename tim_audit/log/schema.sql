@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ) STRICT;
 
 -- A refused body a sender retries is recognised by its bytes and not stored
--- again (auditlog._quarantined_before): this index narrows the comparison to
+-- again (records._quarantined_before): this index narrows the comparison to
 -- rows of the same ErrorCode, length and first 64 bytes, newest first.
 CREATE INDEX IF NOT EXISTS quarantine_by_retry
     ON quarantine (error_code, length(raw), substr(raw, 1, 64));
