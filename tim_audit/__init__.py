@@ -12,7 +12,7 @@ from . import cli, config, health, logs, metrics
 from .ingest import callback
 from .log import checkpoints, db, notary, timestamps, witnesses, writer
 from .review import auth, evidence, history, integrity
-from .log.writer import open_log
+from .log.startup import open_log
 from .config import StartupError
 
 __all__ = ["StartupError", "create_app", "create_ingest_app", "create_review_app", "open_log"]

@@ -18,7 +18,7 @@ from werkzeug.security import generate_password_hash
 
 from ..ingest import signature
 from ..ingest.callback import RECEIPT_HEADER
-from ..log import chain, db, derived, merkle, writer
+from ..log import chain, db, derived, merkle, startup
 
 MIN_PASSWORD = 12
 CREATE_GROUP = "Group.CallbackAfterCreateGroup"
@@ -29,7 +29,7 @@ CREATE_GROUP = "Group.CallbackAfterCreateGroup"
 def init_db_command():
     """Create the log now, with its chain keyed as configured, before the
     ingest server first starts (which would create it otherwise)."""
-    log = writer.open_log(current_app).extensions["tim_audit"]
+    log = startup.open_log(current_app).extensions["tim_audit"]
     log.close()
     click.echo(f"Initialized the database at {log.path}")
 

@@ -22,7 +22,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, default_ex
 
 from . import signature
 from ..log.records import Event, Rejection
-from ..log.writer import StorageUncertain, StorageUnavailable, current_log
+from ..log.startup import current_log
+from ..log.writer import StorageUncertain, StorageUnavailable
 from .schemas import RECORDED
 
 bp = Blueprint("callback", __name__)
