@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from conftest import check, event, rebuild_trees, rejection, rewrite
-from tim_audit.log import chain, db, derived, merkle, signednote, tlog, tlogproof
+from tim_audit.log import chain, db, derived, merkle, signednote, tlog, tlogproof, verification
 from tim_audit.log.chain import GENESIS, ChainBroken, Heads, canonical, link
 from tim_audit.review import evidence
 
@@ -497,7 +497,7 @@ def test_every_path_takes_a_rows_bytes_from_the_one_encoder(log, monkeypatch):
         assert (heads.events, heads.quarantined) == (3, 1)
         assert [checks[table].size for table in merkle.TABLES] == [3, 1]
         for number in range(1, 4):
-            chain.verify_event(conn, number, log.key)
+            verification.verify_event(conn, number, log.key)
         leaf = merkle.leaf(conn, 2)
         assert leaf.startswith(b"other encoding ")
         root = merkle.root(conn, "event", 3)
@@ -510,7 +510,7 @@ def test_every_path_takes_a_rows_bytes_from_the_one_encoder(log, monkeypatch):
         with pytest.raises(ChainBroken, match="event row 1: hash does not match"):
             merkle.verify(conn, log.key)
         with pytest.raises(ChainBroken, match="event row 2: hash does not match"):
-            chain.verify_event(conn, 2, log.key)
+            verification.verify_event(conn, 2, log.key)
         with pytest.raises(ChainBroken, match="event row 2: no proof leads"):
             evidence.proof_file(conn, note, 2)
     finally:

@@ -18,7 +18,7 @@ import pytest
 from conftest import event, rejection
 from dashboard import CREDENTIALS
 from tencent import SDKAPPID, TOKEN
-from tim_audit.log import chain
+from tim_audit.log import verification
 from tim_audit.review import exports
 
 
@@ -166,7 +166,7 @@ def test_any_error_in_a_verification_is_recorded_as_a_failure(
     def broken(conn, key=None, anchor=None, trees=None):
         raise RuntimeError("disk controller on fire")
 
-    monkeypatch.setattr(chain, "verify", broken)
+    monkeypatch.setattr(verification, "verify", broken)
     with caplog.at_level(logging.ERROR):
         last = run_verification(app)
     assert last.failure == "verification stopped: RuntimeError: disk controller on fire"

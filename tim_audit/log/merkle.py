@@ -13,7 +13,7 @@ O(log n) stored hashes, in one SELECT.
 import json
 import logging
 
-from . import chain, derived, tlog
+from . import chain, derived, tlog, verification
 
 TABLES = ("event", "quarantine")
 BUILD_BATCH = 10_000  # leaves per INSERT while building a tree
@@ -114,7 +114,9 @@ def build(conn, key):
                 f"the log has had trees ({recorded}), but this tree's rows are missing",
             )
         if missing:
-            chain.verify(conn, key, trees={table: _Builder(conn, table) for table in missing})
+            verification.verify(
+                conn, key, trees={table: _Builder(conn, table) for table in missing}
+            )
         if recorded is None:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('trees', ?)", (_since(rows, missing),)
@@ -150,7 +152,7 @@ def trees_since(conn):
 
 
 class _Builder:
-    """Stores a tree's hashes while chain.verify walks the rows."""
+    """Stores a tree's hashes while verification.verify walks the rows."""
 
     def __init__(self, conn, table):
         self.conn, self.table = conn, table
@@ -168,7 +170,7 @@ class _Builder:
 
 
 def verify(conn, key=None, anchor=None, then=None):
-    """chain.verify, checking the trees too, in one snapshot; then
+    """verification.verify, checking the trees too, in one snapshot; then
     ``then(conn, checks)``, in the same snapshot, for what is checked
     against the trees (checkpoints.check); then the derived tables against
     the rows just verified. Returns the Heads and {table: Check}, empty for
@@ -176,7 +178,7 @@ def verify(conn, key=None, anchor=None, then=None):
     conn.execute("BEGIN")
     try:
         checks = {table: Check(conn, table) for table in TABLES} if _has_trees(conn) else {}
-        heads = chain.verify(conn, key, anchor, trees=checks)
+        heads = verification.verify(conn, key, anchor, trees=checks)
         if then is not None:
             then(conn, checks)
         derived.check(conn)
@@ -201,7 +203,7 @@ def _has_trees(conn):
 
 class Check:
     """Compares the stored hashes of ``table``'s tree with those recomputed
-    from its rows, as chain.verify walks them; then ``root`` is the
+    from its rows, as verification.verify walks them; then ``root`` is the
     recomputed root hash and ``size`` the number of leaves."""
 
     def __init__(self, conn, table):

@@ -37,7 +37,7 @@ from marshmallow import (
 )
 from werkzeug.exceptions import ServiceUnavailable
 
-from ..log import chain
+from ..log import chain, verification
 from . import counting, exports, queries, search
 from ..ingest.schemas import MAX_EVENT_TIME, MIN_EVENT_TIME
 from .auth import require_reviewer
@@ -440,7 +440,7 @@ def event(event_id):
         abort(404, description=f"There is no event {event_id}.")
     members = queries.members(conn, event_id)
     try:
-        chain.verify_event(conn, event_id, current_app.config["AUDIT_HMAC_KEY"])
+        verification.verify_event(conn, event_id, current_app.config["AUDIT_HMAC_KEY"])
         broken = None
     except chain.ChainBroken as exc:
         broken = str(exc)
