@@ -84,7 +84,7 @@ class AuditLog:
         self.path = path
         self.key = key
         self.timeout = timeout
-        self.notary = notary  # signs checkpoints of the trees (checkpoints.py)
+        self.notary = notary  # signs checkpoints of the trees (notary.py)
         self.failure = None
         self._lock = threading.Lock()  # guards opening and every job's state
         self._queue = queue.SimpleQueue()
