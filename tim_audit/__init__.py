@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import cli, config, health, logs, metrics
 from .ingest import callback
 from .log import checkpoints, db, notary, timestamps, witnesses, writer
-from .review import auth, evidence, history, integrity
+from .review import auth, evidence, integrity, pages
 from .log.startup import open_log
 from .config import StartupError
 
@@ -111,7 +111,7 @@ def _create(test_config, *, ingest, review):
         )
         app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.extensions["tim_audit.tsa_ca"] = tsa_ca
-        app.register_blueprint(history.bp)
+        app.register_blueprint(pages.bp)
         app.register_blueprint(evidence.bp)
     if app.config["PROXY_FIX"]:
         hops = app.config["PROXY_FIX"]

@@ -12,7 +12,7 @@ import time
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
 from ..log import chain, checkpoints, merkle, signednote, timestamps, tlog, tlogproof, witnesses
-from . import exports, history, queries, zipstream
+from . import exports, pages, queries, zipstream
 from .auth import require_reviewer
 from ..log.db import get_db, require_log
 
@@ -178,8 +178,8 @@ def _best(conn):
 @bp.get("/checkpoints")
 def listing():
     try:
-        args = history._load(history.PageArgs)
-    except history.BadQuery as exc:
+        args = pages._load(pages.PageArgs)
+    except pages.BadQuery as exc:
         abort(
             400,
             description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()),
@@ -197,7 +197,7 @@ def listing():
     older = rows[-1]["id"] if len(rows) == args["limit"] else None
     return render_template(
         "checkpoints.html",
-        integrity=history._integrity(get_db()),
+        integrity=pages._integrity(get_db()),
         rows=rows,
         older=older,
         limit=args["limit"],
@@ -297,7 +297,7 @@ def export_evidence():
         abort(
             404, description="No checkpoint has been signed yet: there is nothing to prove against."
         )
-    return history._export("events", "zip", archive_chunks, "application/zip")
+    return pages._export("events", "zip", archive_chunks, "application/zip")
 
 
 def archive_chunks(conn, filters, counter):
@@ -353,14 +353,14 @@ def _readme(latest, count, newer, note, stamped, failed):
         ).origin
     except tlog.TlogError as exc:
         origin = f"(its checkpoint's note does not parse: {exc})"
-    asked = {k: v for k, v in request.args.items() if k in history.HISTORY_FILTERS and v}
+    asked = {k: v for k, v in request.args.items() if k in pages.HISTORY_FILTERS and v}
     return README.format(
         origin=origin,
         rule="=" * (30 + len(origin)),
         count=count,
         filters=json.dumps(asked, ensure_ascii=False) if asked else "no filter (all events)",
         size=latest["size"],
-        signed_at=history.utc(latest["signed_at"]),
+        signed_at=pages.utc(latest["signed_at"]),
         key_id=key_id(latest["key"]),
         newer=(
             f"\n{newer} newer matching events are not in this checkpoint yet and are"
