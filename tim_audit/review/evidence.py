@@ -12,7 +12,7 @@ import time
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
 from ..log import chain, checkpoints, merkle, signednote, timestamps, tlog, tlogproof, witnesses
-from . import exports, pages, queries, zipstream
+from . import exports, forms, pages, queries, zipstream
 from .auth import require_reviewer
 from ..log.db import get_db, require_log
 
@@ -178,8 +178,8 @@ def _best(conn):
 @bp.get("/checkpoints")
 def listing():
     try:
-        args = pages._load(pages.PageArgs)
-    except pages.BadQuery as exc:
+        args = forms.load(forms.PageArgs)
+    except forms.BadQuery as exc:
         abort(
             400,
             description="; ".join(f"{field}: {problem}" for field, problem in exc.problems.items()),
@@ -353,7 +353,7 @@ def _readme(latest, count, newer, note, stamped, failed):
         ).origin
     except tlog.TlogError as exc:
         origin = f"(its checkpoint's note does not parse: {exc})"
-    asked = {k: v for k, v in request.args.items() if k in pages.HISTORY_FILTERS and v}
+    asked = {k: v for k, v in request.args.items() if k in forms.HISTORY_FILTERS and v}
     return README.format(
         origin=origin,
         rule="=" * (30 + len(origin)),
