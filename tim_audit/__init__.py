@@ -3,7 +3,6 @@ group-created callbacks, with a history dashboard for compliance review."""
 
 import logging
 import os
-import threading
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -11,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import cli, config, health, logs, metrics
 from .ingest import callback
 from .log import checkpoints, db, notary, timestamps, witnesses, writer
-from .review import auth, evidence, integrity, pages
+from .review import auth, evidence, history, integrity, pages, quarantine
 from .log.startup import open_log
 from .config import StartupError
 
@@ -109,9 +108,10 @@ def _create(test_config, *, ingest, review):
             timestamp_ca=tsa_ca,
             verifier_key=app.config["CHECKPOINT_VERIFIER_KEY"],
         )
-        app.extensions["tim_audit.exports"] = threading.BoundedSemaphore(app.config["MAX_EXPORTS"])
         app.extensions["tim_audit.tsa_ca"] = tsa_ca
-        app.register_blueprint(pages.bp)
+        pages.init_app(app)
+        app.register_blueprint(history.bp)
+        app.register_blueprint(quarantine.bp)
         app.register_blueprint(evidence.bp)
     if app.config["PROXY_FIX"]:
         hops = app.config["PROXY_FIX"]

@@ -11,8 +11,8 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from ..log import chain, checkpoints, merkle, signednote, timestamps, tlog, tlogproof, witnesses
-from . import exports, forms, pages, queries, zipstream
+from ..log import chain, checkpoints, merkle, signednote, timestamps, tlog, tlogproof
+from . import exports, forms, history, pages, queries, zipstream
 from .auth import require_reviewer
 from ..log.db import get_db, require_log
 
@@ -85,46 +85,7 @@ OpenSSL (it prints "Verification: OK"; "openssl ts -reply -in checkpoint.tsr
 
 @bp.app_context_processor
 def _page_globals():
-    return {
-        "latest_checkpoint": _latest_checkpoint,
-        "proof_status": _proof_status,
-        "witnessing": _witnessing,
-    }
-
-
-@bp.app_template_filter("key_id")
-def key_id(verifier_key):
-    """The key ID of a verifier key name+keyid+base64; a stored value that
-    is no such key (only tampering stores one, and verify names it) is
-    shown whole."""
-    if not isinstance(verifier_key, str):
-        return verifier_key
-    parts = verifier_key.split("+", 2)
-    return parts[1] if len(parts) == 3 else verifier_key
-
-
-def _latest_checkpoint():
-    with contextlib.suppress(sqlite3.OperationalError):  # no checkpoint table yet
-        return checkpoints.latest(get_db())
-    return None
-
-
-def _witnessing():
-    """For the strip: each configured witness's name and the size of the
-    newest checkpoint it cosigned (None before the log has the table), and
-    the quorum; None when WITNESSES is empty."""
-    configured = current_app.config["WITNESSES"]
-    if not configured:
-        return None
-    sizes = {}
-    with contextlib.suppress(sqlite3.OperationalError):
-        sizes = {w["key"]: witnesses.last_cosigned(get_db(), w["key"]) for w in configured}
-    return {
-        "quorum": current_app.config["WITNESS_QUORUM"],
-        "witnesses": [
-            (witness["key"].split("+")[0], sizes.get(witness["key"])) for witness in configured
-        ],
-    }
+    return {"proof_status": _proof_status}
 
 
 def _not_yet(conn, event_id):
@@ -197,7 +158,7 @@ def listing():
     older = rows[-1]["id"] if len(rows) == args["limit"] else None
     return render_template(
         "checkpoints.html",
-        integrity=pages._integrity(get_db()),
+        integrity=pages.integrity(get_db()),
         rows=rows,
         older=older,
         limit=args["limit"],
@@ -297,7 +258,7 @@ def export_evidence():
         abort(
             404, description="No checkpoint has been signed yet: there is nothing to prove against."
         )
-    return pages._export("events", "zip", archive_chunks, "application/zip")
+    return history.export("zip", archive_chunks, "application/zip")
 
 
 def archive_chunks(conn, filters, counter):
@@ -361,7 +322,7 @@ def _readme(latest, count, newer, note, stamped, failed):
         filters=json.dumps(asked, ensure_ascii=False) if asked else "no filter (all events)",
         size=latest["size"],
         signed_at=pages.utc(latest["signed_at"]),
-        key_id=key_id(latest["key"]),
+        key_id=pages.key_id(latest["key"]),
         newer=(
             f"\n{newer} newer matching events are not in this checkpoint yet and are"
             " left out: export again after the next checkpoint."
