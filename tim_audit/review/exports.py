@@ -70,6 +70,39 @@ def _iso(expression, otherwise=None):
     )
 
 
+def csv_cell(value):
+    """A stored value as one CSV cell, as every CSV export writes it: NULL as
+    nothing, a number as csv.writer writes it (a REAL whole), text or a BLOB
+    as _guarded has it, in quotes when csv.writer would quote it."""
+    if type(value) is int:
+        return str(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    text = _guarded(value)
+    if any(character in text for character in CSV_QUOTED):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _guarded(value):
+    """``value`` fit for a spreadsheet: text that would start a formula with
+    a ' in front, a BLOB as X'...'; csv.writer then writes csv_cell(value)."""
+    if isinstance(value, bytes):
+        return _blob(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _blob(value):
+    """A BLOB where text or a number belongs, as _stored writes it."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{type(value).__name__} is not a stored value")
+    return f"X'{value.hex().upper()}'"
+
+
 # What makes csv.writer quote a cell (QUOTE_MINIMAL, lines ended by \r\n).
 CSV_QUOTED = ('"', ",", "\r", "\n")
 _NEEDS_QUOTES = " OR ".join(f"instr({{0}}, char({ord(c)}))" for c in CSV_QUOTED)
@@ -77,10 +110,12 @@ _FORMULA_CODES = ", ".join(str(ord(start)) for start in FORMULA_STARTS)
 
 
 def _csv_cell(expression):
-    """SQL: ``expression`` as one CSV cell, as csv.writer writes it: NULL
-    as nothing, text in quotes when it must be and with a ' in front when it
-    would start a formula, a BLOB as X'...', a number as SQLite writes it (the
-    numeric columns are left to _csv_value, as a REAL would lose digits)."""
+    """SQL: csv_cell of ``expression``, built by SQLite, which saves a Python
+    object per cell (tests/test_exports.py checks that the two agree on
+    every kind of value). But a REAL, which SQLite writes in 15 digits: the
+    numeric columns are left to csv_cell, and a REAL reaches this only as
+    an event_time or received_at out of the ISO range, in a tampered log
+    made before STRICT tables."""
     prefix = f"iif(unicode({expression}) IN ({_FORMULA_CODES}), '''', '')"
     return (
         f"CASE typeof({expression})"
@@ -90,27 +125,6 @@ def _csv_cell(expression):
         f" WHEN 'null' THEN '' WHEN 'blob' THEN {_blob_literal(expression)}"
         f" ELSE {expression} END"
     )
-
-
-def _csv_text(value):
-    """Python: text (or a BLOB) as one CSV cell, as _csv_cell writes it:
-    guarded as _cell guards a cell for csv.writer, then quoted as it would."""
-    text = _cell(value)
-    if any(character in text for character in CSV_QUOTED):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _csv_value(value):
-    """Python: a value of a numeric column as one CSV cell. A REAL (only a
-    tampered row of a log made before STRICT tables holds one) is written
-    as csv.writer writes a float, whole, where SQLite would round it to 15
-    digits; anything else as _csv_cell writes it."""
-    if type(value) is int:
-        return str(value)
-    if value is None:
-        return ""
-    return repr(value) if isinstance(value, float) else _csv_text(value)
 
 
 CSV_HEADER = (
@@ -134,7 +148,7 @@ CSV_HEADER = (
 )
 # SQLite builds each row's runs of cells: a few string operations, where
 # csv.writer would take a Python object per cell. Between the runs go the
-# two numbers, which Python writes (_csv_value), and the members, which are
+# two numbers, which Python writes (csv_cell), and the members, which are
 # read per chunk.
 _CSV_ROW = ", ".join(
     [
@@ -285,8 +299,8 @@ def csv_chunks(conn, filters, counter):
         yield (
             header
             + "".join(
-                f"{first},{_csv_value(event_time)},{accounts},{_csv_value(member_count)},"
-                f"{_csv_text(members.get(event_id, ''))},{rest}\r\n"
+                f"{first},{csv_cell(event_time)},{accounts},{csv_cell(member_count)},"
+                f"{csv_cell(members.get(event_id, ''))},{rest}\r\n"
                 for event_id, first, event_time, accounts, member_count, rest, _ in rows
             )
         ).encode("utf-8")
@@ -377,21 +391,6 @@ def _bodies(raw):
     return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
 
 
-def _blob(value):
-    """A BLOB where text or a number belongs, as _stored writes it."""
-    if not isinstance(value, bytes):
-        raise TypeError(f"{type(value).__name__} is not a stored value")
-    return f"X'{value.hex().upper()}'"
-
-
-def _cell(value):
-    if isinstance(value, bytes):
-        return _blob(value)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def quarantine_csv_chunks(conn, filters, counter):
     """The quarantined deliveries as CSV, newest first, like csv_chunks."""
     buffer = io.StringIO()
@@ -400,7 +399,7 @@ def quarantine_csv_chunks(conn, filters, counter):
     writer.writerow(QUARANTINE_CSV_HEADER)
     for rows in _quarantined(conn, filters):
         for *fields, raw, digest in rows:
-            writer.writerow([_cell(value) for value in (*fields, *_bodies(raw))] + [digest])
+            writer.writerow([_guarded(value) for value in (*fields, *_bodies(raw))] + [digest])
         counter["rows"] += len(rows)
         yield buffer.getvalue().encode("utf-8")
         buffer.seek(0)
