@@ -25,107 +25,13 @@ import operator
 from ..ingest import schemas
 from ..log import chain
 from . import queries
+from .cells import blob, csv_cell, guarded, sql_csv_cell, sql_iso, sql_json_number, sql_stored
 
 CHUNK_ROWS = 250
 # A chunk holds rows of at most this many bytes in all (as estimated); a
 # larger row goes alone. One event can take ~700 KB and a quarantined body
 # is written several times over, so a chunk of rows alone would not bound it.
 CHUNK_BYTES = 1024 * 1024
-
-# A spreadsheet runs a cell that starts with one of these as a formula.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-# Only a tampered row of a log made before STRICT tables holds a BLOB where
-# text or a number belongs. JSON cannot hold one, so both formats write it as
-# stored, as the SQL literal X'...' that verify names it by.
-def _blob_literal(expression):
-    return f"'X''' || hex({expression}) || ''''"
-
-
-def _stored(expression):
-    """SQL: ``expression``, a BLOB as X'...'."""
-    return (
-        f"CASE WHEN typeof({expression}) = 'blob' THEN {_blob_literal(expression)}"
-        f" ELSE {expression} END"
-    )
-
-
-# 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in ms: the times
-# ISO 8601 (and Python's datetime) can write.
-FIRST_ISO_MS, LAST_ISO_MS = -62135596800000, 253402300799999
-
-
-def _iso(expression, otherwise=None):
-    """SQL: milliseconds as UTC ISO 8601 with milliseconds, in integers only
-    (floored, so -1 is 23:59:59.999 the day before); a value outside the
-    years 1 to 9999, which only a tampered row can hold, is written as stored,
-    or as the SQL ``otherwise`` makes it."""
-    millis = f"(({expression}) % 1000 + 1000) % 1000"
-    return (
-        f"CASE WHEN {expression} BETWEEN {FIRST_ISO_MS} AND {LAST_ISO_MS}"
-        f" THEN strftime('%Y-%m-%dT%H:%M:%S', (({expression}) - {millis}) / 1000, 'unixepoch')"
-        f" || '.' || printf('%03d', {millis}) || 'Z'"
-        f" ELSE {otherwise or f'CAST({_stored(expression)} AS TEXT)'} END"
-    )
-
-
-def csv_cell(value):
-    """A stored value as one CSV cell, as every CSV export writes it: NULL as
-    nothing, a number as csv.writer writes it (a REAL whole), text or a BLOB
-    as _guarded has it, in quotes when csv.writer would quote it."""
-    if type(value) is int:
-        return str(value)
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    text = _guarded(value)
-    if any(character in text for character in CSV_QUOTED):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _guarded(value):
-    """``value`` fit for a spreadsheet: text that would start a formula with
-    a ' in front, a BLOB as X'...'; csv.writer then writes csv_cell(value)."""
-    if isinstance(value, bytes):
-        return _blob(value)
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def _blob(value):
-    """A BLOB where text or a number belongs, as _stored writes it."""
-    if not isinstance(value, bytes):
-        raise TypeError(f"{type(value).__name__} is not a stored value")
-    return f"X'{value.hex().upper()}'"
-
-
-# What makes csv.writer quote a cell (QUOTE_MINIMAL, lines ended by \r\n).
-CSV_QUOTED = ('"', ",", "\r", "\n")
-_NEEDS_QUOTES = " OR ".join(f"instr({{0}}, char({ord(c)}))" for c in CSV_QUOTED)
-_FORMULA_CODES = ", ".join(str(ord(start)) for start in FORMULA_STARTS)
-
-
-def _csv_cell(expression):
-    """SQL: csv_cell of ``expression``, built by SQLite, which saves a Python
-    object per cell (tests/test_exports.py checks that the two agree on
-    every kind of value). But a REAL, which SQLite writes in 15 digits: the
-    numeric columns are left to csv_cell, and a REAL reaches this only as
-    an event_time or received_at out of the ISO range, in a tampered log
-    made before STRICT tables."""
-    prefix = f"iif(unicode({expression}) IN ({_FORMULA_CODES}), '''', '')"
-    return (
-        f"CASE typeof({expression})"
-        f" WHEN 'text' THEN CASE WHEN {_NEEDS_QUOTES.format(expression)}"
-        f""" THEN '"' || {prefix} || replace({expression}, '"', '""') || '"'"""
-        f" ELSE {prefix} || {expression} END"
-        f" WHEN 'null' THEN '' WHEN 'blob' THEN {_blob_literal(expression)}"
-        f" ELSE {expression} END"
-    )
-
 
 CSV_HEADER = (
     "id",
@@ -152,18 +58,18 @@ CSV_HEADER = (
 # read per chunk.
 _CSV_ROW = ", ".join(
     [
-        f"e.id || ',' || {_iso('e.event_time', otherwise=_csv_cell('e.event_time'))}",
+        f"e.id || ',' || {sql_iso('e.event_time', otherwise=sql_csv_cell('e.event_time'))}",
         "e.event_time",
         " || ',' || ".join(
-            _csv_cell(f"e.{name}") for name in ("group_id", "type", "name", "owner", "operator")
+            sql_csv_cell(f"e.{name}") for name in ("group_id", "type", "name", "owner", "operator")
         ),
         "e.member_count",
         " || ',' || ".join(
             [
-                _csv_cell("e.user_data"),
-                _iso("e.received_at", otherwise=_csv_cell("e.received_at")),
+                sql_csv_cell("e.user_data"),
+                sql_iso("e.received_at", otherwise=sql_csv_cell("e.received_at")),
                 *(
-                    _csv_cell(f"e.{name}")
+                    sql_csv_cell(f"e.{name}")
                     for name in ("sdkappid", "client_ip", "opt_platform", "peer", "hash")
                 ),
             ]
@@ -172,37 +78,25 @@ _CSV_ROW = ", ".join(
 )
 
 
-def _json_number(expression):
-    """SQL: a numeric column for json_object. A REAL (tampering) whole, in
-    17 digits where json_object writes 15, and as a string when it is not
-    finite, which JSON cannot hold; anything else as _stored writes it."""
-    digits = f"printf('%!.17g', {expression})"
-    return (
-        f"CASE WHEN typeof({expression}) <> 'real' THEN {_stored(expression)}"
-        f" WHEN abs({expression}) <= 1.7976931348623157e308 THEN json({digits})"
-        f" ELSE {digits} END"
-    )
-
-
 # Tencent's names for the callback's fields, ours for the rest; MemberList
 # goes between the two halves.
 _JSON_HEAD = (
     "json_object("
-    f"'id', e.id, 'CallbackCommand', {_stored('e.command')}, 'GroupId', {_stored('e.group_id')},"
-    f" 'Type', {_stored('e.type')}, 'Name', {_stored('e.name')},"
-    f" 'Operator_Account', {_stored('e.operator')}, 'Owner_Account', {_stored('e.owner')})"
+    f"'id', e.id, 'CallbackCommand', {sql_stored('e.command')}, 'GroupId', {sql_stored('e.group_id')},"
+    f" 'Type', {sql_stored('e.type')}, 'Name', {sql_stored('e.name')},"
+    f" 'Operator_Account', {sql_stored('e.operator')}, 'Owner_Account', {sql_stored('e.owner')})"
 )
 # UserDefinedDataList is stored as JSON text; anything else (tampering) is
 # written as a value of its own.
 _JSON_TAIL = (
     "json_object("
     "'UserDefinedDataList', CASE WHEN typeof(e.user_data) = 'text' AND json_valid(e.user_data)"
-    f" THEN json(e.user_data) ELSE {_stored('e.user_data')} END,"
-    f" 'EventTime', {_json_number('e.event_time')},"
-    f" 'ReceivedAt', {_iso('e.received_at')},"
-    f" 'SdkAppid', {_stored('e.sdkappid')}, 'ClientIP', {_stored('e.client_ip')},"
-    f" 'OptPlatform', {_stored('e.opt_platform')}, 'Peer', {_stored('e.peer')},"
-    f" 'Hash', {_stored('e.hash')}, 'RawBody', CAST(e.raw AS TEXT))"
+    f" THEN json(e.user_data) ELSE {sql_stored('e.user_data')} END,"
+    f" 'EventTime', {sql_json_number('e.event_time')},"
+    f" 'ReceivedAt', {sql_iso('e.received_at')},"
+    f" 'SdkAppid', {sql_stored('e.sdkappid')}, 'ClientIP', {sql_stored('e.client_ip')},"
+    f" 'OptPlatform', {sql_stored('e.opt_platform')}, 'Peer', {sql_stored('e.peer')},"
+    f" 'Hash', {sql_stored('e.hash')}, 'RawBody', CAST(e.raw AS TEXT))"
 )
 
 
@@ -294,7 +188,7 @@ def csv_chunks(conn, filters, counter):
     fixed) before anything is sent."""
     header = "\ufeff" + ",".join(CSV_HEADER) + "\r\n"
     for rows in _chunks(conn, _CSV_ROW, filters):
-        members = _members(conn, rows, _stored("account"), ";")
+        members = _members(conn, rows, sql_stored("account"), ";")
         counter["rows"] += len(rows)
         yield (
             header
@@ -331,7 +225,9 @@ def json_objects(conn, filters):
     """The matching events as (id, JSON object), a chunk at a time, in
     export order: for the JSON export and the evidence archive."""
     for rows in _chunks(conn, f"{_JSON_HEAD}, {_JSON_TAIL}", filters):
-        members = _members(conn, rows, f"json_quote({_stored('account')})", '},{"Member_Account":')
+        members = _members(
+            conn, rows, f"json_quote({sql_stored('account')})", '},{"Member_Account":'
+        )
         yield [
             (event_id, f'{head[:-1]},"MemberList":{_member_list(members.get(event_id))},{tail[1:]}')
             for event_id, head, tail, _ in rows
@@ -376,7 +272,7 @@ def _quarantined(conn, filters):
     ).fetchall():
         last = sizes[_fitting([size for _, size in sizes]) - 1][0]
         yield cursor.execute(
-            f"SELECT id, {_iso('received_at')}, error_code, reason, command, query, peer,"
+            f"SELECT id, {sql_iso('received_at')}, error_code, reason, command, query, peer,"
             f" content_length, raw, hash FROM quarantine WHERE {where} AND id < ? AND id >= ?"
             " ORDER BY id DESC",
             [*params, below, last],
@@ -399,7 +295,7 @@ def quarantine_csv_chunks(conn, filters, counter):
     writer.writerow(QUARANTINE_CSV_HEADER)
     for rows in _quarantined(conn, filters):
         for *fields, raw, digest in rows:
-            writer.writerow([_guarded(value) for value in (*fields, *_bodies(raw))] + [digest])
+            writer.writerow([guarded(value) for value in (*fields, *_bodies(raw))] + [digest])
         counter["rows"] += len(rows)
         yield buffer.getvalue().encode("utf-8")
         buffer.seek(0)
@@ -432,5 +328,5 @@ def _quarantine_object(row):
             "Hash": digest,
         },
         ensure_ascii=False,
-        default=_blob,
+        default=blob,
     )
