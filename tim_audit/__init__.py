@@ -7,9 +7,9 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, health, logs, metrics
+from . import cli, config, health, logs, metrics, published
 from .ingest import callback
-from .log import checkpoints, db, notary, timestamps, witnesses, writer
+from .log import db, notary, timestamps, witnesses, writer
 from .review import auth, evidence, history, integrity, pages, quarantine
 from .log.startup import open_log
 from .config import StartupError
@@ -86,8 +86,7 @@ def _create(test_config, *, ingest, review):
             notary=notary.from_config(app.config, witnessing + stamping),
         )
         app.register_blueprint(callback.bp)
-        app.register_blueprint(checkpoints.bp)
-        app.register_blueprint(timestamps.bp)
+        app.register_blueprint(published.bp)
         if app.config["METRICS"]:
             app.extensions["tim_audit.metrics"] = metrics.Metrics(
                 app.config["DATABASE"], witnessing, stamping

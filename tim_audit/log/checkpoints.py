@@ -1,7 +1,7 @@
 """Signed checkpoints of the two Merkle trees as the log stores them: the
-queries that read them, the checks that the log extends every one, and the
-public endpoints that serve them. What an auditor keeps off the box and
-checks proofs against.
+queries that read them and the checks that the log extends every one. What
+an auditor keeps off the box and checks proofs against; published.py
+serves them.
 
 Checkpoints of the event tree are under LOG_ORIGIN, those of the
 quarantine tree under LOG_ORIGIN + "/quarantine", both signed by the key
@@ -10,16 +10,10 @@ named LOG_ORIGIN; notary.py signs them.
 
 import logging
 import os
-import sqlite3
 
-from flask import Blueprint, Response, request
-
-from . import chain, merkle, signednote, tlog, tlogproof
-from .db import get_db
+from . import chain, merkle, signednote, tlog
 
 logger = logging.getLogger(__name__)
-
-bp = Blueprint("checkpoints", __name__)
 
 MAX_NOTE = 64 * 1024  # bytes read of a checkpoint file in CHECKPOINT_DIR
 
@@ -305,47 +299,5 @@ def covering(conn, event_id):
     ).fetchone()
 
 
-# The public endpoints, on the ingest server: a checkpoint reveals a tree
-# size and a root hash, a consistency proof more hashes, nothing else.
-
-
-def _text(body, status=200):
-    return Response(body, status, mimetype="text/plain")
-
-
-@bp.get("/checkpoint")
-def checkpoint():
-    try:
-        row = latest(get_db())
-    except sqlite3.OperationalError:  # a log this version's writer has not opened yet
-        row = None
-    if row is None:
-        return _text("No checkpoint has been signed yet.\n", 404)
-    return _text(cosigned(get_db(), row))
-
-
-@bp.get("/checkpoint/consistency")
-def consistency():
-    """``from=M`` and, by default the latest checkpoint's size, ``to=N``."""
-    conn = get_db()
-    row = latest(conn)
-    size = merkle.size(conn, "event")
-    try:
-        first = _count(request.args.get("from"), "from")
-        default = row["size"] if row is not None else size
-        last = default if request.args.get("to") is None else _count(request.args["to"], "to")
-        if not 0 < first <= last <= size:
-            raise ValueError(f"from and to must be 0 < from <= to <= {size}, the tree's size")
-    except ValueError as exc:
-        return _text(f"{exc}\n", 400)
-    return _text(tlogproof.format_hashes(consistency_proof(conn, first, last)))
-
-
 def consistency_proof(conn, first, last):
     return tlog.consistency_proof(first, last, merkle.reader(conn, "event"))
-
-
-def _count(value, name):
-    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 19:
-        raise ValueError(f"{name} must be a tree size, a whole number")
-    return int(value)

@@ -13,11 +13,7 @@ The ASN.1 and the CMS signature are rfc3161-client's (pyca's cryptography
 underneath), not ours.
 """
 
-import contextlib
-import sqlite3
-
 from cryptography import x509
-from flask import Blueprint, Response
 from rfc3161_client import (
     HashAlgorithm,
     PKIStatus,
@@ -28,10 +24,7 @@ from rfc3161_client import (
 )
 
 from . import chain, checkpoints, publisher
-from .db import get_db
 from .publisher import Refused
-
-bp = Blueprint("timestamps", __name__)
 
 QUERY_TYPE = "application/timestamp-query"
 REPLY_TYPE = "application/timestamp-reply"
@@ -153,18 +146,3 @@ def check_stored(conn, certificates):
                 row["id"],
                 f"stamped_at is {row['stamped_at']}, but its token was made at {int(made.timestamp())}",
             )
-
-
-@bp.get("/checkpoint.tsr")
-def latest_token():
-    """The token of the checkpoint GET /checkpoint serves, on the ingest
-    server. It is over the note as the log signed it: the first five lines
-    of GET /checkpoint, before any cosignature."""
-    conn = get_db()
-    token = None
-    with contextlib.suppress(sqlite3.OperationalError):  # a log not opened by this version yet
-        latest = checkpoints.latest(conn, "event")
-        token = None if latest is None else stored(conn, latest["id"])
-    if token is None:
-        return Response("The latest checkpoint has no timestamp yet.\n", 404, mimetype="text/plain")
-    return Response(token, mimetype=REPLY_TYPE)
