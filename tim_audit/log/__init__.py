@@ -1,7 +1,11 @@
 """The log: what an auditor reads.
 
-The schema, the connections, the chain, the Merkle tree (RFC 6962), signed
-checkpoints with their witnesses and timestamps, the derived data and its
-checks, and the single writer. The pure modules (``chain``, ``tlog``) do no
-I/O. Nothing here imports Flask views, ``ingest`` or ``review``.
+The schema, the connections, the chain's format (``chain``) and its walk
+(``verification``), the Merkle trees (``tlog``, RFC 6962, and ``merkle``,
+their rows), signed notes and proof files (``signednote``, ``tlogproof``),
+checkpoints with the notary, witnesses and timestamps, the derived data and
+its checks, what a batch writes (``records``) and the single writer that
+commits it (``writer``). ``chain``, ``tlog``, ``signednote`` and
+``tlogproof`` are pure: no I/O, standard library and cryptography only.
+Nothing here imports ``ingest`` or ``review`` (tests/test_layout.py).
 """
