@@ -1,8 +1,8 @@
 """``POST /callback``: Tencent IM posts here after events happen.
 
-The checks run in a fixed order and each refusal has a stable ErrorCode (the
-README lists them): who is calling (SdkAppid, then Sign and RequestTime),
-then the body (size, JSON, command, fields). A request that passed the first
+The checks run in a fixed order and each refusal has a stable ErrorCode
+(docs/callback.md lists them): who is calling (SdkAppid, then Sign and
+RequestTime), then the body (size, JSON, command, fields). A request that passed the first
 two but whose body is refused is quarantined with its bytes, so nothing an
 authenticated sender sent is lost; a retry of a refused body gets the same
 answer, logged as ``quarantined_again``, and its bytes are not stored twice.

@@ -80,7 +80,7 @@ def canonical(values):
 
     Each value is tagged with its kind (N null, I integer, S text, B bytes)
     and, but for null, followed by its length as 8 bytes big-endian and its
-    UTF-8 or raw bytes; so distinct rows never share an encoding. The README
+    UTF-8 or raw bytes; so distinct rows never share an encoding. docs/design.md
     spells this out for auditors who check the chain with their own code.
     """
     out = bytearray()

@@ -54,8 +54,9 @@ CheckRecord, for one):
      (SHA-256(0x01 || left || right)) as RFC 6962 section 2.1.1 says, for
      leaf "index" in a tree of the checkpoint's size. The result must be the
      checkpoint's root hash.
-  4. The leaf data is the event's canonical bytes, as the tim-audit README
-     defines them ("How a row is chained"): its columns, then its members.
+  4. The leaf data is the event's canonical bytes, as tim-audit's
+     docs/design.md defines them ("How a row is chained"): its columns,
+     then its members.
      They carry the raw body as received; compare them with events/<id>.json.
 
 {timestamp}Keep the checkpoint: a later checkpoint of the log must extend it. Ask the
