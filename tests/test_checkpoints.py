@@ -149,7 +149,7 @@ def test_an_inconsistent_tree_is_never_signed(signed, notary, filled, attacker, 
     attacker.execute("UPDATE event SET name = 'harmless' WHERE id = 2")
     rewrite(attacker)
     filled.append(event(6))
-    with caplog.at_level(logging.ERROR, logger="tim_audit.log.checkpoints"):
+    with caplog.at_level(logging.ERROR, logger="tim_audit.log.notary"):
         assert sign(notary) == []
     assert (
         "refusing to sign the event tree of 6 leaves: it does not extend checkpoint 1"
@@ -210,7 +210,7 @@ def test_rotate_key_lets_the_next_start_sign_with_the_new_key(
     new = result.output.splitlines()[-1]
     old_id = keyed.split("+")[1]
     assert (instance_path / f"checkpoint.key.retired-{old_id}").exists()
-    with caplog.at_level(logging.WARNING, logger="tim_audit.log.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="tim_audit.log.notary"):
         log = make_app().extensions["tim_audit"]
     assert f"checkpoint key rotated on purpose: from {keyed} to {new}" in caplog.text
     notes = sign(log.notary)
@@ -775,6 +775,18 @@ def test_a_log_whose_checkpoints_were_removed_does_not_start(
 def test_a_missing_checkpoint_dir_stops_start_up(keyed, make_app, tmp_path):
     with pytest.raises(StartupError, match="CHECKPOINT_DIR .*/nowhere does not exist: create it"):
         make_app(CHECKPOINT_DIR=str(tmp_path / "nowhere"))
+
+
+def test_a_refused_start_up_fills_no_derived_table(
+    keyed, filled, attacker, make_app, tmp_path, rows
+):
+    """A log made before the derived tables is filled at start-up, which
+    at 10M events is minutes of writing: not for a log the notary refuses."""
+    attacker.execute("DELETE FROM event_hour")
+    filled.close()
+    with pytest.raises(StartupError, match="CHECKPOINT_DIR .*/nowhere does not exist: create it"):
+        make_app(CHECKPOINT_DIR=str(tmp_path / "nowhere"))
+    assert rows("SELECT count(*) FROM event_hour") == [(0,)]
 
 
 @pytest.fixture

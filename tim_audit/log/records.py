@@ -73,11 +73,17 @@ class ChainMismatch(Exception):
 
 def prepare(conn, key, path):
     """Create the log's tables if they do not exist yet, check that its
-    chain is keyed with ``key``, build the trees of a log made before them
-    and fill the derived tables of one made before those."""
+    chain is keyed with ``key``, and build the trees of a log made before
+    them."""
     conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
     _check_chain_kind(conn, key, path)
     merkle.build(conn, key)
+
+
+def catch_up(conn):
+    """Fill the derived tables of a log made before them: after the notary
+    has checked the file, so that a log it refuses is refused before
+    minutes of writing."""
     derived.catch_up(conn)
 
 

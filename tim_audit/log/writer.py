@@ -111,6 +111,7 @@ class AuditLog:
                 records.prepare(self._conn, self.key, self.path)
                 if self.notary is not None:
                     self.notary.open(self._conn)
+                records.catch_up(self._conn)
             except BaseException:
                 if self._conn is not None:
                     self._conn.close()
