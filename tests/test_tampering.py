@@ -494,3 +494,11 @@ def test_verify_now_from_another_site_is_refused(app, client):
     assert not app.extensions["tim_audit.verifier"].running
     same = client.post("/history/verify", headers={**CREDENTIALS, "Sec-Fetch-Site": "same-origin"})
     assert same.status_code == 303
+
+
+def test_quarantine_csv_guards_a_tampered_hash_like_every_other_cell(attacker, get):
+    attacker.execute("UPDATE quarantine SET hash = '=HYPERLINK(\"http://x\")' WHERE id = 1")
+    text = download(get, "/quarantine.csv").decode("utf-8")[1:]
+    header, *records = csv.reader(io.StringIO(text))
+    by_id = {record[0]: dict(zip(header, record, strict=True)) for record in records}
+    assert by_id["1"]["hash"] == '\'=HYPERLINK("http://x")'

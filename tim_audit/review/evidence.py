@@ -20,7 +20,6 @@ bp = Blueprint("evidence", __name__)
 bp.before_request(require_reviewer)
 bp.before_request(require_log)
 
-CHECKPOINT_PAGE = 100
 
 README = """\
 Evidence from the tim-audit log {origin}

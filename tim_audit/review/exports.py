@@ -295,7 +295,7 @@ def quarantine_csv_chunks(conn, filters, counter):
     writer.writerow(QUARANTINE_CSV_HEADER)
     for rows in _quarantined(conn, filters):
         for *fields, raw, digest in rows:
-            writer.writerow([guarded(value) for value in (*fields, *_bodies(raw))] + [digest])
+            writer.writerow([guarded(value) for value in (*fields, *_bodies(raw), digest)])
         counter["rows"] += len(rows)
         yield buffer.getvalue().encode("utf-8")
         buffer.seek(0)
