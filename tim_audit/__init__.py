@@ -33,11 +33,12 @@ def create_app(test_config=None):
     return _create(test_config, ingest=True, review=True)
 
 
-def create_ingest_app(test_config=None):
+def create_ingest_app(test_config=None, log=None):
     """``POST /callback``, ``GET /healthz``, ``/metrics`` and the public
     ``/checkpoint``: the server Tencent reaches. It owns the single writer
-    and the notary that signs checkpoints."""
-    return _create(test_config, ingest=True, review=False)
+    and the notary that signs checkpoints, unless it is given ``log``: an
+    ingest worker's (handoff.Remote), whose writer is another process's."""
+    return _create(test_config, ingest=True, review=False, log=log)
 
 
 def create_review_app(test_config=None):
@@ -46,7 +47,7 @@ def create_review_app(test_config=None):
     return _create(test_config, ingest=False, review=True)
 
 
-def _create(test_config, *, ingest, review):
+def _create(test_config, *, ingest, review, log=None):
     """Config, later wins: DEFAULTS, ``instance/config.py``, ``TIM_AUDIT_*``
     environment variables, ``test_config``. Nothing here touches the
     database: the writer opens it when the ingest server starts (open_log)
@@ -76,15 +77,18 @@ def _create(test_config, *, ingest, review):
     tsa_ca = timestamps.read_ca(app.config)
     app.register_blueprint(health.bp)
     if ingest:
-        # What carries each checkpoint off the box, started with the notary.
-        witnessing = witnesses.from_config(app.config)
-        stamping = timestamps.from_config(app.config, tsa_ca)
-        app.extensions["tim_audit"] = writer.AuditLog(
-            os.path.abspath(app.config["DATABASE"]),
-            key=app.config["AUDIT_HMAC_KEY"],
-            timeout=app.config["STORAGE_TIMEOUT"],
-            notary=notary.from_config(app.config, witnessing + stamping),
-        )
+        witnessing = stamping = ()
+        if log is None:
+            # What carries each checkpoint off the box, started with the notary.
+            witnessing = witnesses.from_config(app.config)
+            stamping = timestamps.from_config(app.config, tsa_ca)
+            log = writer.AuditLog(
+                os.path.abspath(app.config["DATABASE"]),
+                key=app.config["AUDIT_HMAC_KEY"],
+                timeout=app.config["STORAGE_TIMEOUT"],
+                notary=notary.from_config(app.config, witnessing + stamping),
+            )
+        app.extensions["tim_audit"] = log
         app.register_blueprint(callback.bp)
         app.register_blueprint(published.bp)
         if app.config["METRICS"]:

@@ -31,6 +31,10 @@ DEFAULTS = {
     "INGEST_LISTEN": "127.0.0.1:8080",
     "REVIEW_LISTEN": "127.0.0.1:8081",
     "INGEST_THREADS": 8,
+    # Ingest worker processes (serve.py): one a core, so that the HTTP,
+    # signature and marshmallow work of callbacks uses each; 1 serves
+    # callbacks in the writer's own process.
+    "INGEST_PROCESSES": len(os.sched_getaffinity(0)),
     "REVIEW_THREADS": 8,
     "MAX_EXPORTS": 2,
     "LOGIN_FAILURES": 10,
@@ -310,6 +314,7 @@ class Settings(Schema):
     INGEST_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8080"))
     REVIEW_LISTEN = fields.String(validate=_address, **_must("HOST:PORT, such as 127.0.0.1:8081"))
     INGEST_THREADS = _whole(1, "a whole number of at least 1")
+    INGEST_PROCESSES = _whole(1, "a whole number of at least 1")
     REVIEW_THREADS = _whole(1, "a whole number of at least 1")
     MAX_EXPORTS = _whole(1, "a whole number of at least 1")
     LOGIN_FAILURES = _whole(1, "a whole number of at least 1")

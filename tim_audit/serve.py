@@ -9,6 +9,14 @@ reviewer's work waits for callbacks rather than the other way round. Both
 listening sockets are bound here, before anything is served, so a port in
 use stops the start with one line; the review process inherits its socket,
 and is started again if it dies.
+
+With INGEST_PROCESSES > 1 the ingest server is that many worker processes
+on the one ingest socket, and this process is their writer (handoff.py):
+callbacks use every core, and there is still one writer, one chain and one
+tree. A worker that dies is started again. If this process dies, the
+workers stop with it, as the review server does, and the service manager
+starts them all again (deploy/tim-audit.service: Restart=on-failure):
+nothing answers 200 meanwhile, and what was answered 200 is committed.
 """
 
 import os
@@ -23,7 +31,7 @@ import waitress
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import create_ingest_app, create_review_app, open_log
+from . import create_ingest_app, create_review_app, handoff, open_log
 from .config import StartupError, warn_about_config
 
 INGEST, REVIEW = "ingest (callbacks)", "review (dashboard)"  # what the log lines call them
@@ -44,8 +52,10 @@ REVIEW_NICENESS = 10
 )
 @click.option("--review-fd", type=int, hidden=True)
 @click.option("--parent-fd", type=int, hidden=True)
+@click.option("--ingest-fd", type=int, hidden=True)
+@click.option("--writer-fd", type=int, hidden=True)
 @with_appcontext
-def serve_command(only, review_fd, parent_fd):
+def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
     config = current_app.config
     if only == "review":
@@ -57,6 +67,11 @@ def serve_command(only, review_fd, parent_fd):
             _stop_with_parent(parent_fd)
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT, REVIEW)
         return
+    if ingest_fd is not None:  # an ingest worker of a serve that writes for it
+        _stop_with_parent(parent_fd)
+        app = create_ingest_app(log=handoff.Remote(socket.socket(fileno=writer_fd)))
+        _run_ingest(app, socket.socket(fileno=ingest_fd), warn=False)
+        return
     if only is None and _clash(config["INGEST_LISTEN"], config["REVIEW_LISTEN"]):
         raise StartupError(
             f"INGEST_LISTEN ({config['INGEST_LISTEN']}) and REVIEW_LISTEN"
@@ -65,21 +80,100 @@ def serve_command(only, review_fd, parent_fd):
     ingest_socket = listen(config, "INGEST_LISTEN")
     review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
     ingest = open_log(create_ingest_app())
-    review = None if review_socket is None else ReviewProcess(review_socket, ingest.logger)
+    children = []
     try:
-        # waitress buffers a whole body before the app sees it: bound that
-        # at twice the app's own limit, so a body a little too large still
-        # gets a JSON 413 (and is quarantined) while a huge one is cut off.
-        run(
-            ingest,
-            ingest_socket,
-            config["INGEST_THREADS"],
-            2 * config["MAX_CONTENT_LENGTH"],
-            INGEST,
-        )
+        if review_socket is not None:
+            children.append(Child("the review server", ingest.logger, _review(review_socket)))
+        if config["INGEST_PROCESSES"] == 1:
+            _run_ingest(ingest, ingest_socket)
+        else:
+            _write_for_workers(ingest, ingest_socket, children)
     finally:
-        if review is not None:
-            review.stop()
+        for child in reversed(children):
+            child.stop()
+
+
+def _run_ingest(app, sock, warn=True):
+    # waitress buffers a whole body before the app sees it: bound that at
+    # twice the app's own limit, so a body a little too large still gets a
+    # JSON 413 (and is quarantined) while a huge one is cut off.
+    config = app.config
+    run(app, sock, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"], INGEST, warn)
+
+
+def _write_for_workers(app, sock, children):
+    """Be the writer of INGEST_PROCESSES workers that share the ingest
+    socket (the kernel spreads connections between them), until SIGTERM
+    or SIGINT. This process keeps the log's writer, its notary and its WAL
+    checkpoints; the workers, the HTTP, signature and marshmallow work."""
+    config = app.config
+    warn_about_config(app)
+    signal.signal(signal.SIGTERM, _exit)
+    desk = handoff.Desk(
+        app.extensions["tim_audit"], config["INGEST_PROCESSES"] * config["INGEST_THREADS"]
+    )
+    for number in range(1, config["INGEST_PROCESSES"] + 1):
+        children.append(Child(f"ingest worker {number}", app.logger, _worker(sock, desk)))
+    app.logger.info(
+        "writing for %d ingest workers on %s",
+        config["INGEST_PROCESSES"],
+        config["INGEST_LISTEN"],
+    )
+    while True:
+        signal.pause()
+
+
+def _review(sock):
+    def start(watch):
+        fds = (sock.fileno(), watch)
+        return _spawn(
+            ["--only", "review", "--review-fd", str(fds[0]), "--parent-fd", str(watch)],
+            fds,
+            # glibc gives each of the review threads an arena of its own,
+            # which keeps what pages used: 72 MB after the 10M benchmark's
+            # pages, 57 MB with two arenas (and an export's peak 76 MB, 61 MB).
+            {"MALLOC_ARENA_MAX": "2", **os.environ},
+        )
+
+    return start
+
+
+def _worker(sock, desk):
+    def start(watch):
+        own, theirs = handoff.pair()
+        try:
+            process = _spawn(
+                [
+                    "--only",
+                    "ingest",
+                    "--ingest-fd",
+                    str(sock.fileno()),
+                    "--writer-fd",
+                    str(theirs.fileno()),
+                    "--parent-fd",
+                    str(watch),
+                ],
+                (sock.fileno(), theirs.fileno(), watch),
+            )
+        except BaseException:
+            own.close()
+            raise
+        finally:
+            theirs.close()
+        desk.attach(own)
+        return process
+
+    return start
+
+
+def _spawn(arguments, fds, env=None):
+    # -P: the working directory is not put on sys.path, so the child runs
+    # the same installed tim_audit as this process.
+    return subprocess.Popen(  # noqa: S603 (this interpreter, fixed arguments)
+        [sys.executable, "-P", "-m", "tim_audit", "serve", *arguments],
+        pass_fds=fds,
+        env=env,
+    )
 
 
 def listen(config, key):
@@ -110,10 +204,11 @@ def _clash(first, second):
     return port == other_port and (host == other or host in wildcards or other in wildcards)
 
 
-def run(app, sock, threads, body_limit, name):
+def run(app, sock, threads, body_limit, name, warn=True):
     """Serve ``app`` on ``sock`` until SIGTERM or SIGINT, saying which
     server it is when it starts and when it stops."""
-    warn_about_config(app)
+    if warn:
+        warn_about_config(app)
     signal.signal(signal.SIGTERM, _exit)
     host, port = sock.getsockname()[:2]
     where = (
@@ -152,44 +247,22 @@ def _stop_with_parent(fd):
     threading.Thread(target=wait, name="tim-audit parent watch", daemon=True).start()
 
 
-class ReviewProcess:
-    """The review server in a child process, on a socket bound by the parent."""
+class Child:
+    """A server in a child process, started again if it dies. ``start``
+    gets the descriptor of a pipe the child watches (_stop_with_parent)
+    and returns the Popen."""
 
-    def __init__(self, sock, logger):
-        self.sock = sock
+    def __init__(self, name, logger, start):
+        self.name = name
         self.logger = logger
+        self.start = start
         # The child watches the read end; the write end is never written
         # and, not inheritable, closes only when this process ends.
         self._parent_watch, self._alive = os.pipe()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._process = self._start()
-        threading.Thread(target=self._watch, name="tim-audit review watcher", daemon=True).start()
-
-    def _start(self):
-        fds = (self.sock.fileno(), self._parent_watch)
-        # -P: the working directory is not put on sys.path, so the child
-        # runs the same installed tim_audit as this process.
-        return subprocess.Popen(  # noqa: S603 (this interpreter, fixed arguments)
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "tim_audit",
-                "serve",
-                "--only",
-                "review",
-                "--review-fd",
-                str(fds[0]),
-                "--parent-fd",
-                str(fds[1]),
-            ],
-            pass_fds=fds,
-            # glibc gives each of the review threads an arena of its own, which
-            # keeps what pages used: 72 MB after the 10M benchmark's pages,
-            # 57 MB with two arenas (and an export's peak 76 MB, 61 MB).
-            env={"MALLOC_ARENA_MAX": "2", **os.environ},
-        )
+        self._process = start(self._parent_watch)
+        threading.Thread(target=self._watch, name=f"tim-audit {name} watcher", daemon=True).start()
 
     def _watch(self):
         while True:
@@ -199,8 +272,8 @@ class ReviewProcess:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self.logger.error("the review server exited with %s; starting it again", code)
-                self._process = self._start()
+                self.logger.error("%s exited with %s; starting it again", self.name, code)
+                self._process = self.start(self._parent_watch)
 
     def stop(self):
         with self._lock:
