@@ -7,6 +7,7 @@ import http.client
 import importlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,21 @@ def answering(port):
         finally:
             conn.close()
     return False
+
+
+def children(pid, role="ingest"):
+    """The pids of ``pid``'s children that serve ``role``."""
+    found = []
+    pids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    for child in pids.split():
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                arguments = cmdline.read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if role.encode() in arguments:
+            found.append(int(child))
+    return found
 
 
 @pytest.fixture
@@ -133,13 +149,8 @@ def test_serve_runs_ingest_and_review_on_their_own_ports(serve):
 
 def test_review_runs_in_a_process_of_its_own_and_is_restarted_if_it_dies(serve):
     process, ingest, review = serve()
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.pid)],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    assert len(children) == 1
-    subprocess.run(["kill", "-9", children[0]], check=True)
+    [child] = children(process.pid, "review")
+    os.kill(child, signal.SIGKILL)
     time.sleep(0.2)
     deadline = time.monotonic() + 10
     while not answering(review):
@@ -151,9 +162,7 @@ def test_review_runs_in_a_process_of_its_own_and_is_restarted_if_it_dies(serve):
 @pytest.mark.parametrize("environment, arenas", [({}, b"2"), ({"MALLOC_ARENA_MAX": "4"}, b"4")])
 def test_review_runs_with_two_malloc_arenas_unless_the_operator_says(serve, environment, arenas):
     process, _, _ = serve(**environment)
-    [child] = subprocess.run(
-        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
-    ).stdout.split()
+    [child] = children(process.pid, "review")
     with open(f"/proc/{child}/environ", "rb") as environ:
         assert b"MALLOC_ARENA_MAX=" + arenas in environ.read().split(b"\0")
 

@@ -1,0 +1,270 @@
+"""INGEST_PROCESSES > 1: ingest workers on one socket, the serve process
+their writer. A worker or the writer killed with callbacks in flight: every
+200 is in the log, every 503 is not, and 200s resume. Real processes, real
+sockets."""
+
+import dataclasses
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import event, rejection
+from tencent import group_body
+from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
+from test_serve import answering, children, get
+from tim_audit import handoff
+from tim_audit.log.auditlog import StorageUncertain, StorageUnavailable
+
+
+# --- the hand-off, in one process ------------------------------------------------
+
+
+@pytest.fixture
+def remote(log):
+    """A worker's log, answered by the app's own writer through a Desk."""
+    desk = handoff.Desk(log, threads=4)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    yield handoff.Remote(theirs)
+    close(theirs)
+
+
+def close(sock):
+    """Close a socket a thread may be reading: shut down first, which ends
+    the read."""
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def test_an_entry_crosses_to_the_writer_as_it_was(remote, log, rows):
+    odd = event(1, name="nul\0 and 周末 🏸", members=("a", "b\u00e9"), user_data="[1]")
+    refused = dataclasses.replace(rejection(1), raw=None, content_length=None)
+    assert remote.append(odd, time.monotonic()).outcome == "stored"
+    assert remote.append(odd).outcome == "repeat"
+    assert remote.append(refused).outcome == "quarantined"
+    assert remote.append(rejection(2)).outcome == "quarantined"
+    assert rows("SELECT name, member_count, raw FROM event") == [(odd.name, 2, odd.raw)]
+    assert rows("SELECT raw FROM quarantine ORDER BY id") == [(None,), (rejection(2).raw,)]
+    remote.open()
+    assert (remote.stalled(), remote.failure) == (None, None)
+
+
+def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():
+    own, theirs = handoff.pair()
+    remote = handoff.Remote(theirs)
+    close(own)
+    time.sleep(0.1)  # the worker sees the end of the connection
+    with pytest.raises(StorageUnavailable):
+        remote.append(event(1))
+    with pytest.raises(StorageUnavailable):
+        remote.open()
+    theirs.close()
+
+
+def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored():
+    own, theirs = handoff.pair()
+    remote = handoff.Remote(theirs)
+
+    def take_one_and_die():
+        own.recv(1)
+        close(own)
+
+    threading.Thread(target=take_one_and_die).start()
+    with pytest.raises(StorageUncertain):
+        remote.append(event(1))
+    theirs.close()
+
+
+def test_a_writer_that_does_not_answer_in_time_means_it_may_be_stored():
+    own, theirs = handoff.pair()
+    remote = handoff.Remote(theirs)
+    started = time.monotonic()
+    with pytest.raises(StorageUncertain):
+        remote.append(event(1), started - 1.3)
+    assert time.monotonic() - started < 0.3
+    close(own)
+    theirs.close()
+
+
+# --- the workers, in processes of their own -----------------------------------------
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start ``tim-audit serve --only ingest`` with two workers; returns a
+    function that (re)starts it: (process, port, environment)."""
+    processes = []
+    port = free_port()
+    env = {
+        **server_env(tmp_path / "audit.sqlite3", tmp_path),
+        "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{port}",
+        "TIM_AUDIT_INGEST_PROCESSES": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+
+    def start():
+        with open(tmp_path / "serve.log", "ab") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tim_audit", "serve", "--only", "ingest"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        processes.append(process)
+        deadline = time.monotonic() + 30
+        while not (answering(port) and len(children(process.pid)) == 2):
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        return process, port, env
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(10)
+
+
+class Load:
+    """Clients posting distinct callbacks on keep-alive connections, each
+    opening a new connection when its own breaks; what each answer was."""
+
+    def __init__(self, port, clients=6):
+        self.port = port
+        self.answers = {}  # GroupId -> (status, body)
+        self.bodies = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._numbers = iter(range(10**6))
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self):
+        conn, group_id = None, None
+        while not self._stop.is_set():
+            if group_id is None:
+                with self._lock:
+                    group_id = f"@TGS#load{next(self._numbers):05d}"
+                    self.bodies[group_id] = group_body(GroupId=group_id)
+            conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            answer = post(self.port, self.bodies[group_id], conn)
+            if answer is None:  # no answer: send it again, as Tencent would
+                conn.close()
+                conn = None
+                time.sleep(0.01)
+                continue
+            with self._lock:
+                self.answers[group_id] = answer
+            group_id = None
+        if conn is not None:
+            conn.close()
+
+    def acknowledged(self):
+        with self._lock:
+            return {g for g, answer in self.answers.items() if answer == (200, OK)}
+
+    def with_status(self, status):
+        with self._lock:
+            return {g for g, answer in self.answers.items() if answer[0] == status}
+
+    def wait_for(self, count):
+        deadline = time.monotonic() + 30
+        while len(self.acknowledged()) < count:
+            assert time.monotonic() < deadline, "callbacks were not acknowledged"
+            time.sleep(0.005)
+
+    def stop(self):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_workers_share_the_callbacks_and_each_is_in_the_log_once(workers, tmp_path):
+    process, port, _ = workers()
+    assert len(children(process.pid)) == 2
+    for n in range(20):
+        assert post(port, group_body(GroupId=f"@TGS#worker{n}")) == (200, OK)
+    assert post(port, group_body(GroupId="@TGS#worker3")) == (200, OK)  # a repeat
+    assert stored_group_ids(tmp_path / "audit.sqlite3") == {f"@TGS#worker{n}": 1 for n in range(20)}
+    status, body = get(port, "/healthz")
+    assert (status, json.loads(body)["events"]) == (200, 20)
+
+
+def test_a_worker_killed_mid_request_is_started_again_and_nothing_answered_is_lost(
+    workers, tmp_path
+):
+    process, port, env = workers()
+    load = Load(port)
+    try:
+        load.wait_for(30)
+        killed = children(process.pid)[0]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while killed in children(process.pid) or len(children(process.pid)) < 2:
+            assert time.monotonic() < deadline, "the worker was not started again"
+            time.sleep(0.05)
+        resumed = len(load.acknowledged())
+        load.wait_for(resumed + 30)
+    finally:
+        load.stop()
+    assert process.poll() is None
+    stored = stored_group_ids(tmp_path / "audit.sqlite3")
+    assert load.acknowledged() <= set(stored)
+    assert set(stored.values()) == {1}
+    assert not load.with_status(503) & set(stored)
+    # Whatever a killed worker did not answer, Tencent's retry stores once.
+    for group_id in sorted(load.bodies):
+        assert post(port, load.bodies[group_id]) == (200, OK)
+    assert stored_group_ids(tmp_path / "audit.sqlite3") == dict.fromkeys(load.bodies, 1)
+    assert verify(env)[0] == 0
+
+
+def test_the_writer_killed_with_callbacks_in_flight_loses_nothing_answered(workers, tmp_path):
+    process, port, env = workers()
+    database = tmp_path / "audit.sqlite3"
+    pids = children(process.pid)
+    load = Load(port)
+    try:
+        load.wait_for(40)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        # The workers stop with their writer, as the review server does.
+        deadline = time.monotonic() + 10
+        while not all(gone(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a worker outlived its writer"
+            time.sleep(0.05)
+        answered_then = dict(load.answers)
+        stored = stored_group_ids(database)
+        # The service manager starts it again; the clients get 200s again.
+        workers()
+        load.wait_for(len(load.acknowledged()) + 20)
+    finally:
+        load.stop()
+    acknowledged = {g for g, a in answered_then.items() if a == (200, OK)}
+    unavailable = {g for g, answer in answered_then.items() if answer[0] == 503}
+    assert acknowledged <= set(stored)
+    assert not unavailable & set(stored)
+    assert set(stored_group_ids(database).values()) == {1}
+    assert not load.with_status(503) & set(stored_group_ids(database))
+    for group_id in sorted(load.bodies):
+        assert post(port, load.bodies[group_id]) == (200, OK)
+    assert stored_group_ids(database) == dict.fromkeys(load.bodies, 1)
+    assert verify(env)[0] == 0
