@@ -30,10 +30,10 @@ from tim_audit.log.auditlog import StorageUncertain, StorageUnavailable
 @pytest.fixture
 def remote(log):
     """A worker's log, answered by the app's own writer through a Desk."""
-    desk = handoff.Desk(log, threads=4)
+    desk = handoff.Desk(log)
     own, theirs = handoff.pair()
     desk.attach(own)
-    yield handoff.Remote(theirs)
+    yield handoff.Remote([theirs])
     close(theirs)
 
 
@@ -59,7 +59,7 @@ def test_an_entry_crosses_to_the_writer_as_it_was(remote, log, rows):
 
 def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():
     own, theirs = handoff.pair()
-    remote = handoff.Remote(theirs)
+    remote = handoff.Remote([theirs])
     close(own)
     time.sleep(0.1)  # the worker sees the end of the connection
     with pytest.raises(StorageUnavailable):
@@ -71,7 +71,7 @@ def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():
 
 def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored():
     own, theirs = handoff.pair()
-    remote = handoff.Remote(theirs)
+    remote = handoff.Remote([theirs])
 
     def take_one_and_die():
         own.recv(1)
@@ -85,7 +85,7 @@ def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored():
 
 def test_a_writer_that_does_not_answer_in_time_means_it_may_be_stored():
     own, theirs = handoff.pair()
-    remote = handoff.Remote(theirs)
+    remote = handoff.Remote([theirs])
     started = time.monotonic()
     with pytest.raises(StorageUncertain):
         remote.append(event(1), started - 1.3)

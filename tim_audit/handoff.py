@@ -3,7 +3,8 @@ INGEST_PROCESSES > 1.
 
 Each worker process does a callback's HTTP, signature, parsing and
 marshmallow work, then sends the validated entry to the writer over a
-socketpair the serve process made for it, and waits for the receipt. The
+socketpair the serve process made for it (one for each of its request
+threads), and waits for the receipt. The
 writer is the serve process's own AuditLog: its group commit, its answers
 and their deadlines are unchanged, so a worker answers exactly what a
 single process would, plus what a lost writer means: an entry that was
@@ -21,11 +22,11 @@ import dataclasses
 import itertools
 import json
 import logging
+import queue
 import socket
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .log.records import Event, Receipt, Rejection
 from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
@@ -42,31 +43,37 @@ _FIELDS = {kind: [f.name for f in dataclasses.fields(c)][:-1] for kind, c in _CL
 CROSSING = 0.03  # seconds
 
 
-def _frame(request_id, kind, payload):
-    return _HEAD.pack(len(payload), request_id, kind) + payload
+class _Connection:
+    """One end of a socketpair, carrying one request at a time, and its
+    frames; a frame read in one recv when it fits, as nearly all do."""
 
+    def __init__(self, sock):
+        self.sock = sock
+        self._buffer = bytearray()
 
-def _read(sock):
-    """(request id, kind, payload), or None once the other end is gone."""
-    head = _exactly(sock, _HEAD.size)
-    if head is None:
-        return None
-    length, request_id, kind = _HEAD.unpack(head)
-    payload = _exactly(sock, length)
-    return None if payload is None else (request_id, kind, payload)
+    def send(self, request_id, kind, payload):
+        self.sock.sendall(_HEAD.pack(len(payload), request_id, kind) + payload)
 
-
-def _exactly(sock, size):
-    data = bytearray()
-    while len(data) < size:
-        try:
-            chunk = sock.recv(size - len(data))
-        except OSError:
-            return None
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
+    def receive(self):
+        """(request id, kind, payload), or None once the other end is gone.
+        socket.timeout when the socket's timeout passes first."""
+        while True:
+            if len(self._buffer) >= _HEAD.size:
+                length, request_id, kind = _HEAD.unpack_from(self._buffer)
+                end = _HEAD.size + length
+                if len(self._buffer) >= end:
+                    payload = bytes(self._buffer[_HEAD.size : end])
+                    del self._buffer[:end]
+                    return request_id, kind, payload
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self._buffer += chunk
 
 
 def _encode(entry, started):
@@ -88,16 +95,16 @@ def _decode(kind, payload):
 
 class Remote:
     """What a worker's ingest app has as its log: AuditLog's append, open,
-    stalled and failure, answered by the writer."""
+    stalled and failure, answered by the writer. One connection for each
+    request thread, so that a request is sent and answered on the thread
+    that makes it, with no thread between."""
 
-    def __init__(self, sock):
-        self._sock = sock
-        self._lock = threading.Lock()  # guards _pending and _gone
-        self._send = threading.Lock()
-        self._pending = {}
+    def __init__(self, socks):
+        self._free = queue.SimpleQueue()
+        for sock in socks:
+            self._free.put(_Connection(sock))
         self._ids = itertools.count(1)
         self._gone = False
-        threading.Thread(target=self._receive, name="tim-audit receipts", daemon=True).start()
 
     def append(self, entry, started=None):
         started = time.monotonic() if started is None else started
@@ -115,9 +122,8 @@ class Remote:
     def open(self):
         """Nothing to open here: the writer opened the log before any
         worker started. Refuses, as AuditLog.open does, once it is gone."""
-        with self._lock:
-            if self._gone:
-                raise StorageUnavailable("the writer is not running")
+        if self._gone:
+            raise StorageUnavailable("the writer is not running")
 
     def stalled(self):
         return self._state()["stalled"]
@@ -135,101 +141,76 @@ class Remote:
 
     def _ask(self, kind, payload, deadline):
         """Send a request and wait for its answer until ``deadline``."""
-        answer = _Answer()
-        with self._lock:
-            if self._gone:
-                raise StorageUnavailable("the writer is not running")
-            request_id = next(self._ids)
-            self._pending[request_id] = answer
+        if self._gone:
+            raise StorageUnavailable("the writer is not running")
+        request_id = next(self._ids)
+        connection = self._free.get()
         try:
-            with self._send:
-                self._sock.sendall(_frame(request_id, kind, payload))
-        except OSError:
-            # A frame cut short is never read as an entry: not stored.
-            self._lose()
-            raise StorageUnavailable("the writer is not running") from None
-        if not answer.done.wait(max(0.0, deadline - time.monotonic())):
-            with self._lock:
-                self._pending.pop(request_id, None)
-            raise StorageUncertain("the writer did not answer in time")
-        if answer.kind is None:
-            raise StorageUncertain("the writer stopped before it answered")
-        return answer.kind, answer.payload
-
-    def _receive(self):
-        while (frame := _read(self._sock)) is not None:
-            request_id, kind, payload = frame
-            with self._lock:
-                answer = self._pending.pop(request_id, None)
-            if answer is not None:
-                answer.kind, answer.payload = kind, payload
-                answer.done.set()
-        self._lose()
-
-    def _lose(self):
-        with self._lock:
-            self._gone = True
-            pending, self._pending = self._pending, {}
-        for answer in pending.values():
-            answer.done.set()  # kind None: sent, never answered
-
-
-class _Answer:
-    __slots__ = ("done", "kind", "payload")
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.kind = self.payload = None
+            try:
+                connection.sock.settimeout(None)
+                connection.send(request_id, kind, payload)
+            except OSError:
+                # A frame cut short is never read as an entry: not stored.
+                self._gone = True
+                raise StorageUnavailable("the writer is not running") from None
+            while True:
+                connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                try:
+                    frame = connection.receive()
+                except TimeoutError:
+                    # Its answer comes later, and the next request on this
+                    # connection passes over it.
+                    raise StorageUncertain("the writer did not answer in time") from None
+                if frame is None:
+                    self._gone = True
+                    raise StorageUncertain("the writer stopped before it answered")
+                answered, kind, payload = frame
+                if answered == request_id:
+                    return kind, payload
+        finally:
+            self._free.put(connection)
 
 
 class Desk:
-    """The writer's side: one reader thread a worker, and a pool with a
-    thread for every request the workers can have open at once, each
-    waiting in AuditLog.append as a request thread would."""
+    """The writer's side: a thread for each worker thread's connection,
+    which waits in AuditLog.append as that request thread would."""
 
-    def __init__(self, log, threads):
+    def __init__(self, log):
         self.log = log
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tim-audit desk")
 
     def attach(self, sock):
-        """Answer the worker at the other end of ``sock`` until it is gone."""
+        """Answer the requests on ``sock`` until the worker is gone."""
         threading.Thread(
-            target=self._serve, args=(sock,), name="tim-audit desk reader", daemon=True
+            target=self._serve, args=(sock,), name="tim-audit desk", daemon=True
         ).start()
 
     def _serve(self, sock):
-        send = threading.Lock()
+        connection = _Connection(sock)
         with sock:
-            while (frame := _read(sock)) is not None:
+            while (frame := connection.receive()) is not None:
                 request_id, kind, payload = frame
                 if kind == _STATE:
                     state = {"stalled": self.log.stalled(), "failure": self.log.failure}
-                    self._reply(sock, send, request_id, _RECEIPT, json.dumps(state).encode())
+                    answer = _RECEIPT, json.dumps(state).encode()
                 else:
-                    self._pool.submit(self._append, sock, send, request_id, kind, payload)
+                    answer = self._append(kind, payload)
+                try:
+                    connection.send(request_id, *answer)
+                except OSError:
+                    return  # the worker is gone; its requests died with it
 
-    def _append(self, sock, send, request_id, kind, payload):
+    def _append(self, kind, payload):
         try:
             entry, started = _decode(kind, payload)
             receipt = self.log.append(entry, started)
         except StorageUnavailable as exc:
-            answer = _UNAVAILABLE, str(exc).encode()
+            return _UNAVAILABLE, str(exc).encode()
         except StorageUncertain as exc:
-            answer = _UNCERTAIN, str(exc).encode()
+            return _UNCERTAIN, str(exc).encode()
         except Exception as exc:
             logger.exception("the writer failed on an entry from a worker")
-            answer = _FAILED, str(exc).encode()
-        else:
-            answer = _RECEIPT, json.dumps(dataclasses.astuple(receipt)).encode()
-        self._reply(sock, send, request_id, *answer)
-
-    @staticmethod
-    def _reply(sock, send, request_id, kind, payload):
-        try:
-            with send:
-                sock.sendall(_frame(request_id, kind, payload))
-        except OSError:
-            pass  # the worker is gone; its requests die with it
+            return _FAILED, str(exc).encode()
+        return _RECEIPT, json.dumps(dataclasses.astuple(receipt)).encode()
 
 
 def pair():

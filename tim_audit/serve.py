@@ -53,7 +53,7 @@ REVIEW_NICENESS = 10
 @click.option("--review-fd", type=int, hidden=True)
 @click.option("--parent-fd", type=int, hidden=True)
 @click.option("--ingest-fd", type=int, hidden=True)
-@click.option("--writer-fd", type=int, hidden=True)
+@click.option("--writer-fd", type=int, multiple=True, hidden=True)
 @with_appcontext
 def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
@@ -69,7 +69,7 @@ def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
         return
     if ingest_fd is not None:  # an ingest worker of a serve that writes for it
         _stop_with_parent(parent_fd)
-        app = create_ingest_app(log=handoff.Remote(socket.socket(fileno=writer_fd)))
+        app = create_ingest_app(log=handoff.Remote([socket.socket(fileno=fd) for fd in writer_fd]))
         _run_ingest(app, socket.socket(fileno=ingest_fd), warn=False)
         return
     if only is None and _clash(config["INGEST_LISTEN"], config["REVIEW_LISTEN"]):
@@ -109,11 +109,15 @@ def _write_for_workers(app, sock, children):
     config = app.config
     warn_about_config(app)
     signal.signal(signal.SIGTERM, _exit)
-    desk = handoff.Desk(
-        app.extensions["tim_audit"], config["INGEST_PROCESSES"] * config["INGEST_THREADS"]
-    )
+    desk = handoff.Desk(app.extensions["tim_audit"])
     for number in range(1, config["INGEST_PROCESSES"] + 1):
-        children.append(Child(f"ingest worker {number}", app.logger, _worker(sock, desk)))
+        children.append(
+            Child(
+                f"ingest worker {number}",
+                app.logger,
+                _worker(sock, desk, config["INGEST_THREADS"]),
+            )
+        )
     app.logger.info(
         "writing for %d ingest workers on %s",
         config["INGEST_PROCESSES"],
@@ -138,9 +142,12 @@ def _review(sock):
     return start
 
 
-def _worker(sock, desk):
+def _worker(sock, desk, threads):
+    """Start a worker with a connection to ``desk`` for each of its threads."""
+
     def start(watch):
-        own, theirs = handoff.pair()
+        pairs = [handoff.pair() for _ in range(threads)]
+        fds = [theirs.fileno() for _, theirs in pairs]
         try:
             process = _spawn(
                 [
@@ -148,19 +155,21 @@ def _worker(sock, desk):
                     "ingest",
                     "--ingest-fd",
                     str(sock.fileno()),
-                    "--writer-fd",
-                    str(theirs.fileno()),
+                    *(f"--writer-fd={fd}" for fd in fds),
                     "--parent-fd",
                     str(watch),
                 ],
-                (sock.fileno(), theirs.fileno(), watch),
+                (sock.fileno(), watch, *fds),
             )
         except BaseException:
-            own.close()
+            for own, _ in pairs:
+                own.close()
             raise
         finally:
-            theirs.close()
-        desk.attach(own)
+            for _, theirs in pairs:
+                theirs.close()
+        for own, _ in pairs:
+            desk.attach(own)
         return process
 
     return start
