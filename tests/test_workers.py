@@ -118,12 +118,12 @@ def workers(tmp_path):
         "PYTHONPATH": str(ROOT),
     }
 
-    def start():
+    def start(**settings):
         with open(tmp_path / "serve.log", "ab") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tim_audit", "serve", "--only", "ingest"],
                 cwd=tmp_path,
-                env=env,
+                env={**env, **{f"TIM_AUDIT_{key}": value for key, value in settings.items()}},
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
@@ -206,6 +206,18 @@ def test_workers_share_the_callbacks_and_each_is_in_the_log_once(workers, tmp_pa
     assert stored_group_ids(tmp_path / "audit.sqlite3") == {f"@TGS#worker{n}": 1 for n in range(20)}
     status, body = get(port, "/healthz")
     assert (status, json.loads(body)["events"]) == (200, 20)
+
+
+def test_metrics_count_every_workers_callbacks_whichever_answers(workers):
+    process, port, _ = workers(METRICS="true")
+    for n in range(12):
+        assert post(port, group_body(GroupId=f"@TGS#counted{n}")) == (200, OK)
+    assert post(port, b"{oops")[0] == 400
+    pages = {get(port, "/metrics")[1].decode() for _ in range(6)}
+    for page in pages:
+        assert 'tim_audit_callbacks_total{outcome="stored"} 12.0' in page.splitlines()
+        assert 'tim_audit_callbacks_total{outcome="not_json"} 1.0' in page.splitlines()
+        assert "tim_audit_events 12.0" in page.splitlines()
 
 
 def test_a_worker_killed_mid_request_is_started_again_and_nothing_answered_is_lost(

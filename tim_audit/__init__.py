@@ -7,7 +7,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, health, logs, metrics, published
+from . import cli, config, handoff, health, logs, metrics, published
 from .ingest import callback
 from .log import db, notary, timestamps, witnesses, writer
 from .review import auth, evidence, history, integrity, pages, quarantine
@@ -93,8 +93,13 @@ def _create(test_config, *, ingest, review, log=None):
         app.register_blueprint(published.bp)
         if app.config["METRICS"]:
             app.extensions["tim_audit.metrics"] = metrics.Metrics(
-                app.config["DATABASE"], witnessing, stamping
+                app.config["DATABASE"],
+                witnessing,
+                stamping,
+                shared=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
             )
+            if isinstance(log, handoff.Remote):  # its writer has the witnesses' state
+                app.extensions["tim_audit.writers_metrics"] = log.metrics
             app.register_blueprint(metrics.bp)
     if review:
         app.extensions["tim_audit.reviewers"] = auth.Reviewers(

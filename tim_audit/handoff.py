@@ -34,7 +34,7 @@ from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
 logger = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("!IIB")  # length of what follows the id and kind, request id, kind
-_EVENT, _REJECTION, _STATE = 1, 2, 3  # requests
+_EVENT, _REJECTION, _STATE, _METRICS = 1, 2, 3, 8  # requests
 _RECEIPT, _UNAVAILABLE, _UNCERTAIN, _FAILED = 4, 5, 6, 7  # answers
 _CLASSES = {_EVENT: Event, _REJECTION: Rejection}
 _FIELDS = {kind: [f.name for f in dataclasses.fields(c)][:-1] for kind, c in _CLASSES.items()}
@@ -132,6 +132,10 @@ class Remote:
     def failure(self):
         return self._state()["failure"]
 
+    def metrics(self):
+        """The writer's /metrics: every worker's counts, and its witnesses'."""
+        return self._ask(_METRICS, b"", time.monotonic() + ANSWER_BOUND)[1]
+
     def _state(self):
         try:
             _, payload = self._ask(_STATE, b"", time.monotonic() + ANSWER_BOUND)
@@ -175,8 +179,9 @@ class Desk:
     """The writer's side: a thread for each worker thread's connection,
     which waits in AuditLog.append as that request thread would."""
 
-    def __init__(self, log):
+    def __init__(self, log, metrics=None):
         self.log = log
+        self.metrics = metrics  # the text of /metrics, when METRICS is on
 
     def attach(self, sock):
         """Answer the requests on ``sock`` until the worker is gone."""
@@ -192,6 +197,8 @@ class Desk:
                 if kind == _STATE:
                     state = {"stalled": self.log.stalled(), "failure": self.log.failure}
                     answer = _RECEIPT, json.dumps(state).encode()
+                elif kind == _METRICS:
+                    answer = _RECEIPT, self.metrics()
                 else:
                     answer = self._append(kind, payload)
                 try:

@@ -2,9 +2,10 @@
 
 Callbacks by outcome (stored, repeat, conflict, ignored, and each refusal by
 its ErrorCode name), how long they took, the size of the log, and each
-witness's state. The
-counters are this process's; the log sizes are read from the database at
-each scrape.
+witness's state. The counters are this process's, or with INGEST_PROCESSES
+> 1 every ingest worker's, summed: each counts in files of its own in
+PROMETHEUS_MULTIPROC_DIR, which serve sets, and a worker's /metrics is its
+writer's. The log sizes are read from the database at each scrape.
 """
 
 import sqlite3
@@ -18,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .log import db, witnesses
 from .ingest.callback import ErrorCode
@@ -30,13 +32,16 @@ bp = Blueprint("metrics", __name__)
 
 
 class Metrics:
-    def __init__(self, path, witnesses=(), timestampers=()):
+    def __init__(self, path, witnesses=(), timestampers=(), shared=None):
+        """``shared``: the directory where processes count callbacks; the
+        registry then sums theirs instead of this one's counts."""
         self.registry = CollectorRegistry()
+        counted = self.registry if shared is None else None
         self.callbacks = Counter(
             "tim_audit_callbacks",
             "Callbacks answered, by outcome.",
             ["outcome"],
-            registry=self.registry,
+            registry=counted,
         )
         for outcome in OUTCOMES:
             self.callbacks.labels(outcome)
@@ -44,8 +49,10 @@ class Metrics:
             "tim_audit_callback_seconds",
             "Time from receiving a callback to answering it.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0),
-            registry=self.registry,
+            registry=counted,
         )
+        if shared is not None:
+            MultiProcessCollector(self.registry, path=shared)
         self.registry.register(_LogSize(path))
         self.registry.register(_Publishers(path, witnesses, timestampers))
 
@@ -124,5 +131,8 @@ class _Publishers:
 
 @bp.get("/metrics")
 def metrics():
+    writers = current_app.extensions.get("tim_audit.writers_metrics")  # an ingest worker's
+    if writers is not None:
+        return Response(writers(), mimetype=CONTENT_TYPE_LATEST)
     registry = current_app.extensions["tim_audit.metrics"].registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -22,14 +22,17 @@ nothing answers 200 meanwhile, and what was answered 200 is committed.
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 import click
 import waitress
 from flask import current_app
 from flask.cli import with_appcontext
+from prometheus_client import generate_latest
 
 from . import create_ingest_app, create_review_app, handoff, open_log
 from .config import StartupError, warn_about_config
@@ -79,6 +82,13 @@ def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
         )
     ingest_socket = listen(config, "INGEST_LISTEN")
     review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
+    shared = None
+    if config["INGEST_PROCESSES"] > 1 and config["METRICS"]:
+        # Where the workers count callbacks (metrics.py); set before the
+        # app, whose metrics sum what is counted there.
+        shared = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix="tim-audit-metrics-"
+        )
     ingest = open_log(create_ingest_app())
     children = []
     try:
@@ -91,6 +101,8 @@ def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
     finally:
         for child in reversed(children):
             child.stop()
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _run_ingest(app, sock, warn=True):
@@ -109,7 +121,11 @@ def _write_for_workers(app, sock, children):
     config = app.config
     warn_about_config(app)
     signal.signal(signal.SIGTERM, _exit)
-    desk = handoff.Desk(app.extensions["tim_audit"])
+    counted = app.extensions.get("tim_audit.metrics")
+    desk = handoff.Desk(
+        app.extensions["tim_audit"],
+        counted and (lambda: generate_latest(counted.registry)),
+    )
     for number in range(1, config["INGEST_PROCESSES"] + 1):
         children.append(
             Child(
