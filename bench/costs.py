@@ -6,7 +6,13 @@ makes, written in batches of 8 as under load:
 
 - the chain: canonical bytes and the link hash of each event;
 - the Merkle tree: its leaf hash and the stored hashes of each event;
-- the log line each callback writes (to a file);
+- what an ingest worker does before the writer: the signature check, the
+  strict JSON parse, marshmallow, the log line each callback writes (to a
+  file);
+- the hand-off to the writer when INGEST_PROCESSES > 1 (handoff.py): the
+  entry's frame made and read back, and a whole round trip over a
+  socketpair, both ends in this process, as 8 request threads make them,
+  to a writer that answers at once;
 - dedupe: the query that finds stored events a batch repeats;
 - the append-only triggers and the dashboard's indexes: the writer's
   inserts with and without them, on otherwise identical databases;
@@ -17,12 +23,14 @@ makes, written in batches of 8 as under load:
 """
 
 import argparse
+import json
 import logging
 import pathlib
 import re
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 
 BENCH = pathlib.Path(__file__).resolve().parent
@@ -30,9 +38,11 @@ sys.path.insert(0, str(BENCH))
 
 import dataset  # noqa: E402
 
-from tim_audit import create_ingest_app  # noqa: E402
-from tim_audit.ingest import callback  # noqa: E402
+from tim_audit import create_ingest_app, handoff  # noqa: E402
+from tim_audit.ingest import callback, signature  # noqa: E402
+from tim_audit.ingest.schemas import RECORDED  # noqa: E402
 from tim_audit.log import chain, derived, records, tlog  # noqa: E402
+from tim_audit.log.records import Receipt  # noqa: E402
 from tim_audit.log.writer import AuditLog  # noqa: E402
 
 BATCH = 8
@@ -68,6 +78,41 @@ def write_all(path, events, schema_filter=None):
         return per_event(write, len(events))
     finally:
         conn.close()
+
+
+def round_trips(events):
+    """CPU µs per entry for ``events`` sent through handoff by 8 threads,
+    each on a connection of its own, to a Desk whose log answers at once."""
+
+    class Immediate:
+        failure = None
+
+        def append(self, entry, started):
+            return Receipt("stored", 1, "0" * 64)
+
+    desk = handoff.Desk(Immediate())
+    pairs = [handoff.pair() for _ in range(8)]
+    for own, _ in pairs:
+        desk.attach(own)
+    remote = handoff.Remote([theirs for _, theirs in pairs])
+
+    def send(share):
+        for event in share:
+            remote.append(event)
+
+    def all_threads():
+        threads = [threading.Thread(target=send, args=(events[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    try:
+        return per_event(all_threads, len(events))
+    finally:
+        for own, theirs in pairs:
+            theirs.close()
+            own.close()
 
 
 def drop(kind, pattern):
@@ -111,6 +156,18 @@ def main():
         lambda: list(tlog.all_stored_hashes(leaves)), count
     )
 
+    token, now = "bench-token", str(int(time.time()))
+    sign = signature.sign(token, now)
+    costs["signature check (Sign, RequestTime)"] = per_event(
+        lambda: [signature.check((token,), sign, now, 60) for _ in range(count)], count
+    )
+    costs["JSON parse (strict: UTF-8, no duplicate keys)"] = per_event(
+        lambda: [callback._parse_json(event.raw) for event in events], count
+    )
+    bodies = [json.loads(event.raw) for event in events]
+    schema = RECORDED["Group.CallbackAfterCreateGroup"]
+    costs["marshmallow load"] = per_event(lambda: [schema.load(body) for body in bodies], count)
+
     app = create_ingest_app({"DATABASE": str(work / "unused.sqlite3"), "SDKAPPID": "1400000001"})
     handler = logging.FileHandler(work / "callbacks.log")
     handler.setFormatter(logging.getLogger().handlers[0].formatter)
@@ -120,6 +177,15 @@ def main():
         costs["log line"] = per_event(
             lambda: [callback._log(outcome, 0.001) for _ in range(count)], count
         )
+
+    frames = []
+    costs["hand-off: the entry's frame, made"] = per_event(
+        lambda: frames.extend(handoff._encode(event, 0.0) for event in events), count
+    )
+    costs["hand-off: the entry's frame, read"] = per_event(
+        lambda: [handoff._decode(*frame) for frame in frames], count
+    )
+    costs["hand-off: a round trip, both ends (8 threads)"] = round_trips(events)
 
     full = write_all(work / "full.sqlite3", events)
     no_triggers = write_all(work / "no-triggers.sqlite3", events, drop("trigger", r".*_no_.*"))
@@ -136,7 +202,7 @@ def main():
     conn.close()
     costs["append-only triggers"] = full - no_triggers
     costs["dashboard indexes"] = full - no_indexes
-    costs["the whole write of a batch (all of the above but the log line)"] = full
+    costs["the whole write of a batch (chain, tree, dedupe, triggers, indexes)"] = full
 
     print(f"{count:,} events from bench/dataset.py, batches of {BATCH}; CPU µs per callback\n")
     for label, micros in costs.items():

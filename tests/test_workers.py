@@ -94,6 +94,19 @@ def test_a_writer_that_does_not_answer_in_time_means_it_may_be_stored():
     theirs.close()
 
 
+def test_an_entry_the_writer_cannot_take_in_time_is_not_stored_and_its_connection_goes():
+    own, theirs = handoff.pair()  # a writer that never reads
+    remote = handoff.Remote([theirs])
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        remote.append(event(1, raw=b"x" * 8_000_000), started - 1.3)
+    assert time.monotonic() - started < 0.3
+    assert theirs.fileno() == -1  # what it sent of the frame is never completed
+    with pytest.raises(StorageUnavailable, match="no connection"):
+        remote.append(event(2), time.monotonic() - 1.4)
+    own.close()
+
+
 # --- the workers, in processes of their own -----------------------------------------
 
 

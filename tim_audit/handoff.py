@@ -148,17 +148,25 @@ class Remote:
         if self._gone:
             raise StorageUnavailable("the writer is not running")
         request_id = next(self._ids)
-        connection = self._free.get()
         try:
+            connection = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise StorageUnavailable("no connection to the writer is free") from None
+        try:
+            # A timeout, however long, keeps the socket non-blocking: no
+            # system call to switch modes on each request.
+            connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
             try:
-                connection.sock.settimeout(None)
                 connection.send(request_id, kind, payload)
-            except OSError:
+            except OSError as exc:
                 # A frame cut short is never read as an entry: not stored.
-                self._gone = True
-                raise StorageUnavailable("the writer is not running") from None
+                # The connection goes with it, lest the next frame follow it.
+                connection.sock.close()
+                connection = None
+                if not isinstance(exc, TimeoutError):
+                    self._gone = True
+                raise StorageUnavailable("the writer is not taking entries") from None
             while True:
-                connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
                 try:
                     frame = connection.receive()
                 except TimeoutError:
@@ -171,8 +179,10 @@ class Remote:
                 answered, kind, payload = frame
                 if answered == request_id:
                     return kind, payload
+                connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
         finally:
-            self._free.put(connection)
+            if connection is not None:
+                self._free.put(connection)
 
 
 class Desk:
