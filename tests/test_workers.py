@@ -20,8 +20,23 @@ from conftest import event, rejection
 from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
 from test_serve import answering, children, get
-from tim_audit import handoff
+from tim_audit import StartupError, create_ingest_app, handoff
 from tim_audit.log.auditlog import StorageUncertain, StorageUnavailable
+
+
+@pytest.mark.parametrize("value", [0, "2", 1.5])
+def test_ingest_processes_must_be_a_whole_number_of_at_least_one(value):
+    with pytest.raises(StartupError) as caught:
+        create_ingest_app({"INGEST_PROCESSES": value})
+    assert str(caught.value) == (
+        "tim-audit cannot start: INGEST_PROCESSES must be a whole number of at least 1,"
+        f" not {value!r}"
+    )
+
+
+def test_ingest_processes_is_one_a_core_unless_set():
+    assert create_ingest_app().config["INGEST_PROCESSES"] == len(os.sched_getaffinity(0))
+    assert create_ingest_app({"INGEST_PROCESSES": 1}).config["INGEST_PROCESSES"] == 1
 
 
 # --- the hand-off, in one process ------------------------------------------------
