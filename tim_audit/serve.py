@@ -20,9 +20,9 @@ nothing answers 200 meanwhile, and what was answered 200 is committed.
 """
 
 import os
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import tempfile
