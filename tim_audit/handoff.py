@@ -2,14 +2,14 @@
 INGEST_PROCESSES > 1.
 
 Each worker process does a callback's HTTP, signature, parsing and
-marshmallow work, then sends the validated entry to the writer over a
-socketpair the serve process made for it (one for each of its request
-threads), and waits for the receipt. The
-writer is the serve process's own AuditLog: its group commit, its answers
-and their deadlines are unchanged, so a worker answers exactly what a
-single process would, plus what a lost writer means: an entry that was
-never sent is "not stored" (StorageUnavailable), one sent without an answer
-may be (StorageUncertain; Tencent's retry is then a repeat).
+marshmallow work, then sends the validated entry to the writer over one of
+the socketpairs the serve process made for it (one for each of its request
+threads), and waits for the receipt. The writer is the serve process's own
+AuditLog: its group commit, its answers and their deadlines are unchanged,
+so a worker answers exactly what a single process would, plus what a lost
+writer means: an entry that was never sent whole is "not stored"
+(StorageUnavailable), one sent without an answer may be (StorageUncertain;
+Tencent's retry is then a repeat).
 
 A frame is its length, a request id and a kind, then for an entry a JSON
 header (when the request started, the entry's fields but its body) and the
@@ -34,10 +34,12 @@ from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
 logger = logging.getLogger(__name__)
 
 _HEAD = struct.Struct("!IIB")  # length of what follows the id and kind, request id, kind
-_EVENT, _REJECTION, _STATE, _METRICS = 1, 2, 3, 8  # requests
-_RECEIPT, _UNAVAILABLE, _UNCERTAIN, _FAILED = 4, 5, 6, 7  # answers
+_EVENT, _REJECTION, _STATE, _METRICS = 1, 2, 3, 4  # requests
+_ANSWER, _UNAVAILABLE, _UNCERTAIN, _FAILED = 5, 6, 7, 8  # answers
 _CLASSES = {_EVENT: Event, _REJECTION: Rejection}
-_FIELDS = {kind: [f.name for f in dataclasses.fields(c)][:-1] for kind, c in _CLASSES.items()}
+_FIELDS = {  # what the JSON header carries: all but the body
+    kind: [f.name for f in dataclasses.fields(c) if f.name != "raw"] for kind, c in _CLASSES.items()
+}
 # A worker waits for its answer this much past the writer's own bound: the
 # time a receipt takes to cross, on a machine that is busy.
 CROSSING = 0.03  # seconds
@@ -110,7 +112,7 @@ class Remote:
         started = time.monotonic() if started is None else started
         kind, payload = _encode(entry, started)
         kind, payload = self._ask(kind, payload, started + ANSWER_BOUND + CROSSING)
-        if kind == _RECEIPT:
+        if kind == _ANSWER:
             return Receipt(*json.loads(payload))
         message = payload.decode()
         if kind == _UNAVAILABLE:
@@ -206,9 +208,9 @@ class Desk:
                 request_id, kind, payload = frame
                 if kind == _STATE:
                     state = {"stalled": self.log.stalled(), "failure": self.log.failure}
-                    answer = _RECEIPT, json.dumps(state).encode()
+                    answer = _ANSWER, json.dumps(state).encode()
                 elif kind == _METRICS:
-                    answer = _RECEIPT, self.metrics()
+                    answer = _ANSWER, self.metrics()
                 else:
                     answer = self._append(kind, payload)
                 try:
@@ -227,7 +229,7 @@ class Desk:
         except Exception as exc:
             logger.exception("the writer failed on an entry from a worker")
             return _FAILED, str(exc).encode()
-        return _RECEIPT, json.dumps(dataclasses.astuple(receipt)).encode()
+        return _ANSWER, json.dumps([receipt.outcome, receipt.id, receipt.hash]).encode()
 
 
 def pair():
