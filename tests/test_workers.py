@@ -72,6 +72,13 @@ def test_an_entry_crosses_to_the_writer_as_it_was(remote, log, rows):
     assert (remote.stalled(), remote.failure) == (None, None)
 
 
+def test_an_entry_the_writer_fails_on_is_an_error_and_the_next_one_is_stored(remote, log):
+    with pytest.raises(RuntimeError, match="the writer failed on this entry"):
+        remote.append(event(1, members=None))  # not something a worker would send
+    assert remote.append(event(2)).outcome == "stored"
+    assert remote.stalled() is None
+
+
 def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():
     own, theirs = handoff.pair()
     remote = handoff.Remote([theirs])

@@ -136,13 +136,18 @@ class Remote:
 
     def metrics(self):
         """The writer's /metrics: every worker's counts, and its witnesses'."""
-        return self._ask(_METRICS, b"", time.monotonic() + ANSWER_BOUND)[1]
+        kind, payload = self._ask(_METRICS, b"", time.monotonic() + ANSWER_BOUND)
+        if kind != _ANSWER:
+            raise RuntimeError(f"the writer has no metrics: {payload.decode()}")
+        return payload
 
     def _state(self):
         try:
-            _, payload = self._ask(_STATE, b"", time.monotonic() + ANSWER_BOUND)
+            kind, payload = self._ask(_STATE, b"", time.monotonic() + ANSWER_BOUND)
         except (StorageUnavailable, StorageUncertain) as exc:
             return {"stalled": str(exc), "failure": None}
+        if kind != _ANSWER:
+            return {"stalled": f"the writer cannot say: {payload.decode()}", "failure": None}
         return json.loads(payload)
 
     def _ask(self, kind, payload, deadline):
@@ -206,20 +211,20 @@ class Desk:
         with sock:
             while (frame := connection.receive()) is not None:
                 request_id, kind, payload = frame
-                if kind == _STATE:
-                    state = {"stalled": self.log.stalled(), "failure": self.log.failure}
-                    answer = _ANSWER, json.dumps(state).encode()
-                elif kind == _METRICS:
-                    answer = _ANSWER, self.metrics()
-                else:
-                    answer = self._append(kind, payload)
                 try:
-                    connection.send(request_id, *answer)
+                    connection.send(request_id, *self._answer(kind, payload))
                 except OSError:
                     return  # the worker is gone; its requests died with it
 
-    def _append(self, kind, payload):
+    def _answer(self, kind, payload):
+        """(kind, payload) of the answer. Whatever fails here is answered
+        as such: a connection that ended would stop its worker's appends."""
         try:
+            if kind == _STATE:
+                state = {"stalled": self.log.stalled(), "failure": self.log.failure}
+                return _ANSWER, json.dumps(state).encode()
+            if kind == _METRICS:
+                return _ANSWER, self.metrics()
             entry, started = _decode(kind, payload)
             receipt = self.log.append(entry, started)
         except StorageUnavailable as exc:
@@ -227,7 +232,7 @@ class Desk:
         except StorageUncertain as exc:
             return _UNCERTAIN, str(exc).encode()
         except Exception as exc:
-            logger.exception("the writer failed on an entry from a worker")
+            logger.exception("the writer failed on a request from a worker")
             return _FAILED, str(exc).encode()
         return _ANSWER, json.dumps([receipt.outcome, receipt.id, receipt.hash]).encode()
 
