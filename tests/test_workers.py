@@ -19,7 +19,7 @@ import pytest
 from conftest import event, rejection
 from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
-from test_serve import answering, children, get
+from test_serve import answering, children, get, serve_once
 from tim_audit import StartupError, create_ingest_app, handoff
 from tim_audit.log.auditlog import StorageUncertain, StorageUnavailable
 
@@ -241,6 +241,16 @@ def test_workers_share_the_callbacks_and_each_is_in_the_log_once(workers, tmp_pa
     assert stored_group_ids(tmp_path / "audit.sqlite3") == {f"@TGS#worker{n}": 1 for n in range(20)}
     status, body = get(port, "/healthz")
     assert (status, json.loads(body)["events"]) == (200, 20)
+
+
+def test_an_ingest_port_in_use_stops_serve_with_one_line(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = serve_once(tmp_path, INGEST_LISTEN=f"127.0.0.1:{port}", INGEST_PROCESSES="2")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tim-audit cannot start: cannot listen on INGEST_LISTEN 127.0.0.1:{port}: Address already in use"
+    ]
 
 
 def test_metrics_count_every_workers_callbacks_whichever_answers(workers):

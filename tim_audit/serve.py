@@ -10,13 +10,19 @@ listening sockets are bound here, before anything is served, so a port in
 use stops the start with one line; the review process inherits its socket,
 and is started again if it dies.
 
-With INGEST_PROCESSES > 1 the ingest server is that many worker processes
-on the one ingest socket, and this process is their writer (handoff.py):
-callbacks use every core, and there is still one writer, one chain and one
-tree. A worker that dies is started again. If this process dies, the
-workers stop with it, as the review server does, and the service manager
-starts them all again (deploy/tim-audit.service: Restart=on-failure):
-nothing answers 200 meanwhile, and what was answered 200 is committed.
+With INGEST_PROCESSES > 1 the ingest server is that many worker processes,
+and this process is their writer (handoff.py): callbacks use every core,
+and there is still one writer, one chain and one tree. Each worker listens
+on INGEST_LISTEN with a socket of its own (SO_REUSEPORT), and the kernel
+spreads connections among them by their addresses: on one shared socket,
+the worker that woke first took every connection of a burst (all 8 of wrk's
+keep-alive connections in 5 runs of 8), and kept them. This process holds
+the port meanwhile with a socket that never listens. A worker that dies
+closes its socket with it, so that new connections go to the others at
+once, and is started again. If this process dies, the workers stop with it,
+as the review server does, and the service manager starts them all again
+(deploy/tim-audit.service: Restart=on-failure): nothing answers 200
+meanwhile, and what was answered 200 is committed.
 """
 
 import os
@@ -55,10 +61,9 @@ REVIEW_NICENESS = 10
 )
 @click.option("--review-fd", type=int, hidden=True)
 @click.option("--parent-fd", type=int, hidden=True)
-@click.option("--ingest-fd", type=int, hidden=True)
 @click.option("--writer-fd", type=int, multiple=True, hidden=True)
 @with_appcontext
-def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
+def serve_command(only, review_fd, parent_fd, writer_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
     config = current_app.config
     if only == "review":
@@ -70,17 +75,21 @@ def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
             _stop_with_parent(parent_fd)
         run(create_review_app(), sock, config["REVIEW_THREADS"], REVIEW_BODY_LIMIT, REVIEW)
         return
-    if ingest_fd is not None:  # an ingest worker of a serve that writes for it
+    if writer_fd:  # an ingest worker of a serve that writes for it
         _stop_with_parent(parent_fd)
         app = create_ingest_app(log=handoff.Remote([socket.socket(fileno=fd) for fd in writer_fd]))
-        _run_ingest(app, socket.socket(fileno=ingest_fd), warn=False)
+        # Listening only once it can answer: connections wait for no one.
+        _run_ingest(app, listen(config, "INGEST_LISTEN", reuse_port=True), warn=False)
         return
     if only is None and _clash(config["INGEST_LISTEN"], config["REVIEW_LISTEN"]):
         raise StartupError(
             f"INGEST_LISTEN ({config['INGEST_LISTEN']}) and REVIEW_LISTEN"
             f" ({config['REVIEW_LISTEN']}) use the same port: give each server its own"
         )
-    ingest_socket = listen(config, "INGEST_LISTEN")
+    if config["INGEST_PROCESSES"] == 1:
+        ingest_socket = listen(config, "INGEST_LISTEN")
+    else:
+        ingest_socket = _reserve(config, "INGEST_LISTEN")
     review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
     shared = None
     if config["INGEST_PROCESSES"] > 1 and config["METRICS"]:
@@ -97,7 +106,7 @@ def serve_command(only, review_fd, parent_fd, ingest_fd, writer_fd):
         if config["INGEST_PROCESSES"] == 1:
             _run_ingest(ingest, ingest_socket)
         else:
-            _write_for_workers(ingest, ingest_socket, children)
+            _write_for_workers(ingest, children)
     finally:
         for child in reversed(children):
             child.stop()
@@ -113,10 +122,9 @@ def _run_ingest(app, sock, warn=True):
     run(app, sock, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"], INGEST, warn)
 
 
-def _write_for_workers(app, sock, children):
-    """Be the writer of INGEST_PROCESSES workers that share the ingest
-    socket (the kernel spreads connections between them), until SIGTERM
-    or SIGINT. This process keeps the log's writer, its notary and its WAL
+def _write_for_workers(app, children):
+    """Be the writer of INGEST_PROCESSES workers until SIGTERM or SIGINT.
+    This process keeps the log's writer, its notary and its WAL
     checkpoints; the workers, the HTTP, signature and marshmallow work."""
     config = app.config
     warn_about_config(app)
@@ -131,7 +139,7 @@ def _write_for_workers(app, sock, children):
             Child(
                 f"ingest worker {number}",
                 app.logger,
-                _worker(sock, desk, config["INGEST_THREADS"]),
+                _worker(desk, config["INGEST_THREADS"]),
             )
         )
     app.logger.info(
@@ -158,7 +166,7 @@ def _review(sock):
     return start
 
 
-def _worker(sock, desk, threads):
+def _worker(desk, threads):
     """Start a worker with a connection to ``desk`` for each of its threads."""
 
     def start(watch):
@@ -169,13 +177,11 @@ def _worker(sock, desk, threads):
                 [
                     "--only",
                     "ingest",
-                    "--ingest-fd",
-                    str(sock.fileno()),
                     *(f"--writer-fd={fd}" for fd in fds),
                     "--parent-fd",
                     str(watch),
                 ],
-                (sock.fileno(), watch, *fds),
+                (watch, *fds),
             )
         except BaseException:
             for own, _ in pairs:
@@ -201,9 +207,40 @@ def _spawn(arguments, fds, env=None):
     )
 
 
-def listen(config, key):
+def listen(config, key, reuse_port=False):
     """A listening socket on the configured HOST:PORT (an IPv6 address in
-    brackets, or a host name)."""
+    brackets, or a host name); with ``reuse_port``, one of several."""
+    family, address = _address(config, key)
+    try:
+        return socket.create_server(address, family=family, backlog=1024, reuse_port=reuse_port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
+        ) from None
+
+
+def _reserve(config, key):
+    """The port of HOST:PORT, held for the workers' sockets: bound with
+    SO_REUSEPORT, as theirs are, but never listening, so that the kernel
+    gives it no connection. Binding it refuses a port in use, as listen
+    does."""
+    family, address = _address(config, key)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:  # as create_server binds the workers' sockets
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
+        ) from None
+    return sock
+
+
+def _address(config, key):
     host, _, port = config[key].rpartition(":")
     try:
         family, _, _, _, address = socket.getaddrinfo(
@@ -214,12 +251,7 @@ def listen(config, key):
         )[0]
     except socket.gaierror as exc:
         raise StartupError(f"cannot listen on {key} {config[key]}: {exc.strerror}") from None
-    try:
-        return socket.create_server(address, family=family, backlog=1024)
-    except OSError as exc:
-        raise StartupError(
-            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
-        ) from None
+    return family, address
 
 
 def _clash(first, second):
