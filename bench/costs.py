@@ -42,7 +42,6 @@ from tim_audit import create_ingest_app, handoff  # noqa: E402
 from tim_audit.ingest import callback, signature  # noqa: E402
 from tim_audit.ingest.schemas import RECORDED  # noqa: E402
 from tim_audit.log import chain, derived, records, tlog  # noqa: E402
-from tim_audit.log.records import Receipt  # noqa: E402
 from tim_audit.log.writer import AuditLog  # noqa: E402
 
 BATCH = 8
@@ -88,7 +87,7 @@ def round_trips(events):
         failure = None
 
         def append(self, entry, started):
-            return Receipt("stored", 1, "0" * 64)
+            return records.Receipt("stored", 1, "0" * 64)
 
     desk = handoff.Desk(Immediate())
     pairs = [handoff.pair() for _ in range(8)]

@@ -21,7 +21,7 @@ from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
 from test_serve import answering, children, get, serve_once
 from tim_audit import StartupError, create_ingest_app, handoff
-from tim_audit.log.auditlog import StorageUncertain, StorageUnavailable
+from tim_audit.log.writer import StorageUncertain, StorageUnavailable
 
 
 @pytest.mark.parametrize("value", [0, "2", 1.5])
