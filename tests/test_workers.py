@@ -6,6 +6,7 @@ sockets."""
 import dataclasses
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from conftest import event, rejection
 from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
 from test_serve import answering, children, get, serve_once
-from tim_audit import StartupError, create_ingest_app, handoff
+from tim_audit import StartupError, create_ingest_app, handoff, serve
 from tim_audit.log.writer import StorageUncertain, StorageUnavailable
 
 
@@ -253,6 +254,50 @@ def test_an_ingest_port_in_use_stops_serve_with_one_line(tmp_path):
     ]
 
 
+def test_a_port_another_serve_holds_with_reuse_port_stops_serve_too(tmp_path):
+    """Its workers' sockets could join it, and split Tencent's callbacks
+    between two logs."""
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as taken:
+        port = taken.getsockname()[1]
+        result = serve_once(tmp_path, INGEST_LISTEN=f"127.0.0.1:{port}", INGEST_PROCESSES="2")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tim-audit cannot start: cannot listen on INGEST_LISTEN 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_a_callback_sent_while_the_workers_start_waits_for_them(tmp_path):
+    """serve listens before its workers start: the first connection is
+    answered, not refused, however long they take."""
+    port = free_port()
+    env = {
+        **server_env(tmp_path / "audit.sqlite3", tmp_path),
+        "TIM_AUDIT_INGEST_LISTEN": f"127.0.0.1:{port}",
+        "TIM_AUDIT_INGEST_PROCESSES": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tim_audit", "serve", "--only", "ingest"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "writing for 2 ingest workers" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not start its workers"
+            time.sleep(0.005)
+        assert post(port, group_body(GroupId="@TGS#early")) == (200, OK)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert stored_group_ids(tmp_path / "audit.sqlite3") == {"@TGS#early": 1}
+
+
 def test_metrics_count_every_workers_callbacks_whichever_answers(workers):
     process, port, _ = workers(METRICS="true")
     for n in range(12):
@@ -325,3 +370,25 @@ def test_the_writer_killed_with_callbacks_in_flight_loses_nothing_answered(worke
         assert post(port, load.bodies[group_id]) == (200, OK)
     assert stored_group_ids(database) == dict.fromkeys(load.bodies, 1)
     assert verify(env)[0] == 0
+
+
+def test_a_child_that_cannot_be_started_again_is_tried_again(monkeypatch):
+    """Out of descriptors or memory for a moment: the watcher keeps trying,
+    rather than end and leave the worker dead for good."""
+    monkeypatch.setattr(serve, "RESTART_DELAY", 0.01)
+    starts = []
+
+    def start(watch):
+        starts.append(watch)
+        if len(starts) == 2:
+            raise OSError(24, "Too many open files")
+        code = "import time; time.sleep(60)" if len(starts) > 2 else ""  # the first exits
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    child = serve.Child("a worker", logging.getLogger("test"), start)
+    deadline = time.monotonic() + 10
+    while len(starts) < 3:
+        assert time.monotonic() < deadline, "the child was not started again"
+        time.sleep(0.01)
+    serve._stop([child])
+    assert len(starts) == 3

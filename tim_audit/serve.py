@@ -16,10 +16,11 @@ and there is still one writer, one chain and one tree. Each worker listens
 on INGEST_LISTEN with a socket of its own (SO_REUSEPORT), and the kernel
 spreads connections among them by their addresses: on one shared socket,
 the worker that woke first took every connection of a burst (all 8 of wrk's
-keep-alive connections in 5 runs of 8), and kept them. This process holds
-the port meanwhile with a socket that never listens. A worker that dies
-closes its socket with it, so that new connections go to the others at
-once, and is started again. If this process dies, the workers stop with it,
+keep-alive connections in 5 runs of 8), and kept them. This process makes
+those sockets, listening, before any worker starts, and keeps them: a
+connection that comes while a worker starts, or is started again after it
+died, waits in its socket's backlog for it rather than being refused. If
+this process dies, the workers stop with it,
 as the review server does, and the service manager starts them all again
 (deploy/tim-audit.service: Restart=on-failure): nothing answers 200
 meanwhile, and what was answered 200 is committed.
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import click
 import waitress
@@ -47,7 +49,8 @@ INGEST, REVIEW = "ingest (callbacks)", "review (dashboard)"  # what the log line
 
 # The review server's largest request: its forms are GETs and one bodiless POST.
 REVIEW_BODY_LIMIT = 64 * 1024
-RESTART_DELAY = 1.0  # seconds before a review process that died is started again
+RESTART_DELAY = 1.0  # seconds before a child process that died is started again
+STOP_TIMEOUT = 8.0  # seconds the children have to stop (the unit gives 10 in all)
 # On a busy machine the kernel gives callbacks the CPU first: exports,
 # verifications and password checks wait, callbacks do not.
 REVIEW_NICENESS = 10
@@ -62,8 +65,9 @@ REVIEW_NICENESS = 10
 @click.option("--review-fd", type=int, hidden=True)
 @click.option("--parent-fd", type=int, hidden=True)
 @click.option("--writer-fd", type=int, multiple=True, hidden=True)
+@click.option("--ingest-fd", type=int, hidden=True)
 @with_appcontext
-def serve_command(only, review_fd, parent_fd, writer_fd):
+def serve_command(only, review_fd, parent_fd, writer_fd, ingest_fd):
     """Serve callbacks on INGEST_LISTEN and the dashboard on REVIEW_LISTEN."""
     config = current_app.config
     if only == "review":
@@ -78,8 +82,7 @@ def serve_command(only, review_fd, parent_fd, writer_fd):
     if writer_fd:  # an ingest worker of a serve that writes for it
         _stop_with_parent(parent_fd)
         app = create_ingest_app(log=handoff.Remote([socket.socket(fileno=fd) for fd in writer_fd]))
-        # Listening only once it can answer: connections wait for no one.
-        _run_ingest(app, listen(config, "INGEST_LISTEN", reuse_port=True), warn=False)
+        _run_ingest(app, socket.socket(fileno=ingest_fd), warn=False)
         return
     if only is None and _clash(config["INGEST_LISTEN"], config["REVIEW_LISTEN"]):
         raise StartupError(
@@ -87,9 +90,9 @@ def serve_command(only, review_fd, parent_fd, writer_fd):
             f" ({config['REVIEW_LISTEN']}) use the same port: give each server its own"
         )
     if config["INGEST_PROCESSES"] == 1:
-        ingest_socket = listen(config, "INGEST_LISTEN")
+        ingest_sockets = [listen(config, "INGEST_LISTEN")]
     else:
-        ingest_socket = _reserve(config, "INGEST_LISTEN")
+        ingest_sockets = _listen_apart(config, "INGEST_LISTEN", config["INGEST_PROCESSES"])
     review_socket = None if only == "ingest" else listen(config, "REVIEW_LISTEN")
     shared = None
     if config["INGEST_PROCESSES"] > 1 and config["METRICS"]:
@@ -104,12 +107,11 @@ def serve_command(only, review_fd, parent_fd, writer_fd):
         if review_socket is not None:
             children.append(Child("the review server", ingest.logger, _review(review_socket)))
         if config["INGEST_PROCESSES"] == 1:
-            _run_ingest(ingest, ingest_socket)
+            _run_ingest(ingest, ingest_sockets[0])
         else:
-            _write_for_workers(ingest, children)
+            _write_for_workers(ingest, ingest_sockets, children)
     finally:
-        for child in reversed(children):
-            child.stop()
+        _stop(children)
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
 
@@ -122,7 +124,7 @@ def _run_ingest(app, sock, warn=True):
     run(app, sock, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"], INGEST, warn)
 
 
-def _write_for_workers(app, children):
+def _write_for_workers(app, sockets, children):
     """Be the writer of INGEST_PROCESSES workers until SIGTERM or SIGINT.
     This process keeps the log's writer, its notary and its WAL
     checkpoints; the workers, the HTTP, signature and marshmallow work."""
@@ -134,12 +136,10 @@ def _write_for_workers(app, children):
         app.extensions["tim_audit"],
         counted and (lambda: generate_latest(counted.registry)),
     )
-    for number in range(1, config["INGEST_PROCESSES"] + 1):
+    for number, sock in enumerate(sockets, 1):
         children.append(
             Child(
-                f"ingest worker {number}",
-                app.logger,
-                _worker(desk, config["INGEST_THREADS"]),
+                f"ingest worker {number}", app.logger, _worker(desk, sock, config["INGEST_THREADS"])
             )
         )
     app.logger.info(
@@ -166,8 +166,9 @@ def _review(sock):
     return start
 
 
-def _worker(desk, threads):
-    """Start a worker with a connection to ``desk`` for each of its threads."""
+def _worker(desk, sock, threads):
+    """Start a worker on ``sock`` with a connection to ``desk`` for each of
+    its threads."""
 
     def start(watch):
         pairs = [handoff.pair() for _ in range(threads)]
@@ -177,11 +178,13 @@ def _worker(desk, threads):
                 [
                     "--only",
                     "ingest",
+                    "--ingest-fd",
+                    str(sock.fileno()),
                     *(f"--writer-fd={fd}" for fd in fds),
                     "--parent-fd",
                     str(watch),
                 ],
-                (watch, *fds),
+                (watch, sock.fileno(), *fds),
             )
         except BaseException:
             for own, _ in pairs:
@@ -214,30 +217,28 @@ def listen(config, key, reuse_port=False):
     try:
         return socket.create_server(address, family=family, backlog=1024, reuse_port=reuse_port)
     except OSError as exc:
-        raise StartupError(
-            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
-        ) from None
+        raise _refused(config, key, exc) from None
 
 
-def _reserve(config, key):
-    """The port of HOST:PORT, held for the workers' sockets: bound with
-    SO_REUSEPORT, as theirs are, but never listening, so that the kernel
-    gives it no connection. Binding it refuses a port in use, as listen
-    does."""
+def _listen_apart(config, key, count):
+    """``count`` listening sockets on HOST:PORT, one a worker. A socket
+    bound first without SO_REUSEPORT, and never listening, refuses a port
+    anyone holds, even with SO_REUSEPORT: another serve on it would split
+    the callbacks between two logs."""
     family, address = _address(config, key)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:  # as create_server binds the workers' sockets
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise StartupError(
-            f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}"
-        ) from None
-    return sock
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # as create_server binds
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise _refused(config, key, exc) from None
+    return [listen(config, key, reuse_port=True) for _ in range(count)]
+
+
+def _refused(config, key, exc):
+    return StartupError(f"cannot listen on {key} {config[key]}: {os.strerror(exc.errno)}")
 
 
 def _address(config, key):
@@ -322,22 +323,35 @@ class Child:
         threading.Thread(target=self._watch, name=f"tim-audit {name} watcher", daemon=True).start()
 
     def _watch(self):
-        while True:
-            code = self._process.wait()
-            if self._stopping.wait(RESTART_DELAY):
-                return
+        code = self._process.wait()
+        while not self._stopping.wait(RESTART_DELAY):
             with self._lock:
                 if self._stopping.is_set():
                     return
                 self.logger.error("%s exited with %s; starting it again", self.name, code)
-                self._process = self.start(self._parent_watch)
+                try:
+                    self._process = self.start(self._parent_watch)
+                except OSError as exc:  # no descriptors or memory for it now
+                    code = f"no start ({exc})"
+                    continue
+            code = self._process.wait()
 
-    def stop(self):
+    def terminate(self):
         with self._lock:
             self._stopping.set()
             process = self._process
         process.terminate()
+        return process
+
+
+def _stop(children):
+    """SIGTERM to every child at once, then wait for them all within
+    STOP_TIMEOUT together: under the unit's TimeoutStopSec, not that much
+    a child."""
+    processes = [child.terminate() for child in children]
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for process in processes:
         try:
-            process.wait(10)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
