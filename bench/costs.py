@@ -54,7 +54,7 @@ def per_event(function, count):
 
 
 def write_all(path, events, schema_filter=None):
-    """CPU µs per event to write ``events`` in batches through _write, on a
+    """CPU µs per event to write ``events`` in batches through records.write, on a
     new log whose schema has ``schema_filter`` applied."""
     log = AuditLog(str(path))
     log.open()
@@ -70,7 +70,7 @@ def write_all(path, events, schema_filter=None):
     def write():
         for start in range(0, len(events), BATCH):
             conn.execute("BEGIN IMMEDIATE")
-            log._write(conn, events[start : start + BATCH])
+            records.write(conn, events[start : start + BATCH], log.key)
             conn.execute("COMMIT")
 
     try:
@@ -141,14 +141,12 @@ def main():
                 "name_folded": event.name.casefold(),
                 "member_count": len(event.members),
             }
-            previous = chain.link(
-                None, previous, chain.canonical(chain.event_values(row, event.members))
-            )
+            previous = chain.link(None, previous, chain.row_bytes("event", row, event.members))
             rows.append(row)
 
     costs = {"chain (canonical bytes + link)": per_event(chain_all, count)}
     leaves = [
-        chain.canonical(chain.event_values(row, event.members))
+        chain.row_bytes("event", row, event.members)
         for row, event in zip(rows, events, strict=True)
     ]
     costs["Merkle tree (leaf + stored hashes)"] = per_event(

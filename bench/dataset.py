@@ -1,5 +1,5 @@
 """A realistic log of group creations, written through tim-audit's own append
-path (AuditLog._write, which writes every callback's batch: same rows, same
+path (records.write, which writes every callback's batch: same rows, same
 chain, large transactions), for the dashboard benchmark and for screenshots.
 
     python bench/dataset.py PATH [--events 1000000] [--days 730]
@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from tim_audit.log import db  # noqa: E402
+from tim_audit.log import db, records  # noqa: E402
 from tim_audit.log.records import Event  # noqa: E402
 from tim_audit.log.writer import AuditLog  # noqa: E402
 
@@ -119,7 +119,7 @@ def events(count, days, seed=1):
 
 def build(path, count, days=730, batch=2000, seed=1, progress=False):
     """Append ``count`` events to the log at ``path``, up to ``batch`` to a
-    transaction, through the writer's own _write; a checkpoint after each
+    transaction, through records.write as the writer does; a checkpoint after each
     keeps the WAL small, as the writer's _bound_wal does. A batch dirties
     more index pages the larger the log, so it is halved whenever its
     commit left more than WAL_TARGET in the WAL. Returns (seconds, largest
@@ -138,7 +138,7 @@ def build(path, count, days=730, batch=2000, seed=1, progress=False):
     try:
         while chunk := list(itertools.islice(pending, batch)):
             conn.execute("BEGIN IMMEDIATE")
-            log._write(conn, chunk)
+            records.write(conn, chunk, log.key)
             conn.execute("COMMIT")
             wal = os.path.getsize(f"{path}-wal")
             largest_wal = max(largest_wal, wal)

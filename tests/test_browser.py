@@ -17,7 +17,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from conftest import require
 from dashboard import DAY, PASSWORD, REVIEWER, START, sample_events
 from tim_audit import create_app
-from tim_audit.log import db
+from tim_audit.log import db, records
 from tim_audit.log.records import Rejection
 
 
@@ -52,7 +52,7 @@ def server(live_server):
     """Four hundred events, a hundred of them owned by owner1."""
     log = live_server.app.extensions["tim_audit"]
     base = sample_events()
-    log._write(
+    records.write(
         log._connection(),
         [
             base[0].__class__(
@@ -65,6 +65,7 @@ def server(live_server):
             )
             for n in range(400)
         ],
+        log.key,
     )
     return live_server
 

@@ -13,7 +13,7 @@ from conftest import event, rejection
 from dashboard import CREDENTIALS, DAY, START, expected_ids, sample_events
 from tencent import group_body, signed_query
 from test_history import COMBINED_FILTERS, SINGLE_FILTERS, as_query
-from tim_audit.log import db
+from tim_audit.log import db, records
 from tim_audit.review import exports, queries
 
 CSV_HEADER = [
@@ -206,7 +206,7 @@ def test_exports_stream_in_chunks(app, export):
         e.__class__(**{**vars(e), "group_id": f"@TGS#x{i}", "event_time": START + i})
         for i, e in enumerate(events * 63)
     ]
-    log._write(log._connection(), many)  # 2,520 events
+    records.write(log._connection(), many, log.key)  # 2,520 events
     for kind in ("csv", "json"):
         response = export(kind)
         assert response.is_streamed

@@ -10,7 +10,7 @@ from dashboard import CREDENTIALS, DAY, START, expected_ids, link, listed_ids, s
 from tencent import CREATE, group_body, signed_query
 import conftest
 from tim_audit import create_app
-from tim_audit.log import db
+from tim_audit.log import db, records
 from tim_audit.review import counting
 from tim_audit.log.records import Rejection
 
@@ -351,7 +351,11 @@ def test_detail_page_links_other_events_of_the_same_group(events, get):
 
 def test_detail_page_lists_twenty_other_events_of_the_group_and_links_to_all(app, get):
     log = app.extensions["tim_audit"]
-    log._write(log._connection(), [conftest.event(n, group_id="@TGS#reused") for n in range(1, 23)])
+    records.write(
+        log._connection(),
+        [conftest.event(n, group_id="@TGS#reused") for n in range(1, 23)],
+        log.key,
+    )
     text = get("/history/1").get_data(as_text=True)
     listed = re.findall(r'<li><a href="/history/(\d+)">', text)
     assert listed == [str(n) for n in range(22, 2, -1)]
@@ -360,7 +364,11 @@ def test_detail_page_lists_twenty_other_events_of_the_group_and_links_to_all(app
 
 def test_detail_page_of_a_group_with_twenty_others_has_no_more_link(app, get):
     log = app.extensions["tim_audit"]
-    log._write(log._connection(), [conftest.event(n, group_id="@TGS#reused") for n in range(1, 22)])
+    records.write(
+        log._connection(),
+        [conftest.event(n, group_id="@TGS#reused") for n in range(1, 22)],
+        log.key,
+    )
     text = get("/history/1").get_data(as_text=True)
     assert len(re.findall(r'<li><a href="/history/(\d+)">', text)) == 20
     assert "All events of this GroupId" not in text

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import check, event, rejection
 from tim_audit import StartupError
-from tim_audit.log import chain, merkle, tlog
+from tim_audit.log import chain, merkle, records, tlog
 
 
 def leaves(path, table):
@@ -62,7 +62,7 @@ def test_quarantine_has_a_tree_of_its_own(filled, rows):
 def test_a_batch_of_many_entries_stores_the_same_hashes_as_one_at_a_time(log, rows):
     conn = log._connection()
     conn.execute("BEGIN IMMEDIATE")
-    log._write(conn, [event(n) for n in range(1, 40)] + [rejection(1), rejection(2)])
+    records.write(conn, [event(n) for n in range(1, 40)] + [rejection(1), rejection(2)], log.key)
     conn.execute("COMMIT")
     assert stored(rows, "event") == list(tlog.all_stored_hashes(leaves(log.path, "event")))
     assert stored(rows, "quarantine") == list(

@@ -46,7 +46,7 @@ def test_a_retried_refused_body_is_looked_up_through_its_index_alone(log, rows):
 
 def test_the_same_event_twice_in_one_batch_is_stored_once(log, rows):
     conn = log._connection()
-    receipts = log._write(conn, [event(1), event(1), event(1, raw=b"{}")])
+    receipts = records.write(conn, [event(1), event(1), event(1, raw=b"{}")], log.key)
     assert [r.outcome for r in receipts] == ["stored", "repeat", "conflict"]
     assert {r.id for r in receipts} == {1}
     assert rows("SELECT count(*) FROM event") == [(1,)]

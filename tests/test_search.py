@@ -10,7 +10,7 @@ import pytest
 from conftest import event
 from dashboard import listed_ids
 from tim_audit import create_app
-from tim_audit.log import db
+from tim_audit.log import db, records
 from tim_audit.review import counting, queries, search
 
 # Characters names are drawn from: CJK, Hangul, kana, emoji (with a ZWJ
@@ -29,13 +29,13 @@ def random_names(rng, count):
 
 
 def append_all(log, entries):
-    """Append ``entries`` in one transaction through the writer's own
-    _write, as bench/dataset.py builds a log: the trigger indexes them."""
+    """Append ``entries`` in one transaction through records.write, as the
+    writer and bench/dataset.py do: the trigger indexes them."""
     log.open()
     conn = db.connect(log.path)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        log._write(conn, entries)
+        records.write(conn, entries, log.key)
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -18,7 +18,7 @@ import pytest
 from dashboard import CREDENTIALS, REVIEWERS
 from tencent import group_body
 from test_faults import OK, ROOT, free_port, post, server_env
-from tim_audit.log import db
+from tim_audit.log import db, records
 from tim_audit.log.records import Event
 from tim_audit.log.writer import AuditLog
 
@@ -102,7 +102,7 @@ def serve(tmp_path):
 
 
 def fill(path, count):
-    """``count`` events, written through the writer's own _write in large
+    """``count`` events, written through records.write in large
     transactions, as bench/dataset.py does."""
     log = AuditLog(str(path))
     if not os.path.exists(path):  # else the log's server holds it, and it has its tables
@@ -110,7 +110,7 @@ def fill(path, count):
         log.close()
     conn = db.connect(str(path))
     conn.execute("BEGIN IMMEDIATE")
-    log._write(
+    records.write(
         conn,
         [
             Event(
@@ -132,6 +132,7 @@ def fill(path, count):
             )
             for n in range(count)
         ],
+        log.key,
     )
     conn.execute("COMMIT")
     conn.close()

@@ -263,7 +263,7 @@ class AuditLog:
             conn.execute("ROLLBACK")
             return
         try:
-            receipts = self._write(conn, [job.entry for job in sealed])
+            receipts = records.write(conn, [job.entry for job in sealed], self.key)
         except sqlite3.OperationalError as exc:  # the disk or the file, not the entries
             self._abandon()
             self.failure = str(exc)
@@ -286,7 +286,7 @@ class AuditLog:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
-            receipts = self._write(conn, [job.entry])
+            receipts = records.write(conn, [job.entry], self.key)
         except Exception as exc:
             self._abandon()
             job.finish(
@@ -354,11 +354,6 @@ class AuditLog:
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             self._reconnect()
-
-    def _write(self, conn, entries):
-        """Turn ``entries`` into rows in the open transaction (records.py);
-        returns their receipts."""
-        return records.write(conn, entries, self.key)
 
     def close(self):
         """Stop the writer once the queue is written; for tests, init-db
