@@ -5,6 +5,7 @@ sockets."""
 
 import dataclasses
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -78,6 +79,13 @@ def test_an_entry_the_writer_fails_on_is_an_error_and_the_next_one_is_stored(rem
         remote.append(event(1, members=None))  # not something a worker would send
     assert remote.append(event(2)).outcome == "stored"
     assert remote.stalled() is None
+
+
+def test_request_ids_wrap_at_32_bits_and_appends_go_on(remote, rows):
+    remote._ids = itertools.count(2**32 - 2)
+    for number in range(4):  # ids 2**32 - 2, 2**32 - 1, then 0 and 1
+        assert remote.append(event(number)).outcome == "stored"
+    assert len(rows("SELECT id FROM event")) == 4
 
 
 def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():

@@ -43,6 +43,7 @@ _FIELDS = {  # what the JSON header carries: all but the body
 # A worker waits for its answer this much past the writer's own bound: the
 # time a receipt takes to cross, on a machine that is busy.
 CROSSING = 0.03  # seconds
+_IDS = 2**32  # request ids wrap here: they are packed in 4 bytes
 
 
 class _Connection:
@@ -154,7 +155,7 @@ class Remote:
         """Send a request and wait for its answer until ``deadline``."""
         if self._gone:
             raise StorageUnavailable("the writer is not running")
-        request_id = next(self._ids)
+        request_id = next(self._ids) % _IDS
         try:
             connection = self._free.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
