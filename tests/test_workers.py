@@ -138,6 +138,45 @@ def test_an_entry_the_writer_cannot_take_in_time_is_not_stored_and_its_connectio
     own.close()
 
 
+def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, caplog):
+    desk = handoff.Desk(log, max_body=1000)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    remote = handoff.Remote([theirs])
+    # A body the ingest server takes still crosses.
+    assert remote.append(event(1, raw=b"x" * 1000)).outcome == "stored"
+    theirs.sendall(handoff._HEAD.pack(handoff.frame_limit(1000) + 1, 7, handoff._EVENT))
+    theirs.settimeout(5)
+    assert theirs.recv(1) == b""  # closed, without reading what it claims
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert "over the limit" in line
+    theirs.close()
+
+
+def test_an_error_reading_a_connection_ends_only_that_connection(log, caplog, monkeypatch):
+    desk = handoff.Desk(log)
+    receive = handoff._Connection.receive
+
+    def fails_once(connection, limit=None):
+        if not getattr(fails_once, "failed", False):
+            fails_once.failed = True
+            raise RuntimeError("a reader's bug")
+        return receive(connection, limit)
+
+    monkeypatch.setattr(handoff._Connection, "receive", fails_once)
+    broken, first = handoff.pair()
+    desk.attach(broken)
+    first.settimeout(5)
+    assert first.recv(1) == b""  # that connection ended
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    assert handoff.Remote([theirs]).append(event(1)).outcome == "stored"
+    [record] = [r for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert record.exc_info is not None
+    close(theirs)
+    first.close()
+
+
 # --- the workers, in processes of their own -----------------------------------------
 
 

@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 
+from .config import DEFAULTS
 from .log.records import Event, Receipt, Rejection
 from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
 
@@ -44,6 +45,21 @@ _FIELDS = {  # what the JSON header carries: all but the body
 # time a receipt takes to cross, on a machine that is busy.
 CROSSING = 0.03  # seconds
 _IDS = 2**32  # request ids wrap here: they are packed in 4 bytes
+# Room in a frame for the JSON header beyond the body: the request line and
+# headers waitress accepts (256 KiB), and JSON's escapes.
+_HEADER_ROOM = 1024 * 1024
+
+
+def frame_limit(max_body):
+    """The largest frame payload a worker sends for a body of at most
+    ``max_body`` bytes: the body, and a header whose strings come from it,
+    each byte of which JSON escapes into at most 3 (é is \\u00e9)."""
+    return 4 * max_body + _HEADER_ROOM
+
+
+class FrameTooLarge(ValueError):
+    """A frame claims more than the reader takes: the connection is not
+    one a worker of ours speaks on, or it is out of step."""
 
 
 class _Connection:
@@ -57,12 +73,15 @@ class _Connection:
     def send(self, request_id, kind, payload):
         self.sock.sendall(_HEAD.pack(len(payload), request_id, kind) + payload)
 
-    def receive(self):
+    def receive(self, limit=None):
         """(request id, kind, payload), or None once the other end is gone.
-        socket.timeout when the socket's timeout passes first."""
+        socket.timeout when the socket's timeout passes first; FrameTooLarge
+        when a frame claims more than ``limit`` bytes."""
         while True:
             if len(self._buffer) >= _HEAD.size:
                 length, request_id, kind = _HEAD.unpack_from(self._buffer)
+                if limit is not None and length > limit:
+                    raise FrameTooLarge(f"a frame of {length} bytes, over the limit of {limit}")
                 end = _HEAD.size + length
                 if len(self._buffer) >= end:
                     payload = bytes(self._buffer[_HEAD.size : end])
@@ -195,11 +214,16 @@ class Remote:
 
 class Desk:
     """The writer's side: a thread for each worker thread's connection,
-    which waits in AuditLog.append as that request thread would."""
+    which waits in AuditLog.append as that request thread would.
+    ``max_body`` is the largest body a worker takes (what waitress accepts:
+    twice MAX_CONTENT_LENGTH); a frame larger than a body that size makes
+    is refused, lest a connection out of step make this process read a
+    length it claims into memory."""
 
-    def __init__(self, log, metrics=None):
+    def __init__(self, log, metrics=None, max_body=2 * DEFAULTS["MAX_CONTENT_LENGTH"]):
         self.log = log
         self.metrics = metrics  # the text of /metrics, when METRICS is on
+        self.limit = frame_limit(max_body)
 
     def attach(self, sock):
         """Answer the requests on ``sock`` until the worker is gone."""
@@ -208,14 +232,21 @@ class Desk:
         ).start()
 
     def _serve(self, sock):
+        """Answer one connection's requests. Whatever ends it ends only it,
+        never the other connections or this process."""
         connection = _Connection(sock)
         with sock:
-            while (frame := connection.receive()) is not None:
-                request_id, kind, payload = frame
-                try:
-                    connection.send(request_id, *self._answer(kind, payload))
-                except OSError:
-                    return  # the worker is gone; its requests died with it
+            try:
+                while (frame := connection.receive(self.limit)) is not None:
+                    request_id, kind, payload = frame
+                    try:
+                        connection.send(request_id, *self._answer(kind, payload))
+                    except OSError:
+                        return  # the worker is gone; its requests died with it
+            except FrameTooLarge as exc:
+                logger.error("closed a connection from an ingest worker: %s", exc)
+            except Exception:
+                logger.exception("closed a connection from an ingest worker after an error")
 
     def _answer(self, kind, payload):
         """(kind, payload) of the answer. Whatever fails here is answered
