@@ -44,14 +44,30 @@ def test_ingest_processes_is_one_a_core_unless_set():
 # --- the hand-off, in one process ------------------------------------------------
 
 
+class Stop:
+    """A Remote's stop, counted here instead of signalling this process."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+
+
 @pytest.fixture
-def remote(log):
+def stop():
+    return Stop()
+
+
+@pytest.fixture
+def remote(log, stop):
     """A worker's log, answered by the app's own writer through a Desk."""
     desk = handoff.Desk(log)
     own, theirs = handoff.pair()
     desk.attach(own)
-    yield handoff.Remote([theirs])
+    yield handoff.Remote([theirs], stop=stop)
     close(theirs)
+    assert stop.calls == 0
 
 
 def close(sock):
@@ -88,21 +104,38 @@ def test_request_ids_wrap_at_32_bits_and_appends_go_on(remote, rows):
     assert len(rows("SELECT id FROM event")) == 4
 
 
-def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored():
+def test_an_entry_whose_time_is_spent_is_not_sent_and_the_connection_stays(remote, rows):
+    with pytest.raises(StorageUnavailable, match="no time was left"):
+        remote.append(event(1), time.monotonic() - 1.5)
+    assert rows("SELECT id FROM event") == []
+    # Never sent: the writer has not seen it, so it is stored, not a repeat.
+    assert remote.append(event(1)).outcome == "stored"
+
+
+def test_a_writer_that_is_gone_before_the_entry_is_sent_means_not_stored_and_the_worker_stops(
+    stop, caplog
+):
     own, theirs = handoff.pair()
-    remote = handoff.Remote([theirs])
+    remote = handoff.Remote([theirs], stop=stop)
     close(own)
     time.sleep(0.1)  # the worker sees the end of the connection
     with pytest.raises(StorageUnavailable):
         remote.append(event(1))
+    assert stop.calls == 1
+    assert remote.stopping
     with pytest.raises(StorageUnavailable):
         remote.open()
-    theirs.close()
+    with pytest.raises(StorageUnavailable):
+        remote.append(event(2))
+    assert stop.calls == 1
+    assert [r.levelname for r in caplog.records if r.name == "tim_audit.handoff"] == ["ERROR"]
 
 
-def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored():
+def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored_and_the_worker_stops(
+    stop,
+):
     own, theirs = handoff.pair()
-    remote = handoff.Remote([theirs])
+    remote = handoff.Remote([theirs], stop=stop)
 
     def take_one_and_die():
         own.recv(1)
@@ -111,38 +144,63 @@ def test_a_writer_gone_after_the_entry_was_sent_means_it_may_be_stored():
     threading.Thread(target=take_one_and_die).start()
     with pytest.raises(StorageUncertain):
         remote.append(event(1))
+    assert stop.calls == 1
     theirs.close()
 
 
-def test_a_writer_that_does_not_answer_in_time_means_it_may_be_stored():
+def test_a_writer_that_does_not_answer_in_time_means_it_may_be_stored(stop):
     own, theirs = handoff.pair()
-    remote = handoff.Remote([theirs])
+    remote = handoff.Remote([theirs], stop=stop)
     started = time.monotonic()
     with pytest.raises(StorageUncertain):
         remote.append(event(1), started - 1.3)
     assert time.monotonic() - started < 0.3
+    assert stop.calls == 0  # the connection is still in step
     close(own)
     theirs.close()
 
 
-def test_an_entry_the_writer_cannot_take_in_time_is_not_stored_and_its_connection_goes():
+def test_an_entry_the_writer_cannot_take_in_time_is_not_stored_and_the_worker_stops(stop, caplog):
     own, theirs = handoff.pair()  # a writer that never reads
-    remote = handoff.Remote([theirs])
+    remote = handoff.Remote([theirs], stop=stop)
     started = time.monotonic()
     with pytest.raises(StorageUnavailable):
         remote.append(event(1, raw=b"x" * 8_000_000), started - 1.3)
     assert time.monotonic() - started < 0.3
     assert theirs.fileno() == -1  # what it sent of the frame is never completed
-    with pytest.raises(StorageUnavailable, match="no connection"):
-        remote.append(event(2), time.monotonic() - 1.4)
+    # The worker stops, to be started again with new connections, rather
+    # than go on with fewer: once none were left it answered 503 for ever.
+    assert stop.calls == 1
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert "stopping it" in line
+    with pytest.raises(StorageUnavailable):
+        remote.append(event(2))
     own.close()
 
 
-def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, caplog):
+def test_a_lost_connection_stops_the_worker_process_by_default():
+    own, theirs = handoff.pair()
+    remote = handoff.Remote([theirs])
+    close(own)
+    signalled = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signalled.append(signum))
+    try:
+        with pytest.raises(StorageUnavailable):
+            remote.append(event(1))
+        deadline = time.monotonic() + 5
+        while not signalled:
+            assert time.monotonic() < deadline, "no SIGTERM came"
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signalled == [signal.SIGTERM]
+
+
+def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, stop, caplog):
     desk = handoff.Desk(log, max_body=1000)
     own, theirs = handoff.pair()
     desk.attach(own)
-    remote = handoff.Remote([theirs])
+    remote = handoff.Remote([theirs], stop=stop)
     # A body the ingest server takes still crosses.
     assert remote.append(event(1, raw=b"x" * 1000)).outcome == "stored"
     theirs.sendall(handoff._HEAD.pack(handoff.frame_limit(1000) + 1, 7, handoff._EVENT))
@@ -153,7 +211,7 @@ def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, caplog)
     theirs.close()
 
 
-def test_an_error_reading_a_connection_ends_only_that_connection(log, caplog, monkeypatch):
+def test_an_error_reading_a_connection_ends_only_that_connection(log, stop, caplog, monkeypatch):
     desk = handoff.Desk(log)
     receive = handoff._Connection.receive
 
@@ -170,7 +228,7 @@ def test_an_error_reading_a_connection_ends_only_that_connection(log, caplog, mo
     assert first.recv(1) == b""  # that connection ended
     own, theirs = handoff.pair()
     desk.attach(own)
-    assert handoff.Remote([theirs]).append(event(1)).outcome == "stored"
+    assert handoff.Remote([theirs], stop=stop).append(event(1)).outcome == "stored"
     [record] = [r for r in caplog.records if r.name == "tim_audit.handoff"]
     assert record.exc_info is not None
     close(theirs)

@@ -23,6 +23,8 @@ import itertools
 import json
 import logging
 import queue
+import os
+import signal
 import socket
 import struct
 import threading
@@ -73,6 +75,26 @@ class _Connection:
     def send(self, request_id, kind, payload):
         self.sock.sendall(_HEAD.pack(len(payload), request_id, kind) + payload)
 
+    def send_until(self, request_id, kind, payload, deadline):
+        """Send what of the frame fits before ``deadline`` (which has not
+        passed): how many bytes that was, of how many. Whether any went
+        decides what a request that could not be sent whole may answer.
+        OSError when the other end is gone."""
+        frame = memoryview(_HEAD.pack(len(payload), request_id, kind) + payload)
+        sent = 0
+        while sent < len(frame):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # A timeout, however long, keeps the socket non-blocking: no
+            # system call to switch modes on each request.
+            self.sock.settimeout(left)
+            try:
+                sent += self.sock.send(frame[sent:])
+            except TimeoutError:
+                break
+        return sent, len(frame)
+
     def receive(self, limit=None):
         """(request id, kind, payload), or None once the other end is gone.
         socket.timeout when the socket's timeout passes first; FrameTooLarge
@@ -115,18 +137,32 @@ def _decode(kind, payload):
     return _CLASSES[kind](**fields, raw=raw), started
 
 
+def _stop_this_process():
+    """SIGTERM to this process: the ingest server's handler (serve.run)
+    makes waitress stop, its threads finishing the requests they have, and
+    the serve process starts the worker again, with new connections."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Remote:
     """What a worker's ingest app has as its log: AuditLog's append, open,
     stalled and failure, answered by the writer. One connection for each
     request thread, so that a request is sent and answered on the thread
-    that makes it, with no thread between."""
+    that makes it, with no thread between.
 
-    def __init__(self, socks):
+    A connection that is lost (cut mid-frame, or ended by the writer) is
+    never replaced in this process: ``stop`` is called, once, so that the
+    worker exits and is started again with new ones, rather than answer
+    503 for ever on fewer connections, or none."""
+
+    def __init__(self, socks, stop=_stop_this_process):
         self._free = queue.SimpleQueue()
         for sock in socks:
             self._free.put(_Connection(sock))
         self._ids = itertools.count(1)
-        self._gone = False
+        self._stop = stop
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
 
     def append(self, entry, started=None):
         started = time.monotonic() if started is None else started
@@ -143,9 +179,15 @@ class Remote:
 
     def open(self):
         """Nothing to open here: the writer opened the log before any
-        worker started. Refuses, as AuditLog.open does, once it is gone."""
-        if self._gone:
+        worker started. Refuses, as AuditLog.open does, once this worker
+        is stopping."""
+        if self._stopping.is_set():
             raise StorageUnavailable("the writer is not running")
+
+    @property
+    def stopping(self):
+        """Whether this worker lost a connection and is stopping for it."""
+        return self._stopping.is_set()
 
     def stalled(self):
         return self._state()["stalled"]
@@ -170,9 +212,20 @@ class Remote:
             return {"stalled": f"the writer cannot say: {payload.decode()}", "failure": None}
         return json.loads(payload)
 
+    def _lost(self, connection, why):
+        """Give up ``connection`` (its next frame could not be read as one)
+        and stop this worker, once."""
+        connection.sock.close()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+        logger.error("an ingest worker %s; stopping it, to be started again", why)
+        self._stop()
+
     def _ask(self, kind, payload, deadline):
         """Send a request and wait for its answer until ``deadline``."""
-        if self._gone:
+        if self._stopping.is_set():
             raise StorageUnavailable("the writer is not running")
         request_id = next(self._ids) % _IDS
         try:
@@ -180,33 +233,39 @@ class Remote:
         except queue.Empty:
             raise StorageUnavailable("no connection to the writer is free") from None
         try:
-            # A timeout, however long, keeps the socket non-blocking: no
-            # system call to switch modes on each request.
-            connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            if deadline <= time.monotonic():
+                # Nothing is sent, so nothing can be stored.
+                raise StorageUnavailable("no time was left to hand the entry to the writer")
             try:
-                connection.send(request_id, kind, payload)
-            except OSError as exc:
+                sent, whole = connection.send_until(request_id, kind, payload, deadline)
+            except OSError:
                 # A frame cut short is never read as an entry: not stored.
-                # The connection goes with it, lest the next frame follow it.
-                connection.sock.close()
+                self._lost(connection, "lost its connection to the writer")
                 connection = None
-                if not isinstance(exc, TimeoutError):
-                    self._gone = True
                 raise StorageUnavailable("the writer is not taking entries") from None
+            if sent < whole:
+                if sent:  # the next frame would follow a part of this one
+                    self._lost(connection, "sent part of a frame to the writer in time")
+                    connection = None
+                raise StorageUnavailable("the writer did not take the entry in time")
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    # Its answer comes later, and the next request on this
+                    # connection passes over it.
+                    raise StorageUncertain("the writer did not answer in time")
+                connection.sock.settimeout(left)
                 try:
                     frame = connection.receive()
                 except TimeoutError:
-                    # Its answer comes later, and the next request on this
-                    # connection passes over it.
                     raise StorageUncertain("the writer did not answer in time") from None
                 if frame is None:
-                    self._gone = True
+                    self._lost(connection, "lost its connection to the writer")
+                    connection = None
                     raise StorageUncertain("the writer stopped before it answered")
                 answered, kind, payload = frame
                 if answered == request_id:
                     return kind, payload
-                connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
         finally:
             if connection is not None:
                 self._free.put(connection)
@@ -232,8 +291,8 @@ class Desk:
         ).start()
 
     def _serve(self, sock):
-        """Answer one connection's requests. Whatever ends it ends only it,
-        never the other connections or this process."""
+        """Answer one connection's requests. Whatever ends it ends only it:
+        its worker then stops, and is started again (Remote)."""
         connection = _Connection(sock)
         with sock:
             try:
