@@ -135,6 +135,7 @@ def _write_for_workers(app, sockets, children):
     desk = handoff.Desk(
         app.extensions["tim_audit"],
         counted and (lambda: generate_latest(counted.registry)),
+        max_body=2 * config["MAX_CONTENT_LENGTH"],
     )
     for number, sock in enumerate(sockets, 1):
         children.append(
