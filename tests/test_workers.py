@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -215,11 +216,11 @@ def test_an_error_reading_a_connection_ends_only_that_connection(log, stop, capl
     desk = handoff.Desk(log)
     receive = handoff._Connection.receive
 
-    def fails_once(connection, limit=None):
+    def fails_once(connection, limit=None, deadline=None):
         if not getattr(fails_once, "failed", False):
             fails_once.failed = True
             raise RuntimeError("a reader's bug")
-        return receive(connection, limit)
+        return receive(connection, limit, deadline)
 
     monkeypatch.setattr(handoff._Connection, "receive", fails_once)
     broken, first = handoff.pair()
@@ -435,6 +436,21 @@ def test_a_worker_killed_mid_request_is_started_again_and_nothing_answered_is_lo
     assert verify(env)[0] == 0
 
 
+def test_callbacks_go_to_the_live_worker_while_a_dead_one_is_started_again(workers):
+    """The dead worker's socket died with it: a new connection meanwhile
+    does not wait for its replacement."""
+    process, port, _ = workers()
+    killed = children(process.pid)[0]
+    os.kill(killed, signal.SIGKILL)
+    while killed in children(process.pid):  # reaped: its socket is closed
+        time.sleep(0.005)
+    for n in range(20):
+        began = time.monotonic()
+        assert post(port, group_body(GroupId=f"@TGS#meanwhile{n}")) == (200, OK)
+        assert time.monotonic() - began < 0.5
+    assert killed not in children(process.pid)
+
+
 def test_the_writer_killed_with_callbacks_in_flight_loses_nothing_answered(workers, tmp_path):
     process, port, env = workers()
     database = tmp_path / "audit.sqlite3"
@@ -468,7 +484,10 @@ def test_the_writer_killed_with_callbacks_in_flight_loses_nothing_answered(worke
     assert verify(env)[0] == 0
 
 
-def test_a_child_that_cannot_be_started_again_is_tried_again(monkeypatch):
+@pytest.mark.parametrize(
+    "failure", [OSError(24, "Too many open files"), RuntimeError("can't start new thread")]
+)
+def test_a_child_that_cannot_be_started_again_is_tried_again(monkeypatch, failure):
     """Out of descriptors or memory for a moment: the watcher keeps trying,
     rather than end and leave the worker dead for good."""
     monkeypatch.setattr(serve, "RESTART_DELAY", 0.01)
@@ -477,7 +496,7 @@ def test_a_child_that_cannot_be_started_again_is_tried_again(monkeypatch):
     def start(watch):
         starts.append(watch)
         if len(starts) == 2:
-            raise OSError(24, "Too many open files")
+            raise failure
         code = "import time; time.sleep(60)" if len(starts) > 2 else ""  # the first exits
         return subprocess.Popen([sys.executable, "-c", code])
 
@@ -488,3 +507,28 @@ def test_a_child_that_cannot_be_started_again_is_tried_again(monkeypatch):
         time.sleep(0.01)
     serve._stop([child])
     assert len(starts) == 3
+
+
+def test_an_answer_that_trickles_in_is_waited_for_until_the_deadline_only():
+    """Each piece of a frame restarts no clock: the deadline holds however
+    many pieces come."""
+    ours, theirs = handoff.pair()
+    stop = threading.Event()
+
+    def trickle():
+        theirs.sendall(struct.pack("!IIB", 100, 1, 5))
+        while not stop.wait(0.05):
+            theirs.sendall(b"x")
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            handoff._Connection(ours).receive(deadline=began + 0.3)
+        assert time.monotonic() - began < 0.45
+    finally:
+        stop.set()
+        sender.join()
+        ours.close()
+        theirs.close()

@@ -95,10 +95,11 @@ class _Connection:
                 break
         return sent, len(frame)
 
-    def receive(self, limit=None):
+    def receive(self, limit=None, deadline=None):
         """(request id, kind, payload), or None once the other end is gone.
-        socket.timeout when the socket's timeout passes first; FrameTooLarge
-        when a frame claims more than ``limit`` bytes."""
+        TimeoutError when ``deadline`` (time.monotonic()) passes first, however
+        many pieces the frame comes in; FrameTooLarge when a frame claims
+        more than ``limit`` bytes."""
         while True:
             if len(self._buffer) >= _HEAD.size:
                 length, request_id, kind = _HEAD.unpack_from(self._buffer)
@@ -109,6 +110,11 @@ class _Connection:
                     payload = bytes(self._buffer[_HEAD.size : end])
                     del self._buffer[:end]
                     return request_id, kind, payload
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
@@ -254,9 +260,8 @@ class Remote:
                     # Its answer comes later, and the next request on this
                     # connection passes over it.
                     raise StorageUncertain("the writer did not answer in time")
-                connection.sock.settimeout(left)
                 try:
-                    frame = connection.receive()
+                    frame = connection.receive(deadline=deadline)
                 except TimeoutError:
                     raise StorageUncertain("the writer did not answer in time") from None
                 if frame is None:

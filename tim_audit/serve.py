@@ -17,10 +17,12 @@ on INGEST_LISTEN with a socket of its own (SO_REUSEPORT), and the kernel
 spreads connections among them by their addresses: on one shared socket,
 the worker that woke first took every connection of a burst (all 8 of wrk's
 keep-alive connections in 5 runs of 8), and kept them. This process makes
-those sockets, listening, before any worker starts, and keeps them: a
-connection that comes while a worker starts, or is started again after it
-died, waits in its socket's backlog for it rather than being refused. If
-this process dies, the workers stop with it,
+each socket, listening, before its worker starts, and hands it over: a
+connection that comes while the worker starts waits in its backlog rather
+than being refused, and once the worker has died the kernel sends the
+socket no more (the connections queued on it then are reset). A worker
+that died is started again on a new socket. If this process dies, the
+workers stop with it,
 as the review server does, and the service manager starts them all again
 (deploy/tim-audit.service: Restart=on-failure): nothing answers 200
 meanwhile, and what was answered 200 is committed.
@@ -138,11 +140,7 @@ def _write_for_workers(app, sockets, children):
         max_body=2 * config["MAX_CONTENT_LENGTH"],
     )
     for number, sock in enumerate(sockets, 1):
-        children.append(
-            Child(
-                f"ingest worker {number}", app.logger, _worker(desk, sock, config["INGEST_THREADS"])
-            )
-        )
+        children.append(Child(f"ingest worker {number}", app.logger, _worker(desk, sock, config)))
     app.logger.info(
         "writing for %d ingest workers on %s",
         config["INGEST_PROCESSES"],
@@ -167,12 +165,17 @@ def _review(sock):
     return start
 
 
-def _worker(desk, sock, threads):
-    """Start a worker on ``sock`` with a connection to ``desk`` for each of
-    its threads."""
+def _worker(desk, sock, config):
+    """Start a worker with a connection to ``desk`` for each of its threads,
+    on ``sock`` the first time and on a new socket each time it is started
+    again. The socket, listening before the worker starts, is handed to it
+    alone: connections wait in its backlog while it starts, and once it has
+    died the kernel sends it no more."""
+    sockets = [sock]
 
     def start(watch):
-        pairs = [handoff.pair() for _ in range(threads)]
+        sock = sockets.pop() if sockets else listen(config, "INGEST_LISTEN", reuse_port=True)
+        pairs = [handoff.pair() for _ in range(config["INGEST_THREADS"])]
         fds = [theirs.fileno() for _, theirs in pairs]
         try:
             process = _spawn(
@@ -192,10 +195,17 @@ def _worker(desk, sock, threads):
                 own.close()
             raise
         finally:
+            sock.close()
             for _, theirs in pairs:
                 theirs.close()
-        for own, _ in pairs:
-            desk.attach(own)
+        try:
+            for own, _ in pairs:
+                desk.attach(own)
+        except BaseException:  # no thread for it: a worker no one answers must not run
+            process.kill()
+            for own, _ in pairs:
+                own.close()
+            raise
         return process
 
     return start
@@ -332,7 +342,7 @@ class Child:
                 self.logger.error("%s exited with %s; starting it again", self.name, code)
                 try:
                     self._process = self.start(self._parent_watch)
-                except OSError as exc:  # no descriptors or memory for it now
+                except (Exception, StartupError) as exc:  # no descriptors, memory or threads now
                     code = f"no start ({exc})"
                     continue
             code = self._process.wait()
