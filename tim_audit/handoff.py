@@ -73,14 +73,14 @@ class _Connection:
         self._buffer = bytearray()
 
     def send(self, request_id, kind, payload):
-        self.sock.sendall(_HEAD.pack(len(payload), request_id, kind) + payload)
+        self.sock.sendall(_frame(request_id, kind, payload))
 
     def send_until(self, request_id, kind, payload, deadline):
         """Send what of the frame fits before ``deadline`` (which has not
         passed): how many bytes that was, of how many. Whether any went
         decides what a request that could not be sent whole may answer.
         OSError when the other end is gone."""
-        frame = memoryview(_HEAD.pack(len(payload), request_id, kind) + payload)
+        frame = memoryview(_frame(request_id, kind, payload))
         sent = 0
         while sent < len(frame):
             left = deadline - time.monotonic()
@@ -124,6 +124,10 @@ class _Connection:
             if not chunk:
                 return None
             self._buffer += chunk
+
+
+def _frame(request_id, kind, payload):
+    return _HEAD.pack(len(payload), request_id, kind) + payload
 
 
 def _encode(entry, started):
@@ -255,14 +259,11 @@ class Remote:
                     connection = None
                 raise StorageUnavailable("the writer did not take the entry in time")
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    # Its answer comes later, and the next request on this
-                    # connection passes over it.
-                    raise StorageUncertain("the writer did not answer in time")
                 try:
                     frame = connection.receive(deadline=deadline)
                 except TimeoutError:
+                    # Its answer comes later, and the next request on this
+                    # connection passes over it.
                     raise StorageUncertain("the writer did not answer in time") from None
                 if frame is None:
                     self._lost(connection, "lost its connection to the writer")
@@ -334,7 +335,6 @@ class Desk:
 
 
 def pair():
-    """A connected pair: the writer's end and a worker's (inheritable) end."""
-    desk, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    worker.set_inheritable(True)
-    return desk, worker
+    """A connected pair: the writer's end and a worker's (serve passes it
+    to the worker with pass_fds, which makes it inheritable there)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
