@@ -38,7 +38,7 @@ sys.path.insert(0, str(BENCH))
 
 import dataset  # noqa: E402
 
-from tim_audit import create_ingest_app, handoff  # noqa: E402
+from tim_audit import config, create_ingest_app, handoff, serve  # noqa: E402
 from tim_audit.ingest import callback, signature  # noqa: E402
 from tim_audit.ingest.schemas import RECORDED  # noqa: E402
 from tim_audit.log import chain, derived, records, tlog  # noqa: E402
@@ -89,7 +89,7 @@ def round_trips(events):
         def append(self, entry, started):
             return records.Receipt("stored", 1, "0" * 64)
 
-    desk = handoff.Desk(Immediate())
+    desk = handoff.Desk(Immediate(), serve.ingest_body_limit(config.DEFAULTS))
     pairs = [handoff.pair() for _ in range(8)]
     for own, _ in pairs:
         desk.attach(own)

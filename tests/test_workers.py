@@ -61,9 +61,9 @@ def stop():
 
 
 @pytest.fixture
-def remote(log, stop):
+def remote(app, log, stop):
     """A worker's log, answered by the app's own writer through a Desk."""
-    desk = handoff.Desk(log)
+    desk = handoff.Desk(log, serve.ingest_body_limit(app.config))
     own, theirs = handoff.pair()
     desk.attach(own)
     yield handoff.Remote([theirs], stop=stop)
@@ -212,8 +212,10 @@ def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, stop, c
     theirs.close()
 
 
-def test_an_error_reading_a_connection_ends_only_that_connection(log, stop, caplog, monkeypatch):
-    desk = handoff.Desk(log)
+def test_an_error_reading_a_connection_ends_only_that_connection(
+    app, log, stop, caplog, monkeypatch
+):
+    desk = handoff.Desk(log, serve.ingest_body_limit(app.config))
     receive = handoff._Connection.receive
 
     def fails_once(connection, limit=None, deadline=None):

@@ -30,7 +30,6 @@ import struct
 import threading
 import time
 
-from .config import DEFAULTS
 from .log.records import Event, Receipt, Rejection
 from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
 
@@ -280,12 +279,12 @@ class Remote:
 class Desk:
     """The writer's side: a thread for each worker thread's connection,
     which waits in AuditLog.append as that request thread would.
-    ``max_body`` is the largest body a worker takes (what waitress accepts:
-    twice MAX_CONTENT_LENGTH); a frame larger than a body that size makes
-    is refused, lest a connection out of step make this process read a
-    length it claims into memory."""
+    ``max_body`` is the largest body a worker takes (serve's
+    ingest_body_limit); a frame larger than a body that size makes is
+    refused, lest a connection out of step make this process read a length
+    it claims into memory."""
 
-    def __init__(self, log, metrics=None, max_body=2 * DEFAULTS["MAX_CONTENT_LENGTH"]):
+    def __init__(self, log, max_body, metrics=None):
         self.log = log
         self.metrics = metrics  # the text of /metrics, when METRICS is on
         self.limit = frame_limit(max_body)

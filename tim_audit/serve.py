@@ -118,12 +118,17 @@ def serve_command(only, review_fd, parent_fd, writer_fd, ingest_fd):
             shutil.rmtree(shared, ignore_errors=True)
 
 
+def ingest_body_limit(config):
+    """The largest body waitress takes for the ingest app. It buffers a
+    whole body before the app sees it: bound that at twice the app's own
+    limit, so a body a little too large still gets a JSON 413 (and is
+    quarantined) while a huge one is cut off."""
+    return 2 * config["MAX_CONTENT_LENGTH"]
+
+
 def _run_ingest(app, sock, warn=True):
-    # waitress buffers a whole body before the app sees it: bound that at
-    # twice the app's own limit, so a body a little too large still gets a
-    # JSON 413 (and is quarantined) while a huge one is cut off.
     config = app.config
-    run(app, sock, config["INGEST_THREADS"], 2 * config["MAX_CONTENT_LENGTH"], INGEST, warn)
+    run(app, sock, config["INGEST_THREADS"], ingest_body_limit(config), INGEST, warn)
 
 
 def _write_for_workers(app, sockets, children):
@@ -136,8 +141,8 @@ def _write_for_workers(app, sockets, children):
     counted = app.extensions.get("tim_audit.metrics")
     desk = handoff.Desk(
         app.extensions["tim_audit"],
+        ingest_body_limit(config),
         counted and (lambda: generate_latest(counted.registry)),
-        max_body=2 * config["MAX_CONTENT_LENGTH"],
     )
     for number, sock in enumerate(sockets, 1):
         children.append(Child(f"ingest worker {number}", app.logger, _worker(desk, sock, config)))
