@@ -3,6 +3,7 @@ their writer. A worker or the writer killed with callbacks in flight: every
 200 is in the log, every 503 is not, and 200s resume. Real processes, real
 sockets."""
 
+import contextlib
 import dataclasses
 import http.client
 import itertools
@@ -21,7 +22,17 @@ import pytest
 
 from conftest import event, rejection
 from tencent import group_body
-from test_faults import OK, ROOT, free_port, post, server_env, stored_group_ids, verify
+from test_faults import (
+    OK,
+    ROOT,
+    free_port,
+    hang_first_commit,
+    hold_lock,
+    post,
+    server_env,
+    stored_group_ids,
+    verify,
+)
 from test_serve import answering, children, get, serve_once
 from tim_audit import StartupError, create_ingest_app, handoff, serve
 from tim_audit.log.writer import StorageUncertain, StorageUnavailable
@@ -61,9 +72,16 @@ def stop():
 
 
 @pytest.fixture
-def remote(app, log, stop):
-    """A worker's log, answered by the app's own writer through a Desk."""
+def desk(app, log):
+    """The writer's side of the hand-off, for the app's own log."""
     desk = handoff.Desk(log, serve.ingest_body_limit(app.config))
+    yield desk
+    desk.close()
+
+
+@pytest.fixture
+def remote(desk, stop):
+    """A worker's log, answered by the app's own writer through a Desk."""
     own, theirs = handoff.pair()
     desk.attach(own)
     yield handoff.Remote([theirs], stop=stop)
@@ -210,23 +228,22 @@ def test_the_writer_closes_a_connection_whose_frame_claims_too_much(log, stop, c
     [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
     assert "over the limit" in line
     theirs.close()
+    desk.close()
 
 
-def test_an_error_reading_a_connection_ends_only_that_connection(
-    app, log, stop, caplog, monkeypatch
-):
-    desk = handoff.Desk(log, serve.ingest_body_limit(app.config))
-    receive = handoff._Connection.receive
+def test_an_error_reading_a_connection_ends_only_that_connection(desk, stop, caplog, monkeypatch):
+    take = handoff._Connection.take
 
-    def fails_once(connection, limit=None, deadline=None):
+    def fails_once(connection, limit=None):
         if not getattr(fails_once, "failed", False):
             fails_once.failed = True
             raise RuntimeError("a reader's bug")
-        return receive(connection, limit, deadline)
+        return take(connection, limit)
 
-    monkeypatch.setattr(handoff._Connection, "receive", fails_once)
+    monkeypatch.setattr(handoff._Connection, "take", fails_once)
     broken, first = handoff.pair()
     desk.attach(broken)
+    first.sendall(handoff._frame(1, handoff._STATE, b""))
     first.settimeout(5)
     assert first.recv(1) == b""  # that connection ended
     own, theirs = handoff.pair()
@@ -236,6 +253,104 @@ def test_an_error_reading_a_connection_ends_only_that_connection(
     assert record.exc_info is not None
     close(theirs)
     first.close()
+
+
+def test_an_entry_locked_out_is_answered_not_stored_and_a_retry_is_stored(app, remote, rows):
+    holder = hold_lock(app.config["DATABASE"])
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable):
+            remote.append(event(1), started)
+        assert time.monotonic() - started < 1.2
+    finally:
+        holder.communicate("done\n", timeout=10)
+    assert rows("SELECT id FROM event") == []
+    assert remote.append(event(1)).outcome == "stored"
+
+
+def test_an_entry_queued_behind_a_hung_commit_is_given_up_at_its_deadline(
+    log, desk, remote, stop, rows
+):
+    """The desk keeps each entry's deadline, as AuditLog.append does: one
+    still waiting for the writer at its deadline is answered not stored
+    then, and never is, though the writer takes the queue afterwards."""
+    hang_first_commit(log, 2)
+    errors = []
+
+    def first_append():
+        try:
+            remote.append(event(1))
+        except StorageUncertain as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=first_append)
+    first.start()
+    time.sleep(0.1)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="timed out waiting for the database"):
+        handoff.Remote([theirs], stop=stop).append(event(2), started)
+    assert 1.0 <= time.monotonic() - started < 1.1
+    first.join()
+    assert len(errors) == 1  # sealed into the hung transaction: may be stored
+    time.sleep(0.8)
+    assert rows("SELECT group_id FROM event") == [(event(1).group_id,)]
+    close(theirs)
+
+
+def test_an_entry_whose_commit_hangs_is_answered_may_be_stored_at_the_bound(log, remote, rows):
+    hang_first_commit(log, 2)
+    started = time.monotonic()
+    with pytest.raises(StorageUncertain, match="did not confirm the commit in time"):
+        remote.append(event(1), started)
+    assert 1.45 <= time.monotonic() - started < 1.5
+    time.sleep(0.8)
+    assert rows("SELECT group_id FROM event") == [(event(1).group_id,)]
+    assert remote.append(event(1)).outcome == "repeat"
+
+
+def test_the_desk_answers_other_connections_while_one_entry_waits_for_its_commit(
+    log, desk, remote, stop
+):
+    hang_first_commit(log, 1)
+    waiting = threading.Thread(target=remote.append, args=(event(1),))
+    waiting.start()
+    time.sleep(0.1)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    other = handoff.Remote([theirs], stop=stop)
+    started = time.monotonic()
+    assert other.stalled() is None
+    assert time.monotonic() - started < 0.1
+    waiting.join()
+    close(theirs)
+
+
+def test_the_writer_closes_a_connection_that_reads_no_answers(log, stop, caplog):
+    """A worker out of step that sends and never reads: its answers are not
+    kept past the frame limit (1 MiB here)."""
+    desk = handoff.Desk(log, max_body=0)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    requests = handoff._frame(1, handoff._STATE, b"") * 80_000  # 3.5 MB of answers
+
+    def send():
+        with contextlib.suppress(OSError):  # closed while sending
+            theirs.sendall(requests)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(10)
+    theirs.settimeout(5)
+    answered = 0
+    while chunk := theirs.recv(65536):
+        answered += len(chunk)
+    assert answered < 44 * 80_000
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert line == "closed a connection from an ingest worker that reads no answers"
+    theirs.close()
+    desk.close()
 
 
 # --- the workers, in processes of their own -----------------------------------------

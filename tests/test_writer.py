@@ -135,7 +135,7 @@ def test_a_second_writer_on_the_same_file_is_refused_while_the_first_runs(log, t
 
 def job(number, members=0, body=b"{}"):
     members = tuple(f"m{n}" for n in range(members))
-    return writer._Job(event(number, members=members, raw=body), deadline=0)
+    return writer.Job(event(number, members=members, raw=body), started=0, deadline=0)
 
 
 def test_a_transaction_takes_every_light_entry_and_heavy_ones_up_to_its_budget():
@@ -171,7 +171,7 @@ def test_close_writes_every_heavy_entry_it_held_back(log, rows):
     the ones still held before the writer stops."""
     log.open()
     jobs = [
-        writer._Job(event(n, members=tuple(f"m{m}" for m in range(400))), time.monotonic() + 30)
+        writer.Job(event(n, members=tuple(f"m{m}" for m in range(400))), 0, time.monotonic() + 30)
         for n in range(1, 7)
     ]
     with log._lock:  # queued at once, so that one batch holds them all
@@ -186,7 +186,7 @@ def test_an_entry_that_cannot_be_written_fails_alone(log, rows):
     """One bad entry in a batch: the others are still written, each in a
     transaction of its own, and the bad one gets its own error."""
     jobs = [
-        writer._Job(entry, deadline=time.monotonic() + 5)
+        writer.Job(entry, started=0, deadline=time.monotonic() + 5)
         for entry in (
             event(1),
             event(2, event_time=2**64),

@@ -18,12 +18,15 @@ code. CLOCK_MONOTONIC is one clock for every process, so a request's start
 carries its time budget across.
 """
 
+import contextlib
 import dataclasses
+import heapq
 import itertools
 import json
 import logging
-import queue
 import os
+import queue
+import selectors
 import signal
 import socket
 import struct
@@ -31,7 +34,7 @@ import threading
 import time
 
 from .log.records import Event, Receipt, Rejection
-from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
+from .log.writer import ANSWER_BOUND, Job, StorageUncertain, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ class _Connection:
     def __init__(self, sock):
         self.sock = sock
         self._buffer = bytearray()
+        self.out = bytearray()  # what the desk has yet to send on it
 
     def send(self, request_id, kind, payload):
         self.sock.sendall(_frame(request_id, kind, payload))
@@ -99,16 +103,7 @@ class _Connection:
         TimeoutError when ``deadline`` (time.monotonic()) passes first, however
         many pieces the frame comes in; FrameTooLarge when a frame claims
         more than ``limit`` bytes."""
-        while True:
-            if len(self._buffer) >= _HEAD.size:
-                length, request_id, kind = _HEAD.unpack_from(self._buffer)
-                if limit is not None and length > limit:
-                    raise FrameTooLarge(f"a frame of {length} bytes, over the limit of {limit}")
-                end = _HEAD.size + length
-                if len(self._buffer) >= end:
-                    payload = bytes(self._buffer[_HEAD.size : end])
-                    del self._buffer[:end]
-                    return request_id, kind, payload
+        while (frame := self.take(limit)) is None:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -123,6 +118,33 @@ class _Connection:
             if not chunk:
                 return None
             self._buffer += chunk
+        return frame
+
+    def read_ready(self):
+        """Take what the socket has, without waiting for more: False once
+        the other end is gone."""
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        self._buffer += chunk
+        return bool(chunk)
+
+    def take(self, limit=None):
+        """The next whole frame of what was received, or None."""
+        if len(self._buffer) < _HEAD.size:
+            return None
+        length, request_id, kind = _HEAD.unpack_from(self._buffer)
+        if limit is not None and length > limit:
+            raise FrameTooLarge(f"a frame of {length} bytes, over the limit of {limit}")
+        end = _HEAD.size + length
+        if len(self._buffer) < end:
+            return None
+        payload = bytes(self._buffer[_HEAD.size : end])
+        del self._buffer[:end]
+        return request_id, kind, payload
 
 
 def _frame(request_id, kind, payload):
@@ -277,60 +299,240 @@ class Remote:
 
 
 class Desk:
-    """The writer's side: a thread for each worker thread's connection,
-    which waits in AuditLog.append as that request thread would.
+    """The writer's side: one thread that reads every worker connection,
+    queues each entry with AuditLog.submit, and sends each answer when the
+    writer finishes the entry, or when its time runs out, deciding exactly
+    as AuditLog.append would. One thread for all, not one waiting on each
+    connection: a thread woken for each callback cost this process more
+    CPU than the writing (bench/costs.py).
+
     ``max_body`` is the largest body a worker takes (serve's
     ingest_body_limit); a frame larger than a body that size makes is
     refused, lest a connection out of step make this process read a length
-    it claims into memory."""
+    it claims into memory. Whatever ends a connection ends only it: its
+    worker then stops, and is started again (Remote)."""
 
     def __init__(self, log, max_body, metrics=None):
         self.log = log
         self.metrics = metrics  # the text of /metrics, when METRICS is on
         self.limit = frame_limit(max_body)
+        self._selector = selectors.DefaultSelector()
+        self._bell, self._ringer = socket.socketpair()
+        self._bell.setblocking(False)
+        self._ringer.setblocking(False)
+        self._selector.register(self._bell, selectors.EVENT_READ)
+        self._posted = queue.SimpleQueue()  # connections, finished jobs, answers
+        self._rung = False
+        self._waiting = {}  # job: (connection, request id), until answered
+        self._timers = []  # heap of (when, order, job, the answer it gets then)
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="tim-audit desk", daemon=True)
+        self._thread.start()
 
     def attach(self, sock):
         """Answer the requests on ``sock`` until the worker is gone."""
-        threading.Thread(
-            target=self._serve, args=(sock,), name="tim-audit desk", daemon=True
-        ).start()
+        self._post(_Connection(sock))
 
-    def _serve(self, sock):
-        """Answer one connection's requests. Whatever ends it ends only it:
-        its worker then stops, and is started again (Remote)."""
-        connection = _Connection(sock)
-        with sock:
+    def close(self):
+        """Stop answering and close every connection: for tests."""
+        self._post(None)
+        self._thread.join()
+
+    def _post(self, item):
+        """Hand ``item`` to the desk's thread, from any thread, with at
+        most one wake-up waiting for however many items."""
+        self._posted.put(item)
+        if not self._rung:
+            self._rung = True
+            # Never raises: the writer's thread calls this, and must go on.
+            # BlockingIOError: wake-ups are waiting already; any other
+            # OSError: the desk is closed.
+            with contextlib.suppress(OSError):
+                self._ringer.send(b"\0")
+
+    def _run(self):
+        while True:
             try:
-                while (frame := connection.receive(self.limit)) is not None:
-                    request_id, kind, payload = frame
-                    try:
-                        connection.send(request_id, *self._answer(kind, payload))
-                    except OSError:
-                        return  # the worker is gone; its requests died with it
-            except FrameTooLarge as exc:
-                logger.error("closed a connection from an ingest worker: %s", exc)
-            except Exception:
-                logger.exception("closed a connection from an ingest worker after an error")
+                if not self._turn():
+                    break
+            except Exception:  # a bug here must not leave every worker unanswered
+                logger.exception("the writer's desk failed; it goes on")
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()
+        self._selector.close()
+        self._ringer.close()
 
-    def _answer(self, kind, payload):
-        """(kind, payload) of the answer. Whatever fails here is answered
-        as such: a connection that ended would stop its worker's appends."""
+    def _turn(self):
+        """Wait for a frame, a posted item or the next deadline, and act on
+        each. False once close() asked the desk to stop."""
+        timeout = None
+        if self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        for key, events in self._selector.select(timeout):
+            connection = key.data
+            if connection is None:
+                with contextlib.suppress(BlockingIOError):
+                    while self._bell.recv(4096):
+                        pass
+                continue
+            if events & selectors.EVENT_READ:
+                self._read(connection)
+            if events & selectors.EVENT_WRITE and connection.sock.fileno() != -1:
+                self._flush(connection)
+        if not self._take_posted():
+            return False
+        self._expire()
+        return True
+
+    def _take_posted(self):
+        """Attach new connections, send finished jobs' answers. False once
+        close() asked the desk to stop."""
+        self._rung = False
+        while True:
+            try:
+                item = self._posted.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            try:
+                self._take(item)
+            except Exception:
+                logger.exception("the writer's desk failed on a %s", type(item).__name__)
+
+    def _take(self, item):
+        if isinstance(item, _Connection):
+            item.sock.setblocking(False)
+            self._selector.register(item.sock, selectors.EVENT_READ, item)
+        elif isinstance(item, Job):
+            if (asked := self._waiting.pop(item, None)) is not None:
+                self._send(*asked, *_answer(item))
+        else:
+            self._send(*item)
+
+    def _read(self, connection):
+        if not connection.read_ready():
+            self._close(connection)
+            return
         try:
-            if kind == _STATE:
-                state = {"stalled": self.log.stalled(), "failure": self.log.failure}
-                return _ANSWER, json.dumps(state).encode()
-            if kind == _METRICS:
-                return _ANSWER, self.metrics()
+            while connection.sock.fileno() != -1 and (frame := connection.take(self.limit)):
+                self._ask(connection, *frame)
+        except FrameTooLarge as exc:
+            logger.error("closed a connection from an ingest worker: %s", exc)
+            self._close(connection)
+        except Exception:
+            logger.exception("closed a connection from an ingest worker after an error")
+            self._close(connection)
+
+    def _ask(self, connection, request_id, kind, payload):
+        """Answer a request now, or once the writer or the clock does."""
+        if kind == _STATE:
+            state = {"stalled": self.log.stalled(), "failure": self.log.failure}
+            self._send(connection, request_id, _ANSWER, json.dumps(state).encode())
+            return
+        if kind == _METRICS:
+            # Read on a thread of its own: a slow scrape waits for no entry.
+            threading.Thread(
+                target=self._measure, args=(connection, request_id), daemon=True
+            ).start()
+            return
+        try:
             entry, started = _decode(kind, payload)
-            receipt = self.log.append(entry, started)
+            job = self.log.submit(entry, started, self._post)
         except StorageUnavailable as exc:
-            return _UNAVAILABLE, str(exc).encode()
-        except StorageUncertain as exc:
-            return _UNCERTAIN, str(exc).encode()
+            self._send(connection, request_id, _UNAVAILABLE, str(exc).encode())
+            return
         except Exception as exc:
             logger.exception("the writer failed on a request from a worker")
-            return _FAILED, str(exc).encode()
+            self._send(connection, request_id, _FAILED, str(exc).encode())
+            return
+        self._waiting[job] = (connection, request_id)
+        self._at(job.deadline, job, None)
+
+    def _at(self, when, job, answer):
+        heapq.heappush(self._timers, (when, next(self._order), job, answer))
+
+    def _expire(self):
+        """At a job's deadline, cancel it if no transaction holds it (not
+        stored); if one does, wait for it until ANSWER_BOUND (may be)."""
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, job, answer = heapq.heappop(self._timers)
+            if job not in self._waiting or job.done.is_set():
+                continue  # answered, or its answer is posted
+            if answer is not None:
+                self._send(*self._waiting.pop(job), *answer)
+            elif self.log.give_up(job):
+                failure = (self.log.failure or "timed out waiting for the database").encode()
+                self._send(*self._waiting.pop(job), _UNAVAILABLE, failure)
+            else:
+                uncertain = b"the database did not confirm the commit in time"
+                self._at(job.started + ANSWER_BOUND, job, (_UNCERTAIN, uncertain))
+
+    def _measure(self, connection, request_id):
+        try:
+            answer = _ANSWER, self.metrics()
+        except Exception as exc:
+            logger.exception("the writer has no metrics for a worker")
+            answer = _FAILED, str(exc).encode()
+        self._post((connection, request_id, *answer))
+
+    def _send(self, connection, request_id, kind, payload):
+        """Send an answer without waiting: what the socket does not take
+        now is sent when it can (_flush)."""
+        if connection.sock.fileno() == -1:
+            return  # the worker is gone; its requests died with it
+        frame = _frame(request_id, kind, payload)
+        if connection.out:
+            connection.out += frame
+        else:
+            try:
+                sent = connection.sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(connection)
+                return
+            if sent == len(frame):
+                return
+            connection.out += frame[sent:]
+            self._selector.modify(
+                connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection
+            )
+        if len(connection.out) > self.limit:
+            logger.error("closed a connection from an ingest worker that reads no answers")
+            self._close(connection)
+
+    def _flush(self, connection):
+        try:
+            sent = connection.sock.send(connection.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(connection)
+            return
+        del connection.out[:sent]
+        if not connection.out:
+            self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+
+    def _close(self, connection):
+        if connection.sock.fileno() != -1:
+            self._selector.unregister(connection.sock)
+            connection.sock.close()
+
+
+def _answer(job):
+    """The answer to a finished job: what AuditLog.append returns or
+    raises, as a frame's kind and payload."""
+    if job.error is None:
+        receipt = job.receipt
         return _ANSWER, json.dumps([receipt.outcome, receipt.id, receipt.hash]).encode()
+    if isinstance(job.error, StorageUnavailable):
+        return _UNAVAILABLE, str(job.error).encode()
+    if isinstance(job.error, StorageUncertain):
+        return _UNCERTAIN, str(job.error).encode()
+    logger.error("the writer failed on a request from a worker", exc_info=job.error)
+    return _FAILED, str(job.error).encode()
 
 
 def pair():

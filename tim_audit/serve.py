@@ -203,14 +203,8 @@ def _worker(desk, sock, config):
             sock.close()
             for _, theirs in pairs:
                 theirs.close()
-        try:
-            for own, _ in pairs:
-                desk.attach(own)
-        except BaseException:  # no thread for it: a worker no one answers must not run
-            process.kill()
-            for own, _ in pairs:
-                own.close()
-            raise
+        for own, _ in pairs:
+            desk.attach(own)
         return process
 
     return start

@@ -10,6 +10,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import sqlite3
 
@@ -49,9 +50,16 @@ class StorageUncertain(Exception):
 
 
 @dataclasses.dataclass(eq=False)
-class _Job:
+class Job:
+    """One append, from the queue to its answer. ``notify``, if given, is
+    called with the job once it is finished, on the thread that finished it
+    (the writer's): the hand-off's desk answers from it without a thread
+    waiting on each job."""
+
     entry: object  # what records.write takes
-    deadline: float
+    started: float  # time.monotonic() when its request began
+    deadline: float  # when it is given up on unless sealed (AuditLog.give_up)
+    notify: Callable[["Job"], None] | None = None
     state: str = _PENDING
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     receipt: records.Receipt | None = None
@@ -60,6 +68,14 @@ class _Job:
     def finish(self, receipt=None, error=None):
         self.receipt, self.error = receipt, error
         self.done.set()
+        if self.notify is not None:
+            self.notify(self)
+
+    def result(self):
+        """The receipt, or the error it finished with."""
+        if self.error is not None:
+            raise self.error
+        return self.receipt
 
 
 class AuditLog:
@@ -162,6 +178,20 @@ class AuditLog:
         A job already sealed into a transaction waits for its commit, until
         ANSWER_BOUND; then :class:`StorageUncertain`.
         """
+        job = self.submit(entry, started)
+        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
+            if self.give_up(job):
+                raise StorageUnavailable(self.failure)
+            if not job.done.wait(max(0.0, job.started + ANSWER_BOUND - time.monotonic())):
+                raise StorageUncertain("the database did not confirm the commit in time")
+        return job.result()
+
+    def submit(self, entry, started=None, notify=None):
+        """Queue ``entry`` for the writer and return its :class:`Job` at
+        once: :meth:`append` without the wait, for a caller that answers
+        from ``notify`` and keeps the job's deadlines itself (give_up at
+        job.deadline, StorageUncertain at ANSWER_BOUND). Raises
+        StorageUnavailable, as append does, when it cannot be queued."""
         started = time.monotonic() if started is None else started
         if self._writer is None:
             try:
@@ -175,19 +205,20 @@ class AuditLog:
             # that callbacks do not hold every thread while the disk hangs.
             self.failure = stalled
             raise StorageUnavailable(stalled)
-        job = _Job(entry, started + self.timeout)
+        job = Job(entry, started, started + self.timeout, notify)
         self._queue.put(job)
-        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
-            with self._lock:
-                if job.state == _PENDING:
-                    job.state = _CANCELLED
-                    self.failure = "timed out waiting for the database"
-                    raise StorageUnavailable(self.failure)
-            if not job.done.wait(max(0.0, started + ANSWER_BOUND - time.monotonic())):
-                raise StorageUncertain("the database did not confirm the commit in time")
-        if job.error is not None:
-            raise job.error
-        return job.receipt
+        return job
+
+    def give_up(self, job):
+        """At ``job.deadline``: cancel the job if no transaction holds it
+        yet (True: it is never stored, answer StorageUnavailable). False
+        once it is sealed into one, or already finished."""
+        with self._lock:
+            if job.state != _PENDING:
+                return False
+            job.state = _CANCELLED
+            self.failure = "timed out waiting for the database"
+            return True
 
     def stalled(self):
         """Why the writer is stuck, if it has been on one batch for longer
