@@ -194,7 +194,7 @@ def test_an_entry_that_cannot_be_written_fails_alone(log, rows):
         )
     ]
     log._commit(jobs)
-    assert [job.done.is_set() for job in jobs] == [True, True, True]
+    assert [job.finished for job in jobs] == [True, True, True]
     assert [job.receipt.outcome if job.receipt else None for job in jobs] == [
         "stored",
         None,

@@ -458,7 +458,7 @@ class Desk:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, job, answer = heapq.heappop(self._timers)
-            if job not in self._waiting or job.done.is_set():
+            if job not in self._waiting or job.finished:
                 continue  # answered, or its answer is posted
             if answer is not None:
                 self._send(*self._waiting.pop(job), *answer)

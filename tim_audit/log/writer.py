@@ -51,23 +51,22 @@ class StorageUncertain(Exception):
 
 @dataclasses.dataclass(eq=False)
 class Job:
-    """One append, from the queue to its answer. ``notify``, if given, is
-    called with the job once it is finished, on the thread that finished it
-    (the writer's): the hand-off's desk answers from it without a thread
-    waiting on each job."""
+    """One append, from the queue to its answer. ``notify`` is called with
+    the job once it is finished, on the thread that finished it (the
+    writer's): AuditLog.append wakes its caller from it, the hand-off's
+    desk answers a worker from it."""
 
     entry: object  # what records.write takes
     started: float  # time.monotonic() when its request began
     deadline: float  # when it is given up on unless sealed (AuditLog.give_up)
     notify: Callable[["Job"], None] | None = None
     state: str = _PENDING
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    finished: bool = False
     receipt: records.Receipt | None = None
     error: Exception | None = None
 
     def finish(self, receipt=None, error=None):
-        self.receipt, self.error = receipt, error
-        self.done.set()
+        self.receipt, self.error, self.finished = receipt, error, True
         if self.notify is not None:
             self.notify(self)
 
@@ -178,11 +177,12 @@ class AuditLog:
         A job already sealed into a transaction waits for its commit, until
         ANSWER_BOUND; then :class:`StorageUncertain`.
         """
-        job = self.submit(entry, started)
-        if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
+        done = threading.Event()
+        job = self.submit(entry, started, lambda job: done.set())
+        if not done.wait(max(0.0, job.deadline - time.monotonic())):
             if self.give_up(job):
                 raise StorageUnavailable(self.failure)
-            if not job.done.wait(max(0.0, job.started + ANSWER_BOUND - time.monotonic())):
+            if not done.wait(max(0.0, job.started + ANSWER_BOUND - time.monotonic())):
                 raise StorageUncertain("the database did not confirm the commit in time")
         return job.result()
 
@@ -250,7 +250,7 @@ class AuditLog:
                 logger.exception("the writer failed on a batch")
                 self._abandon()
                 for job in jobs:
-                    if not job.done.is_set():
+                    if not job.finished:
                         job.finish(error=exc)
             self._busy_since = None
             if closing and not held:
