@@ -255,6 +255,15 @@ def test_an_error_reading_a_connection_ends_only_that_connection(desk, stop, cap
     first.close()
 
 
+def test_the_desk_keeps_nothing_of_an_answered_entry(desk, remote):
+    """Its deadline timers outlive the answer by up to 1.45 s: they hold a
+    ticket, not the entry, so the bodies of a busy second are not kept."""
+    entry = event(1, raw=b"x" * 100_000)
+    assert remote.append(entry).outcome == "stored"
+    assert desk._waiting == {}
+    assert [type(value) for timer in desk._timers for value in timer] == [float, int, type(None)]
+
+
 def test_an_entry_locked_out_is_answered_not_stored_and_a_retry_is_stored(app, remote, rows):
     holder = hold_lock(app.config["DATABASE"])
     started = time.monotonic()

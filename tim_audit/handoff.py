@@ -34,7 +34,7 @@ import threading
 import time
 
 from .log.records import Event, Receipt, Rejection
-from .log.writer import ANSWER_BOUND, Job, StorageUncertain, StorageUnavailable
+from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -321,11 +321,14 @@ class Desk:
         self._bell.setblocking(False)
         self._ringer.setblocking(False)
         self._selector.register(self._bell, selectors.EVENT_READ)
-        self._posted = queue.SimpleQueue()  # connections, finished jobs, answers
+        self._posted = queue.SimpleQueue()  # connections, finished tickets, answers
         self._rung = False
-        self._waiting = {}  # job: (connection, request id), until answered
-        self._timers = []  # heap of (when, order, job, the answer it gets then)
-        self._order = itertools.count()
+        # Each entry's ticket: (job, connection, request id) until it is
+        # answered. The timers hold tickets, not jobs, so that an answered
+        # entry's body is let go at once, not at its deadline.
+        self._waiting = {}
+        self._timers = []  # heap of (when, ticket, the answer it gets then)
+        self._tickets = itertools.count()
         self._thread = threading.Thread(target=self._run, name="tim-audit desk", daemon=True)
         self._thread.start()
 
@@ -404,9 +407,10 @@ class Desk:
         if isinstance(item, _Connection):
             item.sock.setblocking(False)
             self._selector.register(item.sock, selectors.EVENT_READ, item)
-        elif isinstance(item, Job):
-            if (asked := self._waiting.pop(item, None)) is not None:
-                self._send(*asked, *_answer(item))
+        elif isinstance(item, int):  # the ticket of a finished job
+            if (waiting := self._waiting.pop(item, None)) is not None:
+                job, *asked = waiting
+                self._send(*asked, *_answer(job))
         else:
             self._send(*item)
 
@@ -436,9 +440,10 @@ class Desk:
                 target=self._measure, args=(connection, request_id), daemon=True
             ).start()
             return
+        ticket = next(self._tickets)
         try:
             entry, started = _decode(kind, payload)
-            job = self.log.submit(entry, started, self._post)
+            job = self.log.submit(entry, started, lambda job: self._post(ticket))
         except StorageUnavailable as exc:
             self._send(connection, request_id, _UNAVAILABLE, str(exc).encode())
             return
@@ -446,28 +451,32 @@ class Desk:
             logger.exception("the writer failed on a request from a worker")
             self._send(connection, request_id, _FAILED, str(exc).encode())
             return
-        self._waiting[job] = (connection, request_id)
-        self._at(job.deadline, job, None)
-
-    def _at(self, when, job, answer):
-        heapq.heappush(self._timers, (when, next(self._order), job, answer))
+        self._waiting[ticket] = (job, connection, request_id)
+        heapq.heappush(self._timers, (job.deadline, ticket, None))
 
     def _expire(self):
         """At a job's deadline, cancel it if no transaction holds it (not
         stored); if one does, wait for it until ANSWER_BOUND (may be)."""
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, job, answer = heapq.heappop(self._timers)
-            if job not in self._waiting or job.finished:
-                continue  # answered, or its answer is posted
+            _, ticket, answer = heapq.heappop(self._timers)
+            if ticket not in self._waiting:
+                continue  # answered
+            job, *asked = self._waiting[ticket]
+            if job.finished:
+                continue  # its answer is posted
             if answer is not None:
-                self._send(*self._waiting.pop(job), *answer)
+                del self._waiting[ticket]
+                self._send(*asked, *answer)
             elif self.log.give_up(job):
+                del self._waiting[ticket]
                 failure = (self.log.failure or "timed out waiting for the database").encode()
-                self._send(*self._waiting.pop(job), _UNAVAILABLE, failure)
+                self._send(*asked, _UNAVAILABLE, failure)
             else:
                 uncertain = b"the database did not confirm the commit in time"
-                self._at(job.started + ANSWER_BOUND, job, (_UNCERTAIN, uncertain))
+                heapq.heappush(
+                    self._timers, (job.started + ANSWER_BOUND, ticket, (_UNCERTAIN, uncertain))
+                )
 
     def _measure(self, connection, request_id):
         try:
