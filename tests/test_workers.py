@@ -610,6 +610,46 @@ def test_the_writer_killed_with_callbacks_in_flight_loses_nothing_answered(worke
     assert verify(env)[0] == 0
 
 
+def test_a_database_locked_elsewhere_is_answered_503_by_the_workers_and_nothing_is_stored(
+    workers, tmp_path
+):
+    """The lock held by another process past the callbacks' deadline: each
+    worker answers 503 within 1.5 s, as one process would, /healthz says
+    the database is not writable, and once the lock is let go the same
+    callbacks are stored, once."""
+    process, port, _ = workers()
+    database = tmp_path / "audit.sqlite3"
+    holder = hold_lock(str(database))
+    answers = {}
+    try:
+
+        def one(n):
+            group_id = f"@TGS#locked{n}"
+            started = time.monotonic()
+            answers[group_id] = (
+                post(port, group_body(GroupId=group_id)),
+                time.monotonic() - started,
+            )
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        status, health = get(port, "/healthz")
+    finally:
+        holder.communicate("done\n", timeout=10)
+    assert (status, json.loads(health)["status"]) == (503, "unavailable")
+    assert len(answers) == 8
+    for (status, answer), seconds in answers.values():
+        assert (status, answer["ErrorCode"]) == (503, 60030)
+        assert seconds < 1.5
+    assert stored_group_ids(database) == {}
+    for group_id in sorted(answers):
+        assert post(port, group_body(GroupId=group_id)) == (200, OK)
+    assert stored_group_ids(database) == dict.fromkeys(answers, 1)
+
+
 @pytest.mark.parametrize(
     "failure", [OSError(24, "Too many open files"), RuntimeError("can't start new thread")]
 )
