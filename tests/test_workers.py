@@ -34,7 +34,7 @@ from test_faults import (
     verify,
 )
 from test_serve import answering, children, get, serve_once
-from tim_audit import StartupError, create_ingest_app, handoff, serve
+from tim_audit import StartupError, config, create_ingest_app, handoff, serve
 from tim_audit.log.writer import StorageUncertain, StorageUnavailable
 
 
@@ -48,9 +48,35 @@ def test_ingest_processes_must_be_a_whole_number_of_at_least_one(value):
     )
 
 
-def test_ingest_processes_is_one_a_core_unless_set():
-    assert create_ingest_app().config["INGEST_PROCESSES"] == len(os.sched_getaffinity(0))
+def test_ingest_processes_is_one_a_usable_core_unless_set():
+    assert create_ingest_app().config["INGEST_PROCESSES"] == config.usable_cores()
     assert create_ingest_app({"INGEST_PROCESSES": 1}).config["INGEST_PROCESSES"] == 1
+
+
+@pytest.mark.parametrize(
+    ("quotas", "cores"),
+    [
+        ({}, "affinity"),  # no cpu.max: the root cgroup, or no cpu controller
+        ({"system.slice/tim-audit.service": "max 100000"}, "affinity"),
+        ({"system.slice/tim-audit.service": "50000 100000"}, 1),  # CPUQuota=50%
+        ({"system.slice": "100000 100000", "system.slice/tim-audit.service": "max 100000"}, 1),
+        ({"system.slice/tim-audit.service": "not a quota"}, "affinity"),
+        ({"system.slice/tim-audit.service": "100000 0"}, "affinity"),
+    ],
+)
+def test_usable_cores_are_the_affinitys_under_the_tightest_cgroup_quota(tmp_path, quotas, cores):
+    (tmp_path / "cgroup").write_text("0::/system.slice/tim-audit.service\n")
+    root = tmp_path / "sys"
+    (root / "system.slice/tim-audit.service").mkdir(parents=True)
+    for group, quota in quotas.items():
+        (root / group / "cpu.max").write_text(quota + "\n")
+    expected = len(os.sched_getaffinity(0)) if cores == "affinity" else cores
+    assert config.usable_cores(tmp_path / "cgroup", root) == expected
+
+
+def test_usable_cores_without_cgroup_v2_are_the_affinitys(tmp_path):
+    (tmp_path / "cgroup").write_text("4:memory:/a\n1:cpu:/\n")
+    assert config.usable_cores(tmp_path / "cgroup", tmp_path) == len(os.sched_getaffinity(0))
 
 
 # --- the hand-off, in one process ------------------------------------------------

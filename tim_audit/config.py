@@ -3,7 +3,9 @@ checks that refuse what cannot be meant before the service starts."""
 
 import difflib
 import hashlib
+import math
 import os
+import pathlib
 import re
 import traceback
 import zoneinfo
@@ -13,6 +15,31 @@ from cryptography import x509
 from marshmallow import Schema, ValidationError, fields, validate
 
 from .log import signednote
+
+
+def usable_cores(cgroups="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """The cores this process may use: those of its CPU affinity, or fewer
+    under a CPU quota on its cgroup or one above it (cgroup v2's cpu.max:
+    systemd's CPUQuota=, a container's --cpus), rounded up. A quota of 2
+    cores on a 16-core host would otherwise start 16 ingest workers."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open(cgroups) as lines:
+            path = next(line[3:].strip() for line in lines if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return cores  # cgroup v1, or none
+    group = pathlib.Path(root, path.lstrip("/"))
+    for directory in (group, *group.parents):
+        if not directory.is_relative_to(root):
+            break
+        try:
+            quota, period = pathlib.Path(directory, "cpu.max").read_text().split()
+            if quota != "max":
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError, ZeroDivisionError):
+            continue  # no quota here, or none that can be read
+    return cores
+
 
 DEFAULTS = {
     "SDKAPPID": None,
@@ -34,7 +61,7 @@ DEFAULTS = {
     # Ingest worker processes (serve.py): one a core, so that the HTTP,
     # signature and marshmallow work of callbacks uses each; 1 serves
     # callbacks in the writer's own process.
-    "INGEST_PROCESSES": len(os.sched_getaffinity(0)),
+    "INGEST_PROCESSES": usable_cores(),
     "REVIEW_THREADS": 8,
     "MAX_EXPORTS": 2,
     "LOGIN_FAILURES": 10,
