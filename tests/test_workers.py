@@ -362,6 +362,132 @@ def test_the_desk_answers_other_connections_while_one_entry_waits_for_its_commit
     close(theirs)
 
 
+def frames_within(sock, seconds):
+    """Every frame that arrives on ``sock`` within ``seconds``, with when
+    (time.monotonic())."""
+    connection, frames = handoff._Connection(sock), []
+    began = time.monotonic()
+    while True:
+        try:
+            frame = connection.receive(deadline=began + seconds)
+        except TimeoutError:
+            return frames
+        if frame is None:
+            return frames
+        frames.append((time.monotonic(), *frame))
+
+
+def entry_frame(request_id, entry, started):
+    return handoff._frame(request_id, *handoff._encode(entry, started))
+
+
+def test_each_entry_is_answered_once_whatever_the_writer_does_after(log, desk, rows):
+    """One entry sealed into a commit that hangs 2 s, one queued behind it:
+    each gets one answer (may be stored at 1.45 s, not stored at 1.0 s),
+    and nothing more when the writer finishes the one and drops the other."""
+    hang_first_commit(log, 2)
+    (first, a), (second, b) = handoff.pair(), handoff.pair()
+    desk.attach(first)
+    desk.attach(second)
+    started = time.monotonic()
+    a.sendall(entry_frame(1, event(1), started))
+    time.sleep(0.1)
+    b.sendall(entry_frame(2, event(2), started + 0.1))
+    answers = {}
+    readers = [
+        threading.Thread(target=lambda s=sock: answers.update({s: frames_within(s, 3.5)}))
+        for sock in (a, b)
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    [(at_a, id_a, kind_a, _)] = answers[a]
+    [(at_b, id_b, kind_b, _)] = answers[b]
+    assert (id_a, kind_a) == (1, handoff._UNCERTAIN) and 1.45 <= at_a - started < 1.5
+    assert (id_b, kind_b) == (2, handoff._UNAVAILABLE) and 1.1 <= at_b - started < 1.2
+    assert rows("SELECT group_id FROM event") == [(event(1).group_id,)]
+    close(a)
+    close(b)
+
+
+@pytest.mark.parametrize("started", [float("nan"), float("inf"), 10.0**12, -(10.0**12)])
+def test_a_start_time_from_nowhere_is_refused_and_the_desk_goes_on(desk, remote, started, rows):
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    theirs.sendall(entry_frame(9, event(1), started))
+    [(_, request_id, kind, message)] = frames_within(theirs, 0.5)
+    assert (request_id, kind) == (9, handoff._FAILED)
+    assert b"not near now" in message
+    assert remote.append(event(2)).outcome == "stored"
+    assert rows("SELECT group_id FROM event") == [(event(2).group_id,)]
+    close(theirs)
+
+
+def test_a_worker_that_sends_entries_ahead_of_their_answers_is_cut_off(log, desk, caplog):
+    """A worker waits for each answer, so a third entry with two waiting
+    means a worker out of step: its bodies would pile up in the writer's
+    queue. Its connection is closed, and the worker restarts."""
+    hang_first_commit(log, 1)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    now = time.monotonic()
+    theirs.sendall(b"".join(entry_frame(n, event(n), now) for n in (1, 2, 3)))
+    assert frames_within(theirs, 3) == []  # closed, unanswered
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert line == (
+        "closed a connection from an ingest worker: an entry came with 2 unanswered before it"
+    )
+    theirs.close()
+
+
+def test_a_connection_the_desk_cannot_watch_is_closed_so_its_worker_restarts(
+    desk, remote, monkeypatch, caplog
+):
+    assert remote.stalled() is None  # its connection is watched already
+    register = desk._selector.register
+
+    def fails_once(*args):
+        monkeypatch.setattr(desk._selector, "register", register)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(desk._selector, "register", fails_once)
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    theirs.settimeout(5)
+    assert theirs.recv(1) == b""  # the worker sees its end, and stops
+    assert remote.append(event(1)).outcome == "stored"  # the others go on
+    [record] = [r for r in caplog.records if r.name == "tim_audit.handoff"]
+    assert record.getMessage() == "the writer's desk failed on a _Connection"
+    theirs.close()
+
+
+def test_metrics_are_read_once_at_a_time(log):
+    """Scrapes of a hung disk do not pile up threads: while one read of the
+    metrics is under way, another is refused at once."""
+    reading = threading.Event()
+
+    def slow_metrics():
+        reading.set()
+        time.sleep(0.5)
+        return b"# metrics\n"
+
+    desk = handoff.Desk(log, max_body=1000, metrics=slow_metrics)
+    (one, a), (other, b) = handoff.pair(), handoff.pair()
+    desk.attach(one)
+    desk.attach(other)
+    a.sendall(handoff._frame(1, handoff._METRICS, b""))
+    assert reading.wait(5)
+    b.sendall(handoff._frame(2, handoff._METRICS, b""))
+    [(at_b, _, kind_b, message)] = frames_within(b, 0.3)
+    assert (kind_b, message) == (handoff._FAILED, b"the metrics are being read already")
+    [(_, _, kind_a, text)] = frames_within(a, 2)
+    assert (kind_a, text) == (handoff._ANSWER, b"# metrics\n")
+    close(a)
+    close(b)
+    desk.close()
+
+
 def test_the_writer_closes_a_connection_that_reads_no_answers(log, stop, caplog):
     """A worker out of step that sends and never reads: its answers are not
     kept past the frame limit (1 MiB here)."""

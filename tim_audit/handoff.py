@@ -52,6 +52,16 @@ _IDS = 2**32  # request ids wrap here: they are packed in 4 bytes
 # Room in a frame for the JSON header beyond the body: the request line and
 # headers waitress accepts (256 KiB), and JSON's escapes.
 _HEADER_ROOM = 1024 * 1024
+# Entries a connection may have waiting at the desk. A worker sends the next
+# only once the last is answered or given up on (at ANSWER_BOUND + CROSSING,
+# when the desk has answered it too): one, or two when the desk's answer is
+# late. More is a worker out of step, whose bodies would pile up in the
+# writer's queue; its connection is closed.
+_IN_FLIGHT = 2
+# A request's start, as the worker says, must lie this near the desk's own
+# clock (the same CLOCK_MONOTONIC): a time from nowhere would set the desk's
+# timers, and its wait in select, by it.
+_STARTED_WITHIN = (-10.0, 1.0)  # seconds from now
 
 
 def frame_limit(max_body):
@@ -66,6 +76,13 @@ class FrameTooLarge(ValueError):
     one a worker of ours speaks on, or it is out of step."""
 
 
+class OutOfStep(ValueError):
+    """A worker sent entries faster than the desk answers them."""
+
+
+_NOTHING = object()  # posted only to wake the desk
+
+
 class _Connection:
     """One end of a socketpair, carrying one request at a time, and its
     frames; a frame read in one recv when it fits, as nearly all do."""
@@ -74,6 +91,7 @@ class _Connection:
         self.sock = sock
         self._buffer = bytearray()
         self.out = bytearray()  # what the desk has yet to send on it
+        self.in_flight = 0  # its entries the desk has not answered yet
 
     def send(self, request_id, kind, payload):
         self.sock.sendall(_frame(request_id, kind, payload))
@@ -329,6 +347,7 @@ class Desk:
         self._waiting = {}
         self._timers = []  # heap of (when, ticket, the answer it gets then)
         self._tickets = itertools.count()
+        self._measuring = threading.Lock()  # one metrics read at a time
         self._thread = threading.Thread(target=self._run, name="tim-audit desk", daemon=True)
         self._thread.start()
 
@@ -360,6 +379,12 @@ class Desk:
                     break
             except Exception:  # a bug here must not leave every worker unanswered
                 logger.exception("the writer's desk failed; it goes on")
+                # What was posted waits for the next turn, which must come
+                # even if nothing else rings; and a failure that repeats
+                # must not spin.
+                self._rung = False
+                self._post(_NOTHING)
+                time.sleep(0.01)
         for key in list(self._selector.get_map().values()):
             key.fileobj.close()
         self._selector.close()
@@ -402,6 +427,10 @@ class Desk:
                 self._take(item)
             except Exception:
                 logger.exception("the writer's desk failed on a %s", type(item).__name__)
+                if isinstance(item, _Connection):
+                    # Unanswered, its worker would wait on it for ever:
+                    # closed, the worker stops and is started again.
+                    item.sock.close()
 
     def _take(self, item):
         if isinstance(item, _Connection):
@@ -410,8 +439,8 @@ class Desk:
         elif isinstance(item, int):  # the ticket of a finished job
             if (waiting := self._waiting.pop(item, None)) is not None:
                 job, *asked = waiting
-                self._send(*asked, *_answer(job))
-        else:
+                self._reply(*asked, *_answer(job))
+        elif item is not _NOTHING:
             self._send(*item)
 
     def _read(self, connection):
@@ -421,7 +450,7 @@ class Desk:
         try:
             while connection.sock.fileno() != -1 and (frame := connection.take(self.limit)):
                 self._ask(connection, *frame)
-        except FrameTooLarge as exc:
+        except (FrameTooLarge, OutOfStep) as exc:
             logger.error("closed a connection from an ingest worker: %s", exc)
             self._close(connection)
         except Exception:
@@ -435,14 +464,23 @@ class Desk:
             self._send(connection, request_id, _ANSWER, json.dumps(state).encode())
             return
         if kind == _METRICS:
-            # Read on a thread of its own: a slow scrape waits for no entry.
+            # Read on a thread of its own, so that a slow scrape holds up no
+            # entry; one at a time, so that scrapes of a hung disk do not
+            # pile up threads.
+            if not self._measuring.acquire(blocking=False):
+                self._send(connection, request_id, _FAILED, b"the metrics are being read already")
+                return
             threading.Thread(
                 target=self._measure, args=(connection, request_id), daemon=True
             ).start()
             return
+        if connection.in_flight >= _IN_FLIGHT:
+            raise OutOfStep(f"an entry came with {connection.in_flight} unanswered before it")
         ticket = next(self._tickets)
         try:
             entry, started = _decode(kind, payload)
+            if not _STARTED_WITHIN[0] <= started - time.monotonic() <= _STARTED_WITHIN[1]:
+                raise ValueError(f"a request that started at {started!r}, not near now")
             job = self.log.submit(entry, started, lambda job: self._post(ticket))
         except StorageUnavailable as exc:
             self._send(connection, request_id, _UNAVAILABLE, str(exc).encode())
@@ -452,6 +490,7 @@ class Desk:
             self._send(connection, request_id, _FAILED, str(exc).encode())
             return
         self._waiting[ticket] = (job, connection, request_id)
+        connection.in_flight += 1
         heapq.heappush(self._timers, (job.deadline, ticket, None))
 
     def _expire(self):
@@ -467,11 +506,11 @@ class Desk:
                 continue  # its answer is posted
             if answer is not None:
                 del self._waiting[ticket]
-                self._send(*asked, *answer)
+                self._reply(*asked, *answer)
             elif self.log.give_up(job):
                 del self._waiting[ticket]
                 failure = (self.log.failure or "timed out waiting for the database").encode()
-                self._send(*asked, _UNAVAILABLE, failure)
+                self._reply(*asked, _UNAVAILABLE, failure)
             else:
                 uncertain = b"the database did not confirm the commit in time"
                 heapq.heappush(
@@ -484,7 +523,14 @@ class Desk:
         except Exception as exc:
             logger.exception("the writer has no metrics for a worker")
             answer = _FAILED, str(exc).encode()
+        finally:
+            self._measuring.release()
         self._post((connection, request_id, *answer))
+
+    def _reply(self, connection, request_id, kind, payload):
+        """Send the answer to one of ``connection``'s entries."""
+        connection.in_flight -= 1
+        self._send(connection, request_id, kind, payload)
 
     def _send(self, connection, request_id, kind, payload):
         """Send an answer without waiting: what the socket does not take
