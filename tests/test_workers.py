@@ -349,7 +349,8 @@ def test_the_desk_answers_other_connections_while_one_entry_waits_for_its_commit
     log, desk, remote, stop
 ):
     hang_first_commit(log, 1)
-    waiting = threading.Thread(target=remote.append, args=(event(1),))
+    receipts = []
+    waiting = threading.Thread(target=lambda: receipts.append(remote.append(event(1))))
     waiting.start()
     time.sleep(0.1)
     own, theirs = handoff.pair()
@@ -359,6 +360,7 @@ def test_the_desk_answers_other_connections_while_one_entry_waits_for_its_commit
     assert other.stalled() is None
     assert time.monotonic() - started < 0.1
     waiting.join()
+    assert [receipt.outcome for receipt in receipts] == ["stored"]
     close(theirs)
 
 
