@@ -74,9 +74,22 @@ def test_usable_cores_are_the_affinitys_under_the_tightest_cgroup_quota(tmp_path
     assert config.usable_cores(tmp_path / "cgroup", root) == expected
 
 
-def test_usable_cores_without_cgroup_v2_are_the_affinitys(tmp_path):
-    (tmp_path / "cgroup").write_text("4:memory:/a\n1:cpu:/\n")
-    assert config.usable_cores(tmp_path / "cgroup", tmp_path) == len(os.sched_getaffinity(0))
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b"4:memory:/a\n1:cpu:/\n",  # cgroup v1
+        b"0::/../outside\n",  # a cgroup outside this namespace's root
+        b"0::/caf\xe9\n",  # not UTF-8
+    ],
+)
+def test_usable_cores_without_a_cgroup_v2_of_ours_are_the_affinitys(tmp_path, lines):
+    (tmp_path / "cgroup").write_bytes(lines)
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # beside the root: never read
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "cpu.max").write_text("50000 100000\n")
+    cores = config.usable_cores(tmp_path / "cgroup", tmp_path / "sys")
+    assert cores == len(os.sched_getaffinity(0))
 
 
 # --- the hand-off, in one process ------------------------------------------------
@@ -419,8 +432,8 @@ def test_a_start_time_from_nowhere_is_refused_and_the_desk_goes_on(desk, remote,
     desk.attach(own)
     theirs.sendall(entry_frame(9, event(1), started))
     [(_, request_id, kind, message)] = frames_within(theirs, 0.5)
-    assert (request_id, kind) == (9, handoff._FAILED)
-    assert b"not near now" in message
+    assert (request_id, kind) == (9, handoff._UNAVAILABLE)
+    assert message == f"not stored: a request that started at {started!r}, not near now".encode()
     assert remote.append(event(2)).outcome == "stored"
     assert rows("SELECT group_id FROM event") == [(event(2).group_id,)]
     close(theirs)
@@ -434,11 +447,11 @@ def test_a_worker_that_sends_entries_ahead_of_their_answers_is_cut_off(log, desk
     own, theirs = handoff.pair()
     desk.attach(own)
     now = time.monotonic()
-    theirs.sendall(b"".join(entry_frame(n, event(n), now) for n in (1, 2, 3)))
+    theirs.sendall(b"".join(entry_frame(n, event(n), now) for n in (1, 2, 3, 4)))
     assert frames_within(theirs, 3) == []  # closed, unanswered
     [line] = [r.getMessage() for r in caplog.records if r.name == "tim_audit.handoff"]
     assert line == (
-        "closed a connection from an ingest worker: an entry came with 2 unanswered before it"
+        "closed a connection from an ingest worker: an entry came with 3 unanswered before it"
     )
     theirs.close()
 
@@ -464,13 +477,13 @@ def test_a_connection_the_desk_cannot_watch_is_closed_so_its_worker_restarts(
     theirs.close()
 
 
-def test_metrics_are_read_once_at_a_time(log):
-    """Scrapes of a hung disk do not pile up threads: while one read of the
-    metrics is under way, another is refused at once."""
-    reading = threading.Event()
+def test_requests_for_metrics_during_a_read_share_that_read(log):
+    """Scrapes of a hung disk do not pile up threads: one read at a time,
+    and whoever asks while it is under way gets its answer."""
+    reads = []
 
     def slow_metrics():
-        reading.set()
+        reads.append(time.monotonic())
         time.sleep(0.5)
         return b"# metrics\n"
 
@@ -479,14 +492,40 @@ def test_metrics_are_read_once_at_a_time(log):
     desk.attach(one)
     desk.attach(other)
     a.sendall(handoff._frame(1, handoff._METRICS, b""))
-    assert reading.wait(5)
+    time.sleep(0.2)
     b.sendall(handoff._frame(2, handoff._METRICS, b""))
-    [(at_b, _, kind_b, message)] = frames_within(b, 0.3)
-    assert (kind_b, message) == (handoff._FAILED, b"the metrics are being read already")
-    [(_, _, kind_a, text)] = frames_within(a, 2)
-    assert (kind_a, text) == (handoff._ANSWER, b"# metrics\n")
+    [(_, id_a, kind_a, text_a)] = frames_within(a, 2)
+    [(_, id_b, kind_b, text_b)] = frames_within(b, 0.5)
+    assert (id_a, kind_a, text_a) == (1, handoff._ANSWER, b"# metrics\n")
+    assert (id_b, kind_b, text_b) == (2, handoff._ANSWER, b"# metrics\n")
+    assert len(reads) == 1
     close(a)
     close(b)
+    desk.close()
+
+
+def test_metrics_that_find_no_thread_are_a_failure_and_the_next_request_reads_them(
+    log, monkeypatch
+):
+    start = threading.Thread.start
+
+    def fails_once(thread):
+        monkeypatch.setattr(threading.Thread, "start", start)
+        raise RuntimeError("can't start new thread")
+
+    desk = handoff.Desk(log, max_body=1000, metrics=lambda: b"# metrics\n")
+    own, theirs = handoff.pair()
+    desk.attach(own)
+    monkeypatch.setattr(threading.Thread, "start", fails_once)
+    theirs.sendall(handoff._frame(1, handoff._METRICS, b""))
+    assert [frame[1:] for frame in frames_within(theirs, 0.5)] == [
+        (1, handoff._FAILED, b"can't start new thread")
+    ]
+    theirs.sendall(handoff._frame(2, handoff._METRICS, b""))
+    assert [frame[1:] for frame in frames_within(theirs, 0.5)] == [
+        (2, handoff._ANSWER, b"# metrics\n")
+    ]
+    close(theirs)
     desk.close()
 
 

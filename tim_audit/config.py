@@ -26,8 +26,10 @@ def usable_cores(cgroups="/proc/self/cgroup", root="/sys/fs/cgroup"):
     try:
         with open(cgroups) as lines:
             path = next(line[3:].strip() for line in lines if line.startswith("0::"))
-    except (OSError, StopIteration):
-        return cores  # cgroup v1, or none
+    except (OSError, ValueError, StopIteration):
+        return cores  # cgroup v1, none, or a path that is not text
+    if ".." in pathlib.PurePath(path).parts:
+        return cores  # a cgroup outside this namespace's root: not ours to read
     group = pathlib.Path(root, path.lstrip("/"))
     for directory in (group, *group.parents):
         if not directory.is_relative_to(root):

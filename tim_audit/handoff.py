@@ -18,6 +18,7 @@ code. CLOCK_MONOTONIC is one clock for every process, so a request's start
 carries its time budget across.
 """
 
+import collections
 import contextlib
 import dataclasses
 import heapq
@@ -54,10 +55,10 @@ _IDS = 2**32  # request ids wrap here: they are packed in 4 bytes
 _HEADER_ROOM = 1024 * 1024
 # Entries a connection may have waiting at the desk. A worker sends the next
 # only once the last is answered or given up on (at ANSWER_BOUND + CROSSING,
-# when the desk has answered it too): one, or two when the desk's answer is
-# late. More is a worker out of step, whose bodies would pile up in the
-# writer's queue; its connection is closed.
-_IN_FLIGHT = 2
+# when the desk has answered it too): one, two when the desk's answer is
+# late, and one more to spare. More is a worker out of step, whose bodies
+# would pile up in the writer's queue; its connection is closed.
+_IN_FLIGHT = 3
 # A request's start, as the worker says, must lie this near the desk's own
 # clock (the same CLOCK_MONOTONIC): a time from nowhere would set the desk's
 # timers, and its wait in select, by it.
@@ -81,6 +82,7 @@ class OutOfStep(ValueError):
 
 
 _NOTHING = object()  # posted only to wake the desk
+_Metrics = collections.namedtuple("_Metrics", "kind payload")  # a read's answer
 
 
 class _Connection:
@@ -347,7 +349,7 @@ class Desk:
         self._waiting = {}
         self._timers = []  # heap of (when, ticket, the answer it gets then)
         self._tickets = itertools.count()
-        self._measuring = threading.Lock()  # one metrics read at a time
+        self._metrics_asked = {}  # connection: request id, while a read is under way
         self._thread = threading.Thread(target=self._run, name="tim-audit desk", daemon=True)
         self._thread.start()
 
@@ -440,8 +442,8 @@ class Desk:
             if (waiting := self._waiting.pop(item, None)) is not None:
                 job, *asked = waiting
                 self._reply(*asked, *_answer(job))
-        elif item is not _NOTHING:
-            self._send(*item)
+        elif isinstance(item, _Metrics):
+            self._answer_metrics(item)
 
     def _read(self, connection):
         if not connection.read_ready():
@@ -464,23 +466,25 @@ class Desk:
             self._send(connection, request_id, _ANSWER, json.dumps(state).encode())
             return
         if kind == _METRICS:
-            # Read on a thread of its own, so that a slow scrape holds up no
-            # entry; one at a time, so that scrapes of a hung disk do not
-            # pile up threads.
-            if not self._measuring.acquire(blocking=False):
-                self._send(connection, request_id, _FAILED, b"the metrics are being read already")
-                return
-            threading.Thread(
-                target=self._measure, args=(connection, request_id), daemon=True
-            ).start()
+            self._ask_metrics(connection, request_id)
             return
         if connection.in_flight >= _IN_FLIGHT:
-            raise OutOfStep(f"an entry came with {connection.in_flight} unanswered before it")
-        ticket = next(self._tickets)
+            self._expire()  # an answer due may not have gone yet
+            if connection.in_flight >= _IN_FLIGHT:
+                raise OutOfStep(f"an entry came with {connection.in_flight} unanswered before it")
         try:
             entry, started = _decode(kind, payload)
-            if not _STARTED_WITHIN[0] <= started - time.monotonic() <= _STARTED_WITHIN[1]:
-                raise ValueError(f"a request that started at {started!r}, not near now")
+        except Exception as exc:
+            logger.exception("could not read an entry from a worker")
+            self._send(connection, request_id, _FAILED, str(exc).encode())
+            return
+        if not _STARTED_WITHIN[0] <= started - time.monotonic() <= _STARTED_WITHIN[1]:
+            message = f"not stored: a request that started at {started!r}, not near now"
+            logger.error("refused an entry from an ingest worker, %s", message)
+            self._send(connection, request_id, _UNAVAILABLE, message.encode())
+            return
+        ticket = next(self._tickets)
+        try:
             job = self.log.submit(entry, started, lambda job: self._post(ticket))
         except StorageUnavailable as exc:
             self._send(connection, request_id, _UNAVAILABLE, str(exc).encode())
@@ -517,15 +521,33 @@ class Desk:
                     self._timers, (job.started + ANSWER_BOUND, ticket, (_UNCERTAIN, uncertain))
                 )
 
-    def _measure(self, connection, request_id):
+    def _ask_metrics(self, connection, request_id):
+        """Read the metrics on a thread of its own, so that a slow read
+        holds up no entry, and one at a time: every request that comes
+        meanwhile gets that read's answer, so that scrapes of a hung disk do
+        not pile up threads. A connection's later request takes the place
+        of its earlier one, whose worker has moved on."""
+        reading = bool(self._metrics_asked)
+        self._metrics_asked[connection] = request_id
+        if reading:
+            return
         try:
-            answer = _ANSWER, self.metrics()
+            threading.Thread(target=self._measure, name="tim-audit metrics", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had now
+            self._answer_metrics(_Metrics(_FAILED, str(exc).encode()))
+
+    def _measure(self):
+        try:
+            answer = _Metrics(_ANSWER, self.metrics())
         except Exception as exc:
             logger.exception("the writer has no metrics for a worker")
-            answer = _FAILED, str(exc).encode()
-        finally:
-            self._measuring.release()
-        self._post((connection, request_id, *answer))
+            answer = _Metrics(_FAILED, str(exc).encode())
+        self._post(answer)
+
+    def _answer_metrics(self, answer):
+        asked, self._metrics_asked = self._metrics_asked, {}
+        for connection, request_id in asked.items():
+            self._send(connection, request_id, *answer)
 
     def _reply(self, connection, request_id, kind, payload):
         """Send the answer to one of ``connection``'s entries."""
