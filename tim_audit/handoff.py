@@ -35,7 +35,7 @@ import threading
 import time
 
 from .log.records import Event, Receipt, Rejection
-from .log.writer import ANSWER_BOUND, StorageUncertain, StorageUnavailable
+from .log.writer import ANSWER_BOUND, TIMED_OUT, StorageUncertain, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -513,8 +513,7 @@ class Desk:
                 self._reply(*asked, *answer)
             elif self.log.give_up(job):
                 del self._waiting[ticket]
-                failure = (self.log.failure or "timed out waiting for the database").encode()
-                self._reply(*asked, _UNAVAILABLE, failure)
+                self._reply(*asked, _UNAVAILABLE, TIMED_OUT.encode())
             else:
                 uncertain = b"the database did not confirm the commit in time"
                 heapq.heappush(

@@ -39,6 +39,8 @@ SEAL_MARGIN = 0.25  # seconds
 WAL_CHECKPOINT_FRAMES = 4096
 MAX_BATCH = 256
 SQLITE_FULL = 13
+# Why an entry given up on was never stored.
+TIMED_OUT = "timed out waiting for the database"
 
 _PENDING, _SEALED, _CANCELLED = "pending", "sealed", "cancelled"
 
@@ -181,7 +183,7 @@ class AuditLog:
         job = self.submit(entry, started, lambda job: done.set())
         if not done.wait(max(0.0, job.deadline - time.monotonic())):
             if self.give_up(job):
-                raise StorageUnavailable(self.failure)
+                raise StorageUnavailable(TIMED_OUT)
             if not done.wait(max(0.0, job.started + ANSWER_BOUND - time.monotonic())):
                 raise StorageUncertain("the database did not confirm the commit in time")
         return job.result()
@@ -217,7 +219,7 @@ class AuditLog:
             if job.state != _PENDING:
                 return False
             job.state = _CANCELLED
-            self.failure = "timed out waiting for the database"
+            self.failure = TIMED_OUT
             return True
 
     def stalled(self):
@@ -270,7 +272,7 @@ class AuditLog:
                     sealed.append(job)
                 else:
                     job.state = _CANCELLED
-                    job.finish(error=StorageUnavailable("timed out waiting for the database"))
+                    job.finish(error=StorageUnavailable(TIMED_OUT))
         return sealed
 
     def _commit(self, jobs):
