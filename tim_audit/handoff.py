@@ -95,9 +95,6 @@ class _Connection:
         self.out = bytearray()  # what the desk has yet to send on it
         self.in_flight = 0  # its entries the desk has not answered yet
 
-    def send(self, request_id, kind, payload):
-        self.sock.sendall(_frame(request_id, kind, payload))
-
     def send_until(self, request_id, kind, payload, deadline):
         """Send what of the frame fits before ``deadline`` (which has not
         passed): how many bytes that was, of how many. Whether any went
